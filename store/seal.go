@@ -1,0 +1,56 @@
+package store
+
+import (
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// sealFormat is the first byte of every sealed value, so the format can change later.
+const sealFormat = 1
+
+type sealer struct{ aead cipher.AEAD }
+
+func newSealer(key []byte) *sealer {
+	a, err := chacha20poly1305.NewX(key)
+	if err != nil {
+		panic(err) // only a wrong key length, which callers rule out
+	}
+	return &sealer{aead: a}
+}
+
+func (s *sealer) seal(plain, ad []byte) []byte {
+	out := make([]byte, 1+chacha20poly1305.NonceSizeX, 1+chacha20poly1305.NonceSizeX+len(plain)+chacha20poly1305.Overhead)
+	out[0] = sealFormat
+	if _, err := rand.Read(out[1:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return s.aead.Seal(out, out[1:1+chacha20poly1305.NonceSizeX], plain, ad)
+}
+
+var errOpen = errors.New("sealed value does not authenticate (tampered, moved or wrong key)")
+
+func (s *sealer) open(sealed, ad []byte) ([]byte, error) {
+	if len(sealed) < 1+chacha20poly1305.NonceSizeX+chacha20poly1305.Overhead || sealed[0] != sealFormat {
+		return nil, errOpen
+	}
+	n := 1 + chacha20poly1305.NonceSizeX
+	plain, err := s.aead.Open(nil, sealed[1:n], sealed[n:], ad)
+	if err != nil {
+		return nil, errOpen
+	}
+	return plain, nil
+}
+
+// ad binds a record to its place: bucket, key and scope. Moving or swapping records makes them
+// fail to open.
+func ad(bucket string, key []byte, scope uint64) []byte {
+	out := make([]byte, 0, len(bucket)+len(key)+13)
+	out = binary.BigEndian.AppendUint32(out, uint32(len(bucket)))
+	out = append(out, bucket...)
+	out = binary.BigEndian.AppendUint64(out, scope)
+	return append(out, key...)
+}

@@ -1,0 +1,315 @@
+// Package store owns mailgate's bbolt database: buckets, the schema version, sealing every value
+// with XChaCha20-Poly1305 under keys that live outside the file, keyed-HMAC lookup keys, group
+// commit and online backup. It knows nothing about tickets, agents or mail.
+package store
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+	"golang.org/x/crypto/hkdf"
+)
+
+// SchemaVersion is the layout this binary writes. Open migrates older files up to it and
+// refuses newer ones, so a downgrade cannot silently misread data.
+const SchemaVersion = 1
+
+// migrations[i] moves a database from schema version i to i+1. Version 0 is an empty file.
+var migrations = []func(tx *Tx) error{
+	func(tx *Tx) error { return nil }, // 0 → 1: the first layout; buckets are created on first use
+}
+
+const (
+	metaBucket  = "meta"
+	scopeBucket = "scopekeys"
+)
+
+var (
+	// ErrLocked means another process holds the database: a second mailgate on the same data dir.
+	ErrLocked = errors.New("the database is in use by another process (is mailgate already running on this data dir?)")
+	// ErrWrongKey means the key file does not belong to this database.
+	ErrWrongKey = errors.New("this key does not open this database (wrong key_file?)")
+	// ErrScopeDestroyed means the per-scope key was deleted: its data is gone for good.
+	ErrScopeDestroyed = errors.New("the data key of this record was destroyed")
+)
+
+// Options tunes Open. The zero value is sensible.
+type Options struct {
+	// LockTimeout bounds the wait for the file lock; default 1s.
+	LockTimeout time.Duration
+	// BatchDelay is how long a group commit waits for more writers; default 2ms.
+	BatchDelay time.Duration
+	// ReadOnly opens the file for reading only (admin commands while the daemon runs use the socket instead).
+	ReadOnly bool
+}
+
+// DB is an open, keyed database.
+type DB struct {
+	bolt   *bolt.DB
+	data   *sealer // record values
+	wrap   *sealer // per-scope data keys
+	idxKey []byte
+
+	mu     sync.RWMutex
+	scopes map[uint64]*sealer // unwrapped per-scope keys of committed scopes
+}
+
+// Open opens (or creates) the database at path with the 32-byte master key.
+func Open(path string, key []byte, opts Options) (*DB, error) {
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("open store: master key must be %d bytes, got %d", KeySize, len(key))
+	}
+	if opts.LockTimeout == 0 {
+		opts.LockTimeout = time.Second
+	}
+	if opts.BatchDelay == 0 {
+		opts.BatchDelay = 2 * time.Millisecond
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, ReadOnly: opts.ReadOnly})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	bdb.MaxBatchDelay = opts.BatchDelay
+	db := &DB{bolt: bdb, scopes: map[uint64]*sealer{}}
+	db.data = newSealer(derive(key, "mailgate data v1"))
+	db.wrap = newSealer(derive(key, "mailgate scope wrap v1"))
+	db.idxKey = derive(key, "mailgate index v1")
+	if err := db.init(opts.ReadOnly); err != nil {
+		bdb.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+func derive(master []byte, label string) []byte {
+	out := make([]byte, 32)
+	if _, err := io.ReadFull(hkdf.New(sha256.New, master, nil, []byte(label)), out); err != nil {
+		panic(err) // hkdf cannot fail for 32 bytes of output
+	}
+	return out
+}
+
+var keyCheckPlain = []byte("mailgate key check v1")
+
+// init checks the key against the file's key check and runs migrations.
+func (db *DB) init(readOnly bool) error {
+	var version uint64
+	var fresh bool
+	err := db.bolt.View(func(btx *bolt.Tx) error {
+		tx := &Tx{db: db, btx: btx}
+		check, err := tx.GetPlain(metaBucket, []byte("keycheck"))
+		if err != nil {
+			return err
+		}
+		if check == nil {
+			fresh = true
+			return nil
+		}
+		plain, err := db.data.open(check, ad(metaBucket, []byte("keycheck"), 0))
+		if err != nil || string(plain) != string(keyCheckPlain) {
+			return ErrWrongKey
+		}
+		v, _ := tx.GetPlain(metaBucket, []byte("schema"))
+		if v != nil {
+			version = FromU64(v)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if version > SchemaVersion {
+		return fmt.Errorf("the database has schema version %d but this mailgate knows only up to %d: use a newer mailgate", version, SchemaVersion)
+	}
+	if readOnly {
+		if fresh {
+			return errors.New("the database is empty: start mailgate once to create it")
+		}
+		if version < SchemaVersion {
+			return fmt.Errorf("the database has schema version %d: start mailgate serve once to migrate it", version)
+		}
+		return nil
+	}
+	if !fresh && version == SchemaVersion {
+		return nil
+	}
+	return db.Update(func(tx *Tx) error {
+		if fresh {
+			if err := tx.PutPlain(metaBucket, []byte("keycheck"), db.data.seal(keyCheckPlain, ad(metaBucket, []byte("keycheck"), 0))); err != nil {
+				return err
+			}
+		}
+		for v := version; v < SchemaVersion; v++ {
+			if err := migrations[v](tx); err != nil {
+				return fmt.Errorf("migrate schema %d to %d: %w", v, v+1, err)
+			}
+		}
+		return tx.PutPlain(metaBucket, []byte("schema"), U64(SchemaVersion))
+	})
+}
+
+// Close closes the file.
+func (db *DB) Close() error { return db.bolt.Close() }
+
+// Path is the database file's path.
+func (db *DB) Path() string { return db.bolt.Path() }
+
+// Update runs fn in a write transaction and commits it durably (fsync) before returning.
+func (db *DB) Update(fn func(*Tx) error) error {
+	return db.bolt.Update(func(btx *bolt.Tx) error { return db.run(btx, fn) })
+}
+
+// View runs fn in a read-only transaction.
+func (db *DB) View(fn func(*Tx) error) error {
+	return db.bolt.View(func(btx *bolt.Tx) error { return fn(&Tx{db: db, btx: btx}) })
+}
+
+// Batch is Update for concurrent writers: calls that arrive together share one commit and one
+// fsync. fn may run more than once, so it must have no effects outside the transaction.
+func (db *DB) Batch(fn func(*Tx) error) error {
+	return db.bolt.Batch(func(btx *bolt.Tx) error { return db.run(btx, fn) })
+}
+
+func (db *DB) run(btx *bolt.Tx, fn func(*Tx) error) error {
+	tx := &Tx{db: db, btx: btx}
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if len(tx.newScopes) > 0 {
+		scopes := tx.newScopes
+		btx.OnCommit(func() {
+			db.mu.Lock()
+			for id, s := range scopes {
+				db.scopes[id] = s
+			}
+			db.mu.Unlock()
+		})
+	}
+	return nil
+}
+
+// Writable reports whether a durable write succeeds now (for /healthz).
+func (db *DB) Writable() error {
+	return db.Update(func(tx *Tx) error {
+		return tx.PutPlain(metaBucket, []byte("health"), U64(uint64(time.Now().Unix())))
+	})
+}
+
+// Index returns the lookup key for a value that must not be readable from the file
+// (an address, a Message-ID): HMAC-SHA256 under a key derived from the master key.
+func (db *DB) Index(kind, value string) []byte {
+	m := hmac.New(sha256.New, db.idxKey)
+	m.Write([]byte(kind))
+	m.Write([]byte{0})
+	m.Write([]byte(value))
+	return m.Sum(nil)
+}
+
+// MAC returns an HMAC-SHA256 over parts under a key derived for purpose; used for tokens that
+// the server must later recognise as its own (Message-IDs it minted, for example).
+func (db *DB) MAC(purpose string, parts ...[]byte) []byte {
+	m := hmac.New(sha256.New, derive(db.idxKey, "mac "+purpose))
+	for _, p := range parts {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(p)))
+		m.Write(n[:])
+		m.Write(p)
+	}
+	return m.Sum(nil)
+}
+
+// Backup writes a consistent copy of the database to path while writers go on, fsyncs it and
+// renames it into place, so a crash never leaves a half-written backup under that name.
+func (db *DB) Backup(path string) (int64, error) {
+	var size int64
+	err := db.bolt.View(func(btx *bolt.Tx) error {
+		dir := filepath.Dir(path)
+		f, err := os.CreateTemp(dir, ".backup-*")
+		if err != nil {
+			return err
+		}
+		tmp := f.Name()
+		defer os.Remove(tmp)
+		if err := f.Chmod(0o600); err != nil {
+			f.Close()
+			return err
+		}
+		if size, err = btx.WriteTo(f); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return err
+		}
+		return syncDir(dir)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("backup to %s: %w", path, err)
+	}
+	return size, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Stats reports the file size and the number of write transactions, for metrics.
+func (db *DB) Stats() (fileBytes int64, writes int) {
+	if fi, err := os.Stat(db.bolt.Path()); err == nil {
+		fileBytes = fi.Size()
+	}
+	st := db.bolt.Stats()
+	return fileBytes, int(st.TxStats.GetWrite())
+}
+
+// U64 encodes n as 8 bytes big-endian, so keys sort numerically.
+func U64(n uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, n)
+	return b
+}
+
+// FromU64 decodes U64. A short slice decodes as 0.
+func FromU64(b []byte) uint64 {
+	if len(b) < 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+// Key joins parts into one bucket key; numeric parts should already be U64-encoded.
+func Key(parts ...[]byte) []byte {
+	var out []byte
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}

@@ -1,0 +1,266 @@
+package store
+
+import (
+	"crypto/rand"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Tx is a transaction. Values read from it are fresh copies, valid after it ends.
+type Tx struct {
+	db        *DB
+	btx       *bolt.Tx
+	newScopes map[uint64]*sealer
+}
+
+// Writable reports whether tx may write.
+func (tx *Tx) Writable() bool { return tx.btx.Writable() }
+
+func (tx *Tx) bucket(name string, create bool) (*bolt.Bucket, error) {
+	if b := tx.btx.Bucket([]byte(name)); b != nil || !create {
+		return b, nil
+	}
+	b, err := tx.btx.CreateBucket([]byte(name))
+	if err != nil {
+		return nil, fmt.Errorf("create bucket %s: %w", name, err)
+	}
+	return b, nil
+}
+
+// Put seals val under the data key, bound to bucket and key, and stores it.
+func (tx *Tx) Put(bucket string, key, val []byte) error {
+	return tx.PutPlain(bucket, key, tx.db.data.seal(val, ad(bucket, key, 0)))
+}
+
+// Get opens the value at bucket/key; nil, nil when there is none.
+func (tx *Tx) Get(bucket string, key []byte) ([]byte, error) {
+	v, err := tx.GetPlain(bucket, key)
+	if v == nil || err != nil {
+		return nil, err
+	}
+	plain, err := tx.db.data.open(v, ad(bucket, key, 0))
+	if err != nil {
+		return nil, fmt.Errorf("%s/%x: %w", bucket, key, err)
+	}
+	return plain, nil
+}
+
+// PutPlain stores val as is: only for values that reveal nothing (counters, hashes, ids).
+func (tx *Tx) PutPlain(bucket string, key, val []byte) error {
+	b, err := tx.bucket(bucket, true)
+	if err != nil {
+		return err
+	}
+	return b.Put(key, val)
+}
+
+// GetPlain returns a copy of the raw value; nil, nil when there is none.
+func (tx *Tx) GetPlain(bucket string, key []byte) ([]byte, error) {
+	b, err := tx.bucket(bucket, false)
+	if b == nil || err != nil {
+		return nil, err
+	}
+	v := b.Get(key)
+	if v == nil {
+		return nil, nil
+	}
+	return append([]byte(nil), v...), nil
+}
+
+// Delete removes bucket/key; absent keys are fine.
+func (tx *Tx) Delete(bucket string, key []byte) error {
+	b, err := tx.bucket(bucket, false)
+	if b == nil || err != nil {
+		return err
+	}
+	return b.Delete(key)
+}
+
+// NextSeq returns the bucket's next sequence number, 1, 2, …; it rolls back with the tx.
+func (tx *Tx) NextSeq(bucket string) (uint64, error) {
+	b, err := tx.bucket(bucket, true)
+	if err != nil {
+		return 0, err
+	}
+	return b.NextSequence()
+}
+
+// Seq returns the bucket's current sequence number without changing it.
+func (tx *Tx) Seq(bucket string) uint64 {
+	b, _ := tx.bucket(bucket, false)
+	if b == nil {
+		return 0
+	}
+	return b.Sequence()
+}
+
+// Count returns the number of keys in bucket (reads bucket stats, not a scan of values).
+func (tx *Tx) Count(bucket string) int {
+	b, _ := tx.bucket(bucket, false)
+	if b == nil {
+		return 0
+	}
+	return b.Stats().KeyN
+}
+
+// Cursor iterates over a bucket's keys in byte order. Values are read with Get/GetScoped.
+// Cursors are for listings and admin tools, never for the mail write path.
+func (tx *Tx) Cursor(bucket string) *Cursor {
+	b, _ := tx.bucket(bucket, false)
+	if b == nil {
+		return &Cursor{}
+	}
+	return &Cursor{c: b.Cursor()}
+}
+
+// Cursor walks keys; every method returns nil at the end.
+type Cursor struct{ c *bolt.Cursor }
+
+func (c *Cursor) key(k, _ []byte) []byte {
+	if k == nil {
+		return nil
+	}
+	return append([]byte(nil), k...)
+}
+
+// First moves to the first key.
+func (c *Cursor) First() []byte {
+	if c.c == nil {
+		return nil
+	}
+	return c.key(c.c.First())
+}
+
+// Last moves to the last key.
+func (c *Cursor) Last() []byte {
+	if c.c == nil {
+		return nil
+	}
+	return c.key(c.c.Last())
+}
+
+// Next moves forward.
+func (c *Cursor) Next() []byte {
+	if c.c == nil {
+		return nil
+	}
+	return c.key(c.c.Next())
+}
+
+// Prev moves backward.
+func (c *Cursor) Prev() []byte {
+	if c.c == nil {
+		return nil
+	}
+	return c.key(c.c.Prev())
+}
+
+// Seek moves to the first key >= k.
+func (c *Cursor) Seek(k []byte) []byte {
+	if c.c == nil {
+		return nil
+	}
+	return c.key(c.c.Seek(k))
+}
+
+// ForEach calls fn with every key and opened value of bucket, in key order.
+func (tx *Tx) ForEach(bucket string, fn func(k, v []byte) error) error {
+	c := tx.Cursor(bucket)
+	for k := c.First(); k != nil; k = c.Next() {
+		v, err := tx.Get(bucket, k)
+		if err != nil {
+			return err
+		}
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PutScoped seals val under the data key of scope (a ticket), created on first use. Deleting the
+// scope's key with DestroyScope makes every such value unreadable for good.
+func (tx *Tx) PutScoped(scope uint64, bucket string, key, val []byte) error {
+	s, err := tx.scope(scope, true)
+	if err != nil {
+		return err
+	}
+	return tx.PutPlain(bucket, key, s.seal(val, ad(bucket, key, scope)))
+}
+
+// GetScoped opens a value written by PutScoped; nil, nil when there is none.
+func (tx *Tx) GetScoped(scope uint64, bucket string, key []byte) ([]byte, error) {
+	v, err := tx.GetPlain(bucket, key)
+	if v == nil || err != nil {
+		return nil, err
+	}
+	s, err := tx.scope(scope, false)
+	if err != nil {
+		return nil, err
+	}
+	plain, err := s.open(v, ad(bucket, key, scope))
+	if err != nil {
+		return nil, fmt.Errorf("%s/%x: %w", bucket, key, err)
+	}
+	return plain, nil
+}
+
+// DestroyScope deletes scope's data key: its values can never be opened again (crypto-shredding).
+// The caller should also delete the values themselves to reclaim space.
+func (tx *Tx) DestroyScope(scope uint64) error {
+	if err := tx.Delete(scopeBucket, U64(scope)); err != nil {
+		return err
+	}
+	delete(tx.newScopes, scope)
+	tx.btx.OnCommit(func() {
+		tx.db.mu.Lock()
+		delete(tx.db.scopes, scope)
+		tx.db.mu.Unlock()
+	})
+	return nil
+}
+
+func (tx *Tx) scope(id uint64, create bool) (*sealer, error) {
+	if s := tx.newScopes[id]; s != nil {
+		return s, nil
+	}
+	k := U64(id)
+	wrapped, err := tx.GetPlain(scopeBucket, k)
+	if err != nil {
+		return nil, err
+	}
+	if wrapped != nil {
+		tx.db.mu.RLock()
+		s := tx.db.scopes[id]
+		tx.db.mu.RUnlock()
+		if s != nil {
+			return s, nil
+		}
+		raw, err := tx.db.wrap.open(wrapped, ad(scopeBucket, k, 0))
+		if err != nil {
+			return nil, fmt.Errorf("scope key %d: %w", id, err)
+		}
+		s = newSealer(raw)
+		tx.db.mu.Lock()
+		tx.db.scopes[id] = s
+		tx.db.mu.Unlock()
+		return s, nil
+	}
+	if !create {
+		return nil, ErrScopeDestroyed
+	}
+	raw := make([]byte, KeySize)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, err
+	}
+	if err := tx.PutPlain(scopeBucket, k, tx.db.wrap.seal(raw, ad(scopeBucket, k, 0))); err != nil {
+		return nil, err
+	}
+	s := newSealer(raw)
+	if tx.newScopes == nil {
+		tx.newScopes = map[uint64]*sealer{}
+	}
+	tx.newScopes[id] = s
+	return s, nil
+}
