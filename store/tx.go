@@ -14,6 +14,9 @@ type Tx struct {
 	newScopes map[uint64]*sealer
 }
 
+// OnCommit runs fn after the transaction commits durably; never when it rolls back or re-runs.
+func (tx *Tx) OnCommit(fn func()) { tx.btx.OnCommit(fn) }
+
 // Writable reports whether tx may write.
 func (tx *Tx) Writable() bool { return tx.btx.Writable() }
 
