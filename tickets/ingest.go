@@ -1,0 +1,364 @@
+package tickets
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"mailgate/access"
+	"mailgate/store"
+)
+
+// Incoming is a verified inbound message on its way into a queue.
+type Incoming struct {
+	Queue string
+	// Raw is the message as stored: as received, with mailgate's Authentication-Results on top.
+	Raw    []byte
+	Auth   Auth
+	Via    string // smtp | imap
+	Remote string // client address, for the audit log
+	// Kind is "bounce" for a delivery status notification, "auto-reply" for RFC 3834 mail.
+	Kind string
+	// BounceOf lists the Message-IDs a bounce reports on.
+	BounceOf []string
+}
+
+// Outcomes of threading.
+const (
+	OutcomeNew       = "new"       // a new ticket
+	OutcomeThreaded  = "threaded"  // joined the ticket it references, sender is a participant
+	OutcomeTagged    = "tagged"    // joined by subject tag, DMARC-verified participant
+	OutcomeLinked    = "linked"    // referenced a ticket it may not join: new ticket, linked
+	OutcomeBounce    = "bounce"    // a bounce of one of our messages, attached as a note
+	OutcomeDuplicate = "duplicate" // the same message again (a retransmission): stored once
+)
+
+// Result says where an inbound message went.
+type Result struct {
+	Ticket  uint64
+	Seq     int
+	New     bool
+	Outcome string
+}
+
+// actorMail is the actor for mail arriving from outside.
+var actorMail = access.Actor{Name: "mail"}
+
+var tagRe = regexp.MustCompile(`\[#(\d{1,19})\]`)
+
+// Ingest files one inbound message, durably: when it returns nil the message, its verdict and
+// its ticket are committed and fsynced. Concurrent calls share commits.
+func (s *Service) Ingest(in Incoming) (Result, error) {
+	q, ok := s.Queue(in.Queue)
+	if !ok {
+		return Result{}, fmt.Errorf("%w: unknown queue %q", ErrInvalid, in.Queue)
+	}
+	p, dec := s.read(in.Raw)
+	m := &Message{
+		Direction: In, From: p.From, FromName: p.FromName, To: p.To, Cc: p.Cc,
+		Subject: p.Subject, MessageID: p.MessageID, InReplyTo: p.InReplyTo, References: p.References,
+		Date: p.Date.UTC(), Text: p.Text, HTML: p.HTML, Problem: p.Problem, Kind: in.Kind,
+	}
+	if m.Text == "" && m.HTML != "" {
+		m.Text = HTMLToText(m.HTML)
+	}
+	auth := in.Auth
+	m.Auth, m.Verified, m.Quarantined = &auth, auth.Verified && !auth.Quarantined, auth.Quarantined
+	if dec != nil {
+		m.Encrypted, m.Signed, m.SignedBy = dec.Encrypted, dec.Signed, dec.SignedBy
+		if dec.Problem != "" {
+			m.Problem = dec.Problem
+		}
+	}
+	for i, a := range p.Attachments {
+		m.Attachments = append(m.Attachments, Attachment{Index: i, Name: a.Name, ContentType: a.ContentType, Size: len(a.Data)})
+	}
+	actor := actorMail
+	actor.Remote = in.Remote
+
+	ackable := q.AutoAck && in.Kind == "" && s.opts.AutoAck != nil && s.opts.AutoAck(p, in)
+	var res Result
+	var owed bool
+	err := s.db.Batch(func(tx *store.Tx) error {
+		mm := *m // Batch may run fn twice: start from the same state each time
+		r, t, err := s.thread(tx, q, &mm, p, in)
+		if err != nil {
+			return err
+		}
+		res = r
+		if r.Outcome == OutcomeDuplicate {
+			return nil
+		}
+		if err := s.addMessage(tx, t, &mm, in.Raw, p.Attachments); err != nil {
+			return err
+		}
+		res.Seq = mm.Seq
+		owed = r.New && ackable
+		if owed {
+			if err := s.owesAutoAck(tx, t); err != nil {
+				return err
+			}
+		}
+		if s.opts.OnIngestTx != nil {
+			if err := s.opts.OnIngestTx(tx, t, &mm, p, r.New); err != nil {
+				return err
+			}
+		}
+		detail := fmt.Sprintf("via=%s outcome=%s dmarc=%s verified=%t", in.Via, r.Outcome, auth.DMARC, mm.Verified)
+		return s.audit(tx, actor, "mail.receive", object(t.ID), "ok", detail)
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("ingest into %s: %w", in.Queue, err)
+	}
+	if owed {
+		go func() {
+			if err := s.sendAutoAck(res.Ticket); err != nil {
+				slog.Warn("auto-acknowledgement failed", "ticket", res.Ticket, "err", err)
+			}
+		}()
+	}
+	if s.opts.Notify != nil && res.Outcome != OutcomeDuplicate {
+		s.opts.Notify(q.Name)
+	}
+	return res, nil
+}
+
+// decryptInfo is what read learned about encryption.
+type decryptInfo struct {
+	Encrypted, Signed bool
+	SignedBy, Problem string
+}
+
+// read parses raw; an encrypted message is decrypted first so agents read the text.
+func (s *Service) read(raw []byte) (*Parsed, *decryptInfo) {
+	p := Parse(raw)
+	if s.opts.Decrypt == nil || !looksEncrypted(p) {
+		return p, nil
+	}
+	d, err := s.opts.Decrypt(raw)
+	if err != nil {
+		return p, &decryptInfo{Encrypted: true, Problem: "encrypted, but mailgate could not decrypt it: " + err.Error()}
+	}
+	if d == nil {
+		return p, nil
+	}
+	inner := Parse(d.Inner)
+	// The inner entity carries the real body; protected headers may carry the real subject.
+	p.Text, p.HTML, p.Attachments = inner.Text, inner.HTML, inner.Attachments
+	if inner.Subject != "" && (p.Subject == "..." || p.Subject == "" || strings.EqualFold(p.Subject, "encrypted message")) {
+		p.Subject = inner.Subject
+	}
+	if inner.Problem != "" {
+		p.Problem = inner.Problem
+	}
+	return p, &decryptInfo{Encrypted: true, Signed: d.Signed, SignedBy: d.SignedBy}
+}
+
+func looksEncrypted(p *Parsed) bool {
+	if p.Header.Len() == 0 {
+		return false
+	}
+	ct := strings.ToLower(p.Header.Get("Content-Type"))
+	return strings.Contains(ct, "multipart/encrypted") || strings.Contains(p.Text, "-----BEGIN PGP MESSAGE-----")
+}
+
+// thread decides where m goes (DESIGN.md invariant 2). It reads only by key.
+func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incoming) (Result, *Ticket, error) {
+	if m.MessageID != "" {
+		if t, ok, err := s.duplicate(tx, q, m); err != nil {
+			return Result{}, nil, err
+		} else if ok {
+			return Result{Ticket: t, Outcome: OutcomeDuplicate}, nil, nil
+		}
+	}
+	if in.Kind == "bounce" {
+		for _, id := range in.BounceOf {
+			t, seq, err := s.lookupID(tx, id, "")
+			if err != nil {
+				return Result{}, nil, err
+			}
+			if t == nil || t.Queue != q.Name {
+				continue
+			}
+			if om, err := loadMessage(tx, t.ID, seq); err == nil && om.Direction == Out {
+				om.Delivery = "bounced"
+				if err := saveMessage(tx, om); err != nil {
+					return Result{}, nil, err
+				}
+				return Result{Ticket: t.ID, Outcome: OutcomeBounce}, t, nil
+			}
+		}
+	}
+	var linked []uint64
+	refs := append(append([]string(nil), m.InReplyTo...), m.References...)
+	for i := len(refs) - 1; i >= 0; i-- { // nearest ancestor first
+		t, _, err := s.lookupID(tx, refs[i], m.From)
+		if err != nil {
+			return Result{}, nil, err
+		}
+		if t == nil {
+			continue
+		}
+		if t.Queue == q.Name && m.From != "" {
+			if pp, ok := t.Participant(m.From); ok {
+				s.joinParticipant(pp, m)
+				return Result{Ticket: t.ID, Outcome: OutcomeThreaded}, reopen(t), nil
+			}
+		}
+		linked = appendUnique(linked, t.ID)
+	}
+	if mt := tagRe.FindStringSubmatch(m.Subject); mt != nil {
+		if id, err := strconv.ParseUint(mt[1], 10, 64); err == nil {
+			t, err := loadTicket(tx, id)
+			if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, store.ErrScopeDestroyed) {
+				return Result{}, nil, err
+			}
+			if t != nil && t.Queue == q.Name {
+				if pp, ok := t.Participant(m.From); ok && m.Verified {
+					s.joinParticipant(pp, m)
+					return Result{Ticket: t.ID, Outcome: OutcomeTagged}, reopen(t), nil
+				}
+				linked = appendUnique(linked, t.ID)
+			}
+		}
+	}
+	t, err := s.newTicket(tx, q, m)
+	if err != nil {
+		return Result{}, nil, err
+	}
+	outcome := OutcomeNew
+	if in.Kind == "bounce" {
+		outcome = OutcomeBounce
+	}
+	for _, other := range linked {
+		o, err := loadTicket(tx, other)
+		if err != nil {
+			continue
+		}
+		// Links stay inside a queue: an agent of one queue must not learn of another's tickets.
+		if o.Queue != q.Name {
+			continue
+		}
+		t.Links = appendUnique(t.Links, o.ID)
+		o.Links = appendUnique(o.Links, t.ID)
+		if err := saveTicket(tx, o); err != nil {
+			return Result{}, nil, err
+		}
+		outcome = OutcomeLinked
+	}
+	return Result{Ticket: t.ID, New: true, Outcome: outcome}, t, nil
+}
+
+func (s *Service) joinParticipant(p *Participant, m *Message) {
+	if m.Verified {
+		p.Verified = true
+	}
+	if p.Name == "" {
+		p.Name = m.FromName
+	}
+}
+
+// reopen moves a ticket the customer wrote to again back to open.
+func reopen(t *Ticket) *Ticket {
+	if t.Status != StatusNew {
+		t.Status = StatusOpen
+	}
+	return t
+}
+
+func (s *Service) newTicket(tx *store.Tx, q Queue, m *Message) (*Ticket, error) {
+	id, err := tx.NextSeq(bTicketID)
+	if err != nil {
+		return nil, err
+	}
+	now := s.opts.Now().UTC()
+	subj := strings.TrimSpace(tagRe.ReplaceAllString(m.Subject, ""))
+	if subj == "" {
+		subj = "(no subject)"
+	}
+	t := &Ticket{ID: id, Queue: q.Name, Subject: subj, Status: StatusNew, Customer: m.From, Created: now, Updated: now}
+	if m.From != "" {
+		t.Participants = []Participant{{Address: m.From, Name: m.FromName, Verified: m.Verified}}
+	}
+	if err := tx.PutPlain(bByQueue, append(append([]byte(nil), s.qprefix(q.Name)...), store.U64(id)...), nil); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// duplicate reports whether m was already stored in q from the same sender: an SMTP client that
+// lost our 250 sends again, and the second copy must not become a second ticket.
+func (s *Service) duplicate(tx *store.Tx, q Queue, m *Message) (uint64, bool, error) {
+	v, err := tx.GetPlain(bMsgID, s.db.Index("msgid", normID(m.MessageID)))
+	if err != nil || len(v) != 12 {
+		return 0, false, err
+	}
+	id, seq := store.FromU64(v), int(binary.BigEndian.Uint32(v[8:]))
+	om, err := loadMessage(tx, id, seq)
+	if err != nil {
+		return 0, false, nil // its ticket was deleted: not a duplicate any more
+	}
+	t, err := loadTicket(tx, id)
+	if err != nil {
+		return 0, false, nil
+	}
+	if om.Direction == In && t.Queue == q.Name && equalAddr(om.From, m.From) && om.Subject == m.Subject {
+		return id, true, nil
+	}
+	return 0, false, nil
+}
+
+// lookupID finds the ticket that holds the message with Message-ID id. An id in mailgate's own
+// form must carry a MAC that verifies for one of the ticket's participants; a forged one (a
+// guessed ticket number) is ignored.
+func (s *Service) lookupID(tx *store.Tx, id, from string) (*Ticket, int, error) {
+	v, err := tx.GetPlain(bMsgID, s.db.Index("msgid", normID(id)))
+	if err != nil {
+		return nil, 0, err
+	}
+	tid, rnd, mac, ours := s.minted(id)
+	if len(v) != 12 {
+		if !ours {
+			return nil, 0, nil
+		}
+		// Ours but not in the index (restored backup, or a reply to an auto-ack we did not
+		// file): trust it only with a valid MAC.
+		v = mkey(tid, 0)
+	}
+	t, err := loadTicket(tx, store.FromU64(v))
+	if errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrScopeDestroyed) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if ours {
+		if tid != t.ID {
+			return nil, 0, nil
+		}
+		valid := false
+		for _, p := range t.Participants {
+			if macEqual(s.idMAC(tid, rnd, p.Address), mac) {
+				valid = true
+				break
+			}
+		}
+		if !valid {
+			return nil, 0, nil
+		}
+	}
+	return t, int(binary.BigEndian.Uint32(v[8:])), nil
+}
+
+func appendUnique(list []uint64, id uint64) []uint64 {
+	for _, x := range list {
+		if x == id {
+			return list
+		}
+	}
+	return append(list, id)
+}

@@ -1,0 +1,411 @@
+package tickets
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"mailgate/access"
+	"mailgate/store"
+)
+
+// Filter selects tickets for List.
+type Filter struct {
+	Queue    string
+	Status   Status
+	Assignee string
+	Offset   int
+	Limit    int // default 50
+}
+
+// MaxTextBytes bounds a reply or note.
+const MaxTextBytes = 1 << 20
+
+// List returns the tickets a may see that match f, newest first. The view is audited.
+func (s *Service) List(a access.Actor, f Filter) ([]Ticket, error) {
+	if f.Limit <= 0 || f.Limit > 500 {
+		f.Limit = 50
+	}
+	var queues []string
+	for _, q := range s.opts.Queues {
+		if (f.Queue == "" || f.Queue == q.Name) && a.InQueue(q.Name) {
+			queues = append(queues, q.Name)
+		}
+	}
+	var out []Ticket
+	err := s.db.Batch(func(tx *store.Tx) error {
+		out = out[:0]
+		var ids []uint64
+		for _, q := range queues {
+			pre := s.qprefix(q)
+			c := tx.Cursor(bByQueue)
+			// Walk this queue's keys backwards from its end.
+			end := append(append([]byte(nil), pre...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+			k := c.Seek(end)
+			if k == nil {
+				k = c.Last()
+			} else {
+				k = c.Prev()
+			}
+			for ; k != nil && len(k) == 16 && string(k[:8]) == string(pre); k = c.Prev() {
+				ids = append(ids, store.FromU64(k[8:]))
+			}
+		}
+		sortDesc(ids)
+		skipped := 0
+		for _, id := range ids {
+			if len(out) >= f.Limit {
+				break
+			}
+			t, err := loadTicket(tx, id)
+			if errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrScopeDestroyed) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if (f.Status != "" && t.Status != f.Status) || (f.Assignee != "" && t.Assignee != f.Assignee) {
+				continue
+			}
+			if skipped < f.Offset {
+				skipped++
+				continue
+			}
+			out = append(out, *t)
+		}
+		detail := fmt.Sprintf("queue=%s status=%s count=%d", f.Queue, f.Status, len(out))
+		return s.audit(tx, a, "ticket.list", "tickets", "ok", detail)
+	})
+	return out, err
+}
+
+func sortDesc(ids []uint64) {
+	for i := 1; i < len(ids); i++ {
+		for j := i; j > 0 && ids[j] > ids[j-1]; j-- {
+			ids[j], ids[j-1] = ids[j-1], ids[j]
+		}
+	}
+}
+
+// visible loads ticket id for a, writing a denied event and returning ErrNotFound when a may not
+// see it (the same answer as for a missing ticket, so ids cannot be probed).
+func (s *Service) visible(tx *store.Tx, a access.Actor, id uint64, action string) (*Ticket, error) {
+	t, err := loadTicket(tx, id)
+	if errors.Is(err, store.ErrScopeDestroyed) {
+		err = ErrNotFound
+	}
+	if err == nil && !a.InQueue(t.Queue) {
+		err = ErrNotFound
+	}
+	if errors.Is(err, ErrNotFound) {
+		if aerr := s.audit(tx, a, action, object(id), "denied", "not found or not in the actor's queues"); aerr != nil {
+			return nil, aerr
+		}
+		return nil, ErrNotFound
+	}
+	return t, err
+}
+
+// denied runs fn's audit of a refusal in its own transaction: the refused action's transaction
+// is rolled back, the record of the refusal must not be.
+func (s *Service) denied(a access.Actor, action string, id uint64, detail string) {
+	s.db.Batch(func(tx *store.Tx) error { return s.audit(tx, a, action, object(id), "denied", detail) })
+}
+
+// Get returns a ticket with its messages. The view is audited; a ticket a may not see is
+// ErrNotFound, and the attempt is audited as denied.
+func (s *Service) Get(a access.Actor, id uint64) (*Ticket, []Message, error) {
+	var t *Ticket
+	var msgs []Message
+	var notFound bool
+	err := s.db.Batch(func(tx *store.Tx) error {
+		msgs, notFound = nil, false
+		var err error
+		t, err = s.visible(tx, a, id, "ticket.view")
+		if errors.Is(err, ErrNotFound) {
+			notFound = true
+			return nil // commit the denied event
+		}
+		if err != nil {
+			return err
+		}
+		for seq := 1; seq <= t.Messages; seq++ {
+			m, err := loadMessage(tx, id, seq)
+			if err != nil {
+				return err
+			}
+			msgs = append(msgs, *m)
+		}
+		return s.audit(tx, a, "ticket.view", object(id), "ok", "")
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if notFound {
+		return nil, nil, ErrNotFound
+	}
+	return t, msgs, nil
+}
+
+// write runs a change to a visible, writable ticket and audits it in the same transaction.
+func (s *Service) write(a access.Actor, id uint64, action, detail string, fn func(tx *store.Tx, t *Ticket) error) error {
+	var outcome error
+	err := s.db.Batch(func(tx *store.Tx) error {
+		outcome = nil
+		t, err := s.visible(tx, a, id, action)
+		if errors.Is(err, ErrNotFound) {
+			outcome = ErrNotFound
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !a.CanWrite(t.Queue) {
+			outcome = ErrForbidden
+			return s.audit(tx, a, action, object(id), "denied", "no write access to queue "+t.Queue)
+		}
+		if err := fn(tx, t); err != nil {
+			return err
+		}
+		if err := saveTicket(tx, t); err != nil {
+			return err
+		}
+		return s.audit(tx, a, action, object(id), "ok", detail)
+	})
+	if err != nil {
+		return err
+	}
+	return outcome
+}
+
+// SetStatus changes a ticket's status.
+func (s *Service) SetStatus(a access.Actor, id uint64, st Status) error {
+	if !ValidStatus(st) {
+		return fmt.Errorf("%w: status %q (want new, open, pending, solved or closed)", ErrInvalid, st)
+	}
+	return s.write(a, id, "ticket.status", "status="+string(st), func(tx *store.Tx, t *Ticket) error {
+		t.Status = st
+		t.Updated = s.opts.Now().UTC()
+		return nil
+	})
+}
+
+// Assign gives a ticket to an agent ("" unassigns). Whether that agent exists and belongs to the
+// queue is the caller's check against access.
+func (s *Service) Assign(a access.Actor, id uint64, agent string) error {
+	return s.write(a, id, "ticket.assign", "assignee="+agent, func(tx *store.Tx, t *Ticket) error {
+		t.Assignee = agent
+		t.Updated = s.opts.Now().UTC()
+		return nil
+	})
+}
+
+// AddNote adds an internal note, seen by agents only.
+func (s *Service) AddNote(a access.Actor, id uint64, text string) (*Message, error) {
+	text, err := checkText(text)
+	if err != nil {
+		return nil, err
+	}
+	var m *Message
+	err = s.write(a, id, "ticket.note", "", func(tx *store.Tx, t *Ticket) error {
+		m = &Message{Direction: Note, From: a.Name, Author: a.Name, Date: s.opts.Now().UTC(), Text: text, Subject: t.Subject}
+		return s.addMessage(tx, t, m, nil, nil)
+	})
+	if err == nil {
+		s.notify(id)
+	}
+	return m, err
+}
+
+// SystemNote adds a note written by mailgate itself (delivery failures, key changes).
+func (s *Service) SystemNote(tx *store.Tx, id uint64, text, problem string) error {
+	t, err := loadTicket(tx, id)
+	if err != nil {
+		return err
+	}
+	m := &Message{Direction: Note, From: "mailgate", Author: "mailgate", Date: s.opts.Now().UTC(), Text: text, Subject: t.Subject, Problem: problem}
+	return s.addMessage(tx, t, m, nil, nil)
+}
+
+// SetDelivery records the delivery state of outbound message seq of ticket id.
+func (s *Service) SetDelivery(tx *store.Tx, id uint64, seq int, state string) error {
+	m, err := loadMessage(tx, id, seq)
+	if err != nil {
+		return err
+	}
+	m.Delivery = state
+	return saveMessage(tx, m)
+}
+
+// Link links two tickets of the same queue (an agent's merge hint) both ways.
+func (s *Service) Link(a access.Actor, id, other uint64) error {
+	if id == other {
+		return fmt.Errorf("%w: a ticket cannot link to itself", ErrInvalid)
+	}
+	return s.write(a, id, "ticket.link", fmt.Sprintf("other=%d", other), func(tx *store.Tx, t *Ticket) error {
+		o, err := loadTicket(tx, other)
+		if err != nil || o.Queue != t.Queue || !a.InQueue(o.Queue) {
+			return fmt.Errorf("%w: ticket %d is not in this queue", ErrInvalid, other)
+		}
+		t.Links = appendUnique(t.Links, other)
+		o.Links = appendUnique(o.Links, id)
+		return saveTicket(tx, o)
+	})
+}
+
+// Attachment returns attachment i of message seq, audited.
+func (s *Service) Attachment(a access.Actor, id uint64, seq, i int) (Attachment, []byte, error) {
+	var att Attachment
+	var data []byte
+	var notFound bool
+	err := s.db.Batch(func(tx *store.Tx) error {
+		notFound = false
+		t, err := s.visible(tx, a, id, "attachment.download")
+		if errors.Is(err, ErrNotFound) {
+			notFound = true
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if seq < 1 || seq > t.Messages {
+			notFound = true
+			return nil
+		}
+		m, err := loadMessage(tx, id, seq)
+		if err != nil {
+			return err
+		}
+		if i < 0 || i >= len(m.Attachments) {
+			notFound = true
+			return nil
+		}
+		att = m.Attachments[i]
+		data, err = tx.GetScoped(id, bAttach, binary.BigEndian.AppendUint32(mkey(id, seq), uint32(i)))
+		if err != nil {
+			return err
+		}
+		return s.audit(tx, a, "attachment.download", object(id), "ok", fmt.Sprintf("message=%d attachment=%d", seq, i))
+	})
+	if err != nil {
+		return Attachment{}, nil, err
+	}
+	if notFound {
+		return Attachment{}, nil, ErrNotFound
+	}
+	return att, data, nil
+}
+
+// Raw returns message seq of ticket id exactly as stored, audited (IMAP fetch, downloads).
+// Notes and mail without raw bytes come back rendered as a simple text message.
+func (s *Service) Raw(a access.Actor, id uint64, seq int, action string) (*Message, []byte, error) {
+	var m *Message
+	var raw []byte
+	var notFound bool
+	err := s.db.Batch(func(tx *store.Tx) error {
+		notFound = false
+		t, err := s.visible(tx, a, id, action)
+		if errors.Is(err, ErrNotFound) {
+			notFound = true
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if m, err = loadMessage(tx, id, seq); err != nil {
+			if errors.Is(err, ErrNotFound) {
+				notFound = true
+				return nil
+			}
+			return err
+		}
+		if raw, err = tx.GetScoped(id, bRaw, mkey(id, seq)); err != nil {
+			return err
+		}
+		return s.audit(tx, a, action, object(t.ID), "ok", fmt.Sprintf("message=%d", seq))
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if notFound {
+		return nil, nil, ErrNotFound
+	}
+	return m, raw, nil
+}
+
+// MailboxEntry is one message in a queue's IMAP mailbox.
+type MailboxEntry struct {
+	UID    uint32
+	Ticket uint64
+	Seq    int
+}
+
+// Mailbox lists the messages of queue with UID > after, in UID order, with the mailbox's
+// UIDVALIDITY. It reads index keys only; content is read (and audited) with Raw.
+func (s *Service) Mailbox(queue string, after uint32) (validity uint32, entries []MailboxEntry, err error) {
+	pre := s.qprefix(queue)
+	err = s.db.View(func(tx *store.Tx) error {
+		v, err := tx.GetPlain(bUIDs, pre)
+		if err != nil {
+			return err
+		}
+		if len(v) == 8 {
+			validity = binary.BigEndian.Uint32(v)
+		}
+		c := tx.Cursor(bMailbox)
+		start := binary.BigEndian.AppendUint32(append([]byte(nil), pre...), after+1)
+		for k := c.Seek(start); k != nil && len(k) == 12 && string(k[:8]) == string(pre); k = c.Next() {
+			loc, err := tx.GetPlain(bMailbox, k)
+			if err != nil || len(loc) != 12 {
+				continue
+			}
+			entries = append(entries, MailboxEntry{UID: binary.BigEndian.Uint32(k[8:]), Ticket: store.FromU64(loc), Seq: int(binary.BigEndian.Uint32(loc[8:]))})
+		}
+		return nil
+	})
+	return validity, entries, err
+}
+
+// FindMessage returns the ticket and seq holding Message-ID id, if any (submission threading).
+func (s *Service) FindMessage(id string) (ticket uint64, seq int, ok bool) {
+	s.db.View(func(tx *store.Tx) error {
+		v, _ := tx.GetPlain(bMsgID, s.db.Index("msgid", normID(id)))
+		if len(v) == 12 {
+			ticket, seq, ok = store.FromU64(v), int(binary.BigEndian.Uint32(v[8:])), true
+		}
+		return nil
+	})
+	return
+}
+
+func (s *Service) notify(id uint64) {
+	if s.opts.Notify == nil {
+		return
+	}
+	var q string
+	s.db.View(func(tx *store.Tx) error {
+		if t, err := loadTicket(tx, id); err == nil {
+			q = t.Queue
+		}
+		return nil
+	})
+	if q != "" {
+		s.opts.Notify(q)
+	}
+}
+
+func checkText(text string) (string, error) {
+	text = strings.ReplaceAll(text, "\r\n", "\n")
+	if strings.TrimSpace(text) == "" {
+		return "", fmt.Errorf("%w: the text is empty", ErrInvalid)
+	}
+	if len(text) > MaxTextBytes {
+		return "", fmt.Errorf("%w: the text is longer than %d bytes", ErrInvalid, MaxTextBytes)
+	}
+	if !utf8.ValidString(text) {
+		return "", fmt.Errorf("%w: the text is not valid UTF-8", ErrInvalid)
+	}
+	return text, nil
+}

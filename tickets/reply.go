@@ -1,0 +1,226 @@
+package tickets
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"mailgate/access"
+	"mailgate/store"
+)
+
+const bAutoAck = "autoack" // U64(ticket) → nothing: an acknowledgement owed, survives restarts
+
+// Reply is the one path every agent reply takes (web page, admin command, agents' mail
+// clients): it checks that a may reply in the ticket's queue, composes the message through the
+// Mailer, and commits the message, its delivery job and the audit event together before it returns.
+func (s *Service) Reply(a access.Actor, id uint64, text string) (*Message, error) {
+	text, err := checkText(text)
+	if err != nil {
+		return nil, err
+	}
+	if s.opts.Mailer == nil {
+		return nil, errors.New("reply: no outbound mailer configured")
+	}
+	var t *Ticket
+	var last *Message
+	err = s.db.View(func(tx *store.Tx) error {
+		var err error
+		if t, err = loadTicket(tx, id); err != nil {
+			return err
+		}
+		last = lastInbound(tx, t)
+		return nil
+	})
+	if errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrScopeDestroyed) || (err == nil && !a.InQueue(t.Queue)) {
+		s.denied(a, "ticket.reply", id, "not found or not in the actor's queues")
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !a.CanWrite(t.Queue) {
+		s.denied(a, "ticket.reply", id, "no write access to queue "+t.Queue)
+		return nil, ErrForbidden
+	}
+	o, err := s.outgoing(t, last, text, false)
+	if err != nil {
+		return nil, err
+	}
+	raw, encrypted, err := s.opts.Mailer.Compose(o)
+	if err != nil {
+		// Nothing leaves; the ticket says why, so the next agent sees it too.
+		s.db.Batch(func(tx *store.Tx) error {
+			if err := s.SystemNote(tx, id, "A reply by "+a.Name+" was not sent: "+err.Error(), "reply refused"); err != nil {
+				return err
+			}
+			return s.audit(tx, a, "ticket.reply", object(id), "failed", err.Error())
+		})
+		return nil, fmt.Errorf("reply not sent: %w", err)
+	}
+	m := &Message{
+		Direction: Out, From: o.Queue.Address, FromName: o.Queue.Name, To: o.To, Cc: o.Cc, Subject: o.Subject,
+		MessageID: o.MessageID, References: o.References, Date: o.Date, Text: text, Encrypted: encrypted,
+		Author: a.Name, Delivery: "queued",
+	}
+	if o.InReplyTo != "" {
+		m.InReplyTo = []string{o.InReplyTo}
+	}
+	err = s.db.Batch(func(tx *store.Tx) error {
+		mm := *m
+		t, err := loadTicket(tx, id)
+		if err != nil {
+			return err
+		}
+		if err := s.addMessage(tx, t, &mm, raw, nil); err != nil {
+			return err
+		}
+		if t.Status == StatusNew || t.Status == StatusOpen {
+			t.Status = StatusPending
+			if err := saveTicket(tx, t); err != nil {
+				return err
+			}
+		}
+		rcpts := append([]string{o.To}, o.Cc...)
+		if err := s.opts.Mailer.EnqueueTx(tx, id, mm.Seq, o.Queue.Address, rcpts, raw); err != nil {
+			return err
+		}
+		*m = mm
+		return s.audit(tx, a, "ticket.reply", object(id), "ok", fmt.Sprintf("message=%d encrypted=%t", mm.Seq, encrypted))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reply to ticket %d: %w", id, err)
+	}
+	s.opts.Mailer.Kick()
+	if s.opts.Notify != nil {
+		s.opts.Notify(t.Queue)
+	}
+	return m, nil
+}
+
+// lastInbound returns the newest inbound message, which a reply answers.
+func lastInbound(tx *store.Tx, t *Ticket) *Message {
+	for seq := t.Messages; seq >= 1; seq-- {
+		m, err := loadMessage(tx, t.ID, seq)
+		if err == nil && m.Direction == In && m.Kind == "" {
+			return m
+		}
+	}
+	return nil
+}
+
+// outgoing decides the addressing and threading of a reply.
+func (s *Service) outgoing(t *Ticket, last *Message, text string, auto bool) (Outgoing, error) {
+	q, ok := s.Queue(t.Queue)
+	if !ok {
+		return Outgoing{}, fmt.Errorf("queue %q is no longer configured", t.Queue)
+	}
+	if t.Customer == "" {
+		return Outgoing{}, fmt.Errorf("%w: ticket %d has no customer address to reply to", ErrInvalid, t.ID)
+	}
+	o := Outgoing{Ticket: *t, Queue: q, To: t.Customer, Text: text, Date: s.opts.Now().UTC(), Encrypt: t.Encrypted, AutoReply: auto}
+	for _, p := range t.Participants {
+		if !equalAddr(p.Address, t.Customer) && !equalAddr(p.Address, q.Address) {
+			o.Cc = append(o.Cc, p.Address)
+		}
+	}
+	subj := t.Subject
+	if !strings.HasPrefix(strings.ToLower(subj), "re:") {
+		subj = "Re: " + subj
+	}
+	o.Subject = fmt.Sprintf("%s [#%d]", subj, t.ID)
+	if last != nil && last.MessageID != "" {
+		o.InReplyTo = last.MessageID
+		o.References = append(append([]string(nil), last.References...), last.MessageID)
+		if len(o.References) > 20 {
+			// Keep the root and the nearest ancestors (RFC 5322 3.6.4 lets us trim the middle).
+			o.References = append(o.References[:1], o.References[len(o.References)-19:]...)
+		}
+	}
+	o.MessageID = s.MintMessageID(t.ID, o.To)
+	return o, nil
+}
+
+// owesAutoAck is called inside the ingest transaction for a new ticket.
+func (s *Service) owesAutoAck(tx *store.Tx, t *Ticket) error {
+	return tx.PutPlain(bAutoAck, store.U64(t.ID), nil)
+}
+
+// SendAutoAcks sends every acknowledgement still owed (after a restart, or after Ingest).
+func (s *Service) SendAutoAcks() {
+	if s.opts.Mailer == nil {
+		return
+	}
+	var ids []uint64
+	s.db.View(func(tx *store.Tx) error {
+		c := tx.Cursor(bAutoAck)
+		for k := c.First(); k != nil; k = c.Next() {
+			ids = append(ids, store.FromU64(k))
+		}
+		return nil
+	})
+	for _, id := range ids {
+		if err := s.sendAutoAck(id); err != nil {
+			slog.Warn("auto-acknowledgement failed", "ticket", id, "err", err)
+		}
+	}
+}
+
+func (s *Service) sendAutoAck(id uint64) error {
+	var t *Ticket
+	var last *Message
+	err := s.db.View(func(tx *store.Tx) error {
+		var err error
+		if t, err = loadTicket(tx, id); err != nil {
+			return err
+		}
+		last = lastInbound(tx, t)
+		return nil
+	})
+	if err != nil {
+		s.db.Update(func(tx *store.Tx) error { return tx.Delete(bAutoAck, store.U64(id)) })
+		return err
+	}
+	text := fmt.Sprintf("Thank you for writing to us. Your request has been received as ticket #%d\nand an agent will answer soon. Please keep [#%d] in the subject when you write again.\n\nThis is an automatic message.\n", id, id)
+	o, err := s.outgoing(t, last, text, true)
+	if err != nil {
+		return err
+	}
+	o.Cc = nil
+	raw, encrypted, err := s.opts.Mailer.Compose(o)
+	if err != nil {
+		s.db.Update(func(tx *store.Tx) error { return tx.Delete(bAutoAck, store.U64(id)) })
+		return err
+	}
+	err = s.db.Batch(func(tx *store.Tx) error {
+		owed, err := tx.GetPlain(bAutoAck, store.U64(id))
+		if err != nil || owed == nil {
+			return err // already sent by another pass
+		}
+		t, err := loadTicket(tx, id)
+		if err != nil {
+			return err
+		}
+		m := &Message{Direction: Out, From: o.Queue.Address, FromName: o.Queue.Name, To: o.To, Subject: o.Subject,
+			MessageID: o.MessageID, References: o.References, Date: o.Date, Text: text, Encrypted: encrypted,
+			Author: "mailgate", Delivery: "queued", Kind: "auto-reply"}
+		if o.InReplyTo != "" {
+			m.InReplyTo = []string{o.InReplyTo}
+		}
+		if err := s.addMessage(tx, t, m, raw, nil); err != nil {
+			return err
+		}
+		if err := s.opts.Mailer.EnqueueTx(tx, id, m.Seq, o.Queue.Address, []string{o.To}, raw); err != nil {
+			return err
+		}
+		if err := tx.Delete(bAutoAck, store.U64(id)); err != nil {
+			return err
+		}
+		return s.audit(tx, access.Actor{Name: "mailgate"}, "ticket.autoack", object(id), "ok", "")
+	})
+	if err == nil {
+		s.opts.Mailer.Kick()
+	}
+	return err
+}

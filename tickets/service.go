@@ -1,0 +1,274 @@
+package tickets
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"mailgate/access"
+	"mailgate/audit"
+	"mailgate/store"
+)
+
+// Buckets. Every value that holds customer data is sealed under its ticket's own key
+// (store scopes), so deleting that key destroys one ticket for good.
+const (
+	bTickets  = "tickets"   // U64(id) → Ticket JSON (scoped)
+	bMessages = "messages"  // U64(id)|U32(seq) → Message JSON (scoped)
+	bRaw      = "raw"       // U64(id)|U32(seq) → raw RFC 5322 bytes (scoped)
+	bAttach   = "attach"    // U64(id)|U32(seq)|U32(i) → attachment bytes (scoped)
+	bMsgID    = "msgid"     // HMAC(Message-ID) → U64(id)|U32(seq) (plain)
+	bByQueue  = "byqueue"   // HMAC(queue)[:8]|U64(id) → nothing (plain), for listings
+	bMailbox  = "mailbox"   // HMAC(queue)[:8]|U32(uid) → U64(id)|U32(seq) (plain), IMAP view
+	bUIDs     = "uidvalid"  // HMAC(queue)[:8] → U32(uidvalidity)|U32(last uid) (plain)
+	bTicketID = "ticket_id" // only its sequence: ticket ids
+)
+
+// Queue is a mailbox mailgate answers for.
+type Queue struct {
+	Name    string
+	Address string
+	AutoAck bool
+}
+
+// Outgoing is what tickets asks the mail composer to build for a reply.
+type Outgoing struct {
+	Ticket     Ticket
+	Queue      Queue
+	To         string
+	Cc         []string
+	Subject    string
+	Text       string
+	MessageID  string
+	InReplyTo  string
+	References []string
+	Date       time.Time
+	// Encrypt is true when the customer wrote encrypted mail: encrypt whenever a key is known.
+	Encrypt bool
+	// AutoReply marks an automatic acknowledgement (RFC 3834).
+	AutoReply bool
+}
+
+// Mailer builds and queues outbound mail. outbound implements it; tickets only decides what to say.
+type Mailer interface {
+	// Compose returns the message exactly as it will be sent (signed, maybe encrypted).
+	Compose(o Outgoing) (raw []byte, encrypted bool, err error)
+	// EnqueueTx queues raw for delivery inside the caller's transaction.
+	EnqueueTx(tx *store.Tx, ticket uint64, seq int, from string, to []string, raw []byte) error
+	// Kick wakes the delivery worker after a commit.
+	Kick()
+}
+
+// Decrypted is readable content recovered from an encrypted inbound message.
+type Decrypted struct {
+	Inner    []byte // the decrypted MIME entity
+	Signed   bool
+	SignedBy string // fingerprint, when the signature verifies with a known key
+}
+
+// Options wires a Service.
+type Options struct {
+	Hostname string
+	Queues   []Queue
+	Mailer   Mailer
+	// Decrypt reads PGP-encrypted inbound mail; nil when no gateway key is configured.
+	// It returns (nil, nil) for mail that is not encrypted.
+	Decrypt func(raw []byte) (*Decrypted, error)
+	// OnIngestTx runs inside the ingest transaction (auto-acknowledgement, key learning).
+	OnIngestTx func(tx *store.Tx, t *Ticket, m *Message, parsed *Parsed, isNew bool) error
+	// AutoAck decides whether the sender of a new ticket may get an automatic acknowledgement
+	// (RFC 3834: never to automatic mail, lists or bounces). nil means never. It must be pure:
+	// it may be called for mail that ends up joining an existing ticket.
+	AutoAck func(p *Parsed, in Incoming) bool
+	// Notify runs after a commit that added a message to queue (IMAP IDLE, metrics).
+	Notify func(queue string)
+	Now    func() time.Time
+}
+
+// Service is the ticket system.
+type Service struct {
+	db   *store.DB
+	log  *audit.Log
+	opts Options
+}
+
+// New returns a Service.
+func New(db *store.DB, log *audit.Log, opts Options) *Service {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Service{db: db, log: log, opts: opts}
+}
+
+// Queues returns the configured queues.
+func (s *Service) Queues() []Queue { return s.opts.Queues }
+
+// Queue returns the queue named name.
+func (s *Service) Queue(name string) (Queue, bool) {
+	for _, q := range s.opts.Queues {
+		if q.Name == name {
+			return q, true
+		}
+	}
+	return Queue{}, false
+}
+
+// SetMailer wires the composer after construction (outbound needs the Service too).
+func (s *Service) SetMailer(m Mailer) { s.opts.Mailer = m }
+
+// DB returns the store, for packages that keep their own buckets beside tickets.
+func (s *Service) DB() *store.DB { return s.db }
+
+func tkey(id uint64) []byte { return store.U64(id) }
+
+func mkey(id uint64, seq int) []byte {
+	return binary.BigEndian.AppendUint32(store.U64(id), uint32(seq))
+}
+
+func (s *Service) qprefix(queue string) []byte { return s.db.Index("queue", queue)[:8] }
+
+func loadTicket(tx *store.Tx, id uint64) (*Ticket, error) {
+	v, err := tx.GetScoped(id, bTickets, tkey(id))
+	if err != nil {
+		return nil, fmt.Errorf("ticket %d: %w", id, err)
+	}
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	var t Ticket
+	if err := json.Unmarshal(v, &t); err != nil {
+		return nil, fmt.Errorf("ticket %d: %w", id, err)
+	}
+	return &t, nil
+}
+
+func saveTicket(tx *store.Tx, t *Ticket) error {
+	b, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	return tx.PutScoped(t.ID, bTickets, tkey(t.ID), b)
+}
+
+func loadMessage(tx *store.Tx, id uint64, seq int) (*Message, error) {
+	v, err := tx.GetScoped(id, bMessages, mkey(id, seq))
+	if err != nil {
+		return nil, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
+	}
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	var m Message
+	if err := json.Unmarshal(v, &m); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+func saveMessage(tx *store.Tx, m *Message) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return tx.PutScoped(m.Ticket, bMessages, mkey(m.Ticket, m.Seq), b)
+}
+
+// addMessage appends m (and its raw bytes and attachments) to t inside tx and indexes it.
+func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, atts []ParsedAttachment) error {
+	t.Messages++
+	m.Ticket, m.Seq = t.ID, t.Messages
+	for i, a := range atts {
+		if err := tx.PutScoped(t.ID, bAttach, binary.BigEndian.AppendUint32(mkey(t.ID, m.Seq), uint32(i)), a.Data); err != nil {
+			return err
+		}
+	}
+	if raw != nil {
+		if err := tx.PutScoped(t.ID, bRaw, mkey(t.ID, m.Seq), raw); err != nil {
+			return err
+		}
+	}
+	if m.MessageID != "" {
+		if err := tx.PutPlain(bMsgID, s.db.Index("msgid", normID(m.MessageID)), mkey(t.ID, m.Seq)); err != nil {
+			return err
+		}
+	}
+	uid, err := s.nextUID(tx, t.Queue)
+	if err != nil {
+		return err
+	}
+	m.UID = uid
+	if err := tx.PutPlain(bMailbox, binary.BigEndian.AppendUint32(append([]byte(nil), s.qprefix(t.Queue)...), uid), mkey(t.ID, m.Seq)); err != nil {
+		return err
+	}
+	if err := saveMessage(tx, m); err != nil {
+		return err
+	}
+	t.Updated = s.opts.Now().UTC()
+	return saveTicket(tx, t)
+}
+
+// nextUID hands out the queue mailbox's next IMAP UID; UIDVALIDITY is fixed when the mailbox
+// is first used, so it survives restarts.
+func (s *Service) nextUID(tx *store.Tx, queue string) (uint32, error) {
+	k := s.qprefix(queue)
+	v, err := tx.GetPlain(bUIDs, k)
+	if err != nil {
+		return 0, err
+	}
+	var validity, last uint32
+	if len(v) == 8 {
+		validity, last = binary.BigEndian.Uint32(v), binary.BigEndian.Uint32(v[4:])
+	} else {
+		validity = uint32(s.opts.Now().Unix())
+	}
+	last++
+	out := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, validity), last)
+	return last, tx.PutPlain(bUIDs, k, out)
+}
+
+func normID(id string) string { return strings.ToLower(strings.Trim(strings.TrimSpace(id), "<>")) }
+
+// MintMessageID makes the Message-ID of an outbound message of ticket id to recipient: it
+// carries the ticket id, a random part and a MAC over both and the recipient, so a reply that
+// quotes it can be tied to the ticket, and a forged one cannot.
+func (s *Service) MintMessageID(id uint64, recipient string) string {
+	r := make([]byte, 8)
+	rand.Read(r)
+	rnd := hex.EncodeToString(r)
+	return fmt.Sprintf("mg.%d.%s.%s@%s", id, rnd, s.idMAC(id, rnd, recipient), s.opts.Hostname)
+}
+
+func (s *Service) idMAC(id uint64, rnd, recipient string) string {
+	return hex.EncodeToString(s.db.MAC("message-id", store.U64(id), []byte(rnd), []byte(strings.ToLower(recipient))))[:20]
+}
+
+var mintedRe = regexp.MustCompile(`^mg\.(\d{1,19})\.([0-9a-f]{16})\.([0-9a-f]{20})@(.+)$`)
+
+// minted reports whether id looks like one of ours, and for which ticket.
+func (s *Service) minted(id string) (ticket uint64, rnd, mac string, ok bool) {
+	m := mintedRe.FindStringSubmatch(normID(id))
+	if m == nil || !strings.EqualFold(m[4], s.opts.Hostname) {
+		return 0, "", "", false
+	}
+	n, err := strconv.ParseUint(m[1], 10, 64)
+	if err != nil {
+		return 0, "", "", false
+	}
+	return n, m[2], m[3], true
+}
+
+// audit appends an event inside tx.
+func (s *Service) audit(tx *store.Tx, a access.Actor, action, object, result, detail string) error {
+	return s.log.AppendTx(tx, audit.Event{Actor: a.Name, Action: action, Object: object, Remote: a.Remote, Result: result, Detail: detail})
+}
+
+func object(id uint64) string { return "ticket/" + strconv.FormatUint(id, 10) }
+
+func macEqual(a, b string) bool { return hmac.Equal([]byte(a), []byte(b)) }

@@ -1,0 +1,329 @@
+package tickets
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"mailgate/access"
+	"mailgate/audit"
+	"mailgate/internal/testutil"
+	"mailgate/store"
+)
+
+// fakeMailer records what would be sent; the real one is outbound's (tested there end to end).
+type fakeMailer struct {
+	mu     sync.Mutex
+	out    []Outgoing
+	queued int
+	fail   error
+}
+
+func (f *fakeMailer) Compose(o Outgoing) ([]byte, bool, error) {
+	if f.fail != nil {
+		return nil, false, f.fail
+	}
+	f.mu.Lock()
+	f.out = append(f.out, o)
+	f.mu.Unlock()
+	return []byte("Message-ID: <" + o.MessageID + ">\r\nSubject: " + o.Subject + "\r\n\r\n" + o.Text), false, nil
+}
+
+func (f *fakeMailer) EnqueueTx(tx *store.Tx, ticket uint64, seq int, from string, to []string, raw []byte) error {
+	return tx.PutPlain("fakequeue", mkey(ticket, seq), raw)
+}
+
+func (f *fakeMailer) Kick() {}
+
+type env struct {
+	svc    *Service
+	db     *store.DB
+	log    *audit.Log
+	mailer *fakeMailer
+}
+
+var (
+	agentA  = access.Actor{Name: "alice", Role: access.RoleAgent, Queues: []string{"support"}, Remote: "127.0.0.1:1"}
+	agentB  = access.Actor{Name: "bob", Role: access.RoleAgent, Queues: []string{"sales"}, Remote: "127.0.0.1:2"}
+	auditor = access.Actor{Name: "eve", Role: access.RoleAuditor, Remote: "127.0.0.1:3"}
+)
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	db, err := store.Open(filepath.Join(t.TempDir(), "t.db"), bytes.Repeat([]byte{5}, 32), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	log, _ := audit.New(db, "")
+	m := &fakeMailer{}
+	svc := New(db, log, Options{
+		Hostname: "mail.example.com",
+		Queues:   []Queue{{Name: "support", Address: "support@example.com"}, {Name: "sales", Address: "sales@example.com"}},
+		Mailer:   m,
+	})
+	return &env{svc: svc, db: db, log: log, mailer: m}
+}
+
+func mail(from, subject, msgid string, extra ...string) []byte {
+	h := fmt.Sprintf("From: Customer <%s>\r\nTo: support@example.com\r\nSubject: %s\r\nMessage-ID: <%s>\r\nDate: Mon, 02 Jan 2026 15:04:05 +0000\r\n", from, subject, msgid)
+	for _, e := range extra {
+		h += e + "\r\n"
+	}
+	return []byte(h + "\r\nHello, my order is late.\r\n")
+}
+
+func (e *env) ingest(t *testing.T, raw []byte, verified bool) Result {
+	t.Helper()
+	auth := Auth{SPF: "pass", DKIM: "pass", DMARC: "pass", Verified: verified}
+	if !verified {
+		auth = Auth{SPF: "fail", DKIM: "none", DMARC: "fail"}
+	}
+	r, err := e.svc.Ingest(Incoming{Queue: "support", Raw: raw, Auth: auth, Via: "smtp", Remote: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestThreadingCannotBeHijacked(t *testing.T) {
+	e := newEnv(t)
+	first := e.ingest(t, mail("carol@customer.example", "Order late", "c1@customer.example"), true)
+	if !first.New || first.Ticket != 1 {
+		t.Fatalf("first: %+v", first)
+	}
+	// The agent replies: the Message-ID is minted with a MAC.
+	rep, err := e.svc.Reply(agentA, 1, "We are on it.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		raw     []byte
+		ok      bool
+		outcome string
+		ticket  uint64
+	}{
+		{"customer replies to our reply", mail("carol@customer.example", "Re: Order late [#1]", "c2@customer.example", "In-Reply-To: <"+rep.MessageID+">"), true, OutcomeThreaded, 1},
+		{"customer replies to own first mail", mail("carol@customer.example", "more", "c3@customer.example", "References: <c1@customer.example>"), false, OutcomeThreaded, 1},
+		{"stranger quotes the thread", mail("mallory@evil.example", "Re: Order late", "m1@evil.example", "In-Reply-To: <"+rep.MessageID+">"), true, OutcomeLinked, 0},
+		{"stranger uses the subject tag", mail("mallory@evil.example", "Re: [#1]", "m2@evil.example"), true, OutcomeLinked, 0},
+		{"participant, tag, but not verified", mail("carol@customer.example", "hi [#1]", "c4@customer.example"), false, OutcomeLinked, 0},
+		{"participant, tag, verified", mail("carol@customer.example", "hi [#1]", "c5@customer.example"), true, OutcomeTagged, 1},
+		{"forged minted id for ticket 1", mail("mallory@evil.example", "x", "m3@evil.example", "In-Reply-To: <mg.1.0123456789abcdef.0123456789abcdef0123@mail.example.com>"), true, OutcomeNew, 0},
+		{"forged minted id, participant spoofed", mail("carol@customer.example", "x", "m4@evil.example", "In-Reply-To: <mg.1.0123456789abcdef.0123456789abcdef0123@mail.example.com>"), false, OutcomeNew, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := e.ingest(t, c.raw, c.ok)
+			if r.Outcome != c.outcome {
+				t.Fatalf("outcome %s, want %s (%+v)", r.Outcome, c.outcome, r)
+			}
+			if c.ticket != 0 && r.Ticket != c.ticket {
+				t.Fatalf("ticket %d, want %d", r.Ticket, c.ticket)
+			}
+			if c.ticket == 0 && r.Ticket == 1 {
+				t.Fatal("joined ticket 1")
+			}
+		})
+	}
+	// A linked ticket shows up on ticket 1 for merging.
+	tk, _, err := e.svc.Get(agentA, 1)
+	if err != nil || len(tk.Links) == 0 {
+		t.Fatalf("links: %+v %v", tk, err)
+	}
+}
+
+func TestUnverifiedNeverInheritsTrust(t *testing.T) {
+	e := newEnv(t)
+	e.ingest(t, mail("carol@customer.example", "Order", "c1@customer.example"), true)
+	r := e.ingest(t, mail("carol@customer.example", "Re: Order", "c2@customer.example", "In-Reply-To: <c1@customer.example>"), false)
+	_, msgs, _ := e.svc.Get(agentA, r.Ticket)
+	if len(msgs) != 2 || !msgs[0].Verified || msgs[1].Verified {
+		t.Fatalf("verified flags: %v %v", msgs[0].Verified, msgs[1].Verified)
+	}
+}
+
+func TestDuplicateStoredOnce(t *testing.T) {
+	e := newEnv(t)
+	raw := mail("carol@customer.example", "Order", "dup@customer.example")
+	e.ingest(t, raw, true)
+	r := e.ingest(t, raw, true)
+	if r.Outcome != OutcomeDuplicate || r.Ticket != 1 {
+		t.Fatalf("%+v", r)
+	}
+	tk, _, _ := e.svc.Get(agentA, 1)
+	if tk.Messages != 1 {
+		t.Fatalf("messages %d", tk.Messages)
+	}
+	// Someone else reusing that Message-ID is not a duplicate of carol's mail.
+	r = e.ingest(t, mail("mallory@evil.example", "Order", "dup@customer.example"), true)
+	if r.Outcome == OutcomeDuplicate {
+		t.Fatal("foreign mail suppressed as duplicate")
+	}
+}
+
+func TestAccessAndAudit(t *testing.T) {
+	e := newEnv(t)
+	e.ingest(t, mail("carol@customer.example", "Order", "c1@customer.example"), true)
+	if _, _, err := e.svc.Get(agentB, 1); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("other queue's agent: %v", err)
+	}
+	if _, _, err := e.svc.Get(agentA, 99); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing: %v", err)
+	}
+	if _, err := e.svc.Reply(agentB, 1, "hi"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("reply from other queue: %v", err)
+	}
+	if _, err := e.svc.AddNote(auditor, 1, "hi"); err == nil {
+		t.Fatal("auditor wrote a note")
+	}
+	if l, _ := e.svc.List(agentB, Filter{}); len(l) != 0 {
+		t.Fatalf("other queue sees %d tickets", len(l))
+	}
+	evs, _ := e.log.Query(audit.Filter{Result: "denied"}, 0)
+	if len(evs) < 3 {
+		t.Fatalf("denied events: %d", len(evs))
+	}
+	if _, err := e.log.Verify(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReplyAddressingAndStatus(t *testing.T) {
+	e := newEnv(t)
+	e.ingest(t, mail("carol@customer.example", "Order late", "c1@customer.example"), true)
+	m, err := e.svc.Reply(agentA, 1, "Sorry!")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := e.mailer.out[0]
+	if o.To != "carol@customer.example" || o.Subject != "Re: Order late [#1]" || o.InReplyTo != "c1@customer.example" {
+		t.Fatalf("outgoing %+v", o)
+	}
+	if !strings.HasSuffix(m.MessageID, "@mail.example.com") || m.Delivery != "queued" {
+		t.Fatalf("message %+v", m)
+	}
+	tk, _, _ := e.svc.Get(agentA, 1)
+	if tk.Status != StatusPending {
+		t.Fatalf("status %s", tk.Status)
+	}
+	e.mailer.fail = errors.New("no valid key for carol@customer.example and encrypt = required")
+	if _, err := e.svc.Reply(agentA, 1, "secret"); err == nil {
+		t.Fatal("refused reply returned nil")
+	}
+	_, msgs, _ := e.svc.Get(agentA, 1)
+	lastMsg := msgs[len(msgs)-1]
+	if lastMsg.Direction != Note || !strings.Contains(lastMsg.Text, "not sent") {
+		t.Fatalf("no note explaining the refusal: %+v", lastMsg)
+	}
+}
+
+func TestSealedAtRest(t *testing.T) {
+	e := newEnv(t)
+	e.ingest(t, mail("carol@customer.example", "Secret subject", "c1@customer.example"), true)
+	path := e.db.Path()
+	e.db.Close()
+	raw, _ := os.ReadFile(path)
+	for _, s := range []string{"carol@customer.example", "Secret subject", "my order is late", "c1@customer.example"} {
+		if bytes.Contains(raw, []byte(s)) {
+			t.Errorf("%q readable in the database file", s)
+		}
+	}
+}
+
+func TestMalformedMailIsKept(t *testing.T) {
+	e := newEnv(t)
+	dir := testutil.Testdata(t, "malformed")
+	n := 0
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() || strings.HasSuffix(p, ".txt") && strings.Contains(p, "LICENSE") {
+			return nil
+		}
+		raw, _ := os.ReadFile(p)
+		r, err := e.svc.Ingest(Incoming{Queue: "support", Raw: raw, Via: "smtp"})
+		if err != nil {
+			t.Errorf("%s: %v", p, err)
+			return nil
+		}
+		if r.Outcome != OutcomeDuplicate {
+			_, got, err := e.svc.Raw(agentA, r.Ticket, r.Seq, "test")
+			if err != nil || !bytes.Equal(got, raw) {
+				t.Errorf("%s: raw not kept (%v)", p, err)
+			}
+		}
+		n++
+		return nil
+	})
+	if n < 50 {
+		t.Fatalf("only %d malformed samples", n)
+	}
+}
+
+func TestMailboxUIDsStable(t *testing.T) {
+	e := newEnv(t)
+	e.ingest(t, mail("a@x.example", "one", "1@x.example"), true)
+	e.ingest(t, mail("b@x.example", "two", "2@x.example"), true)
+	v1, entries, err := e.svc.Mailbox("support", 0)
+	if err != nil || len(entries) != 2 || entries[0].UID != 1 || entries[1].UID != 2 || v1 == 0 {
+		t.Fatalf("%d %+v %v", v1, entries, err)
+	}
+	_, after, _ := e.svc.Mailbox("support", 1)
+	if len(after) != 1 || after[0].UID != 2 {
+		t.Fatalf("after: %+v", after)
+	}
+	if _, other, _ := e.svc.Mailbox("sales", 0); len(other) != 0 {
+		t.Fatal("sales mailbox has support mail")
+	}
+}
+
+func TestConcurrentIngestSharesCommits(t *testing.T) {
+	e := newEnv(t)
+	var wg sync.WaitGroup
+	for i := 0; i < 40; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, err := e.svc.Ingest(Incoming{Queue: "support", Raw: mail(fmt.Sprintf("c%d@x.example", i), "s", fmt.Sprintf("%d@x.example", i)), Via: "smtp"})
+			if err != nil {
+				t.Error(err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	l, _ := e.svc.List(agentA, Filter{Limit: 100})
+	if len(l) != 40 {
+		t.Fatalf("%d tickets", len(l))
+	}
+	for i := 1; i < len(l); i++ {
+		if l[i].ID > l[i-1].ID {
+			t.Fatal("not newest first")
+		}
+	}
+}
+
+func BenchmarkIngest(b *testing.B) {
+	e := newEnv(b)
+	body := strings.Repeat("Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n", 140)
+	b.SetParallelism(4)
+	var n int64
+	var mu sync.Mutex
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			mu.Lock()
+			n++
+			i := n
+			mu.Unlock()
+			raw := []byte(fmt.Sprintf("From: c%d@x.example\r\nTo: support@example.com\r\nSubject: s\r\nMessage-ID: <%d@x.example>\r\nDate: %s\r\n\r\n%s", i, i, time.Now().Format(time.RFC1123Z), body))
+			if _, err := e.svc.Ingest(Incoming{Queue: "support", Raw: raw, Via: "smtp"}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
