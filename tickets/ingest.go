@@ -20,6 +20,8 @@ type Incoming struct {
 	Raw    []byte
 	Auth   Auth
 	Via    string // smtp | imap
+	// MailFrom is the SMTP envelope sender ("" for the null sender <> and for fetched mail).
+	MailFrom string
 	Remote string // client address, for the audit log
 	// Kind is "bounce" for a delivery status notification, "auto-reply" for RFC 3834 mail.
 	Kind string
