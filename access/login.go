@@ -1,0 +1,350 @@
+package access
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"mailgate/audit"
+	"mailgate/store"
+)
+
+// maxCodeTries is how many wrong codes one Pending survives; then the password is needed again.
+const maxCodeTries = 5
+
+// Pending is the state between the password and the code step. Token is 256 random bits,
+// safe for a hidden form field or a cookie; the server keeps the rest in memory for
+// Options.PendingTTL (5 min), so a restart means entering the password again. CheckCode reads
+// only Token, so &Pending{Token: t} from a form value is a valid argument.
+type Pending struct {
+	Token   string
+	Name    string // the agent, for "enter the code for alice"
+	Expires time.Time
+}
+
+type pendingLogin struct {
+	name    string
+	expires time.Time
+	tries   int
+}
+
+// accountKey separates the web login's account throttle from the mail clients' one (appKey):
+// a phone retrying a revoked app password every minute must not lock its owner out of the web.
+func accountKey(name string) string { return "web\x00" + clip(name, 128) }
+func appKey(name string) string     { return "app\x00" + clip(name, 128) }
+
+// CheckPassword is the first login step. It answers ErrBadLogin for an unknown agent and a wrong
+// password alike (an unknown agent costs the same argon2 run), ErrThrottled while the account or
+// the address is paused, and ErrDisabled only after a right password.
+func (s *Service) CheckPassword(name, password, remote string) (*Pending, error) {
+	const action = "login"
+	now := s.now()
+	by := Actor{Name: name, Remote: remote}
+	akey, ikey := accountKey(name), ipKey(remote)
+	if err := s.throttled(akey, ikey, action, name, remote, now); err != nil {
+		return nil, err
+	}
+	var r *record
+	if err := s.db.View(func(tx *store.Tx) error {
+		var err error
+		r, err = getRecord(tx, name)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	ok, stale := false, false
+	if r == nil {
+		s.dummyHash(password)
+	} else {
+		ok, stale = s.verifyPassword(r.Password, password)
+	}
+	if !ok {
+		detail := "wrong password"
+		if r == nil {
+			detail = "no such agent"
+		}
+		s.loginFailed(akey, ikey, by, action, name, detail)
+		return nil, ErrBadLogin
+	}
+	if r.Disabled {
+		s.appendEvents(event(by, action, name, audit.Denied, "account disabled"))
+		return nil, ErrDisabled
+	}
+	var rehash string
+	if stale { // the hash predates the current argon2 parameters: upgrade it while we know the password
+		rehash = s.hashPassword(password)
+	}
+	err := s.db.Batch(func(tx *store.Tx) error {
+		if rehash != "" {
+			cur, err := getRecord(tx, name)
+			if err != nil {
+				return err
+			}
+			if cur != nil && cur.Password == r.Password {
+				cur.Password = rehash
+				if err := putRecord(tx, cur); err != nil {
+					return err
+				}
+			}
+		}
+		return s.log.AppendTx(tx, event(by, action, name, audit.OK, "password right; code required"))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	p := &Pending{Token: token(), Name: name, Expires: now.Add(s.opts.PendingTTL)}
+	s.mu.Lock()
+	for t, pl := range s.pending { // only right passwords get here, so the map stays small
+		if !now.Before(pl.expires) {
+			delete(s.pending, t)
+		}
+	}
+	s.pending[p.Token] = &pendingLogin{name: name, expires: p.Expires}
+	s.mu.Unlock()
+	return p, nil
+}
+
+// ResumeLogin returns the Pending of token, or ErrLoginExpired (for showing the code form).
+func (s *Service) ResumeLogin(token string) (*Pending, error) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pl := s.pending[token]
+	if pl == nil || !now.Before(pl.expires) {
+		delete(s.pending, token)
+		return nil, ErrLoginExpired
+	}
+	return &Pending{Token: token, Name: pl.name, Expires: pl.expires}, nil
+}
+
+// CheckCode is the second login step: a TOTP code (each works once: the agent's last accepted
+// time step is kept in the store) or a recovery code (single use). The Agent it returns is the
+// only kind NewSession accepts.
+func (s *Service) CheckCode(p *Pending, code, remote string) (*Agent, error) {
+	const action = "login.code"
+	now := s.now()
+	if p == nil {
+		return nil, ErrLoginExpired
+	}
+	s.mu.Lock()
+	pl := s.pending[p.Token]
+	if pl != nil && !now.Before(pl.expires) {
+		delete(s.pending, p.Token)
+		pl = nil
+	}
+	var name string
+	if pl != nil {
+		name = pl.name
+	}
+	s.mu.Unlock()
+	if pl == nil {
+		return nil, ErrLoginExpired
+	}
+	by := Actor{Name: name, Remote: remote}
+	akey, ikey := accountKey(name), ipKey(remote)
+	if err := s.throttled(akey, ikey, action, name, remote, now); err != nil {
+		return nil, err
+	}
+	var (
+		out    *Agent
+		bad    error
+		detail string
+	)
+	err := s.db.Update(func(tx *store.Tx) error {
+		r, err := getRecord(tx, name)
+		if err != nil {
+			return err
+		}
+		if r == nil {
+			bad, detail = ErrBadLogin, "agent removed"
+			return nil
+		}
+		if r.Disabled {
+			bad, detail = ErrDisabled, "account disabled"
+			return nil
+		}
+		if c, isTOTP := totpCode(code); isTOTP {
+			step, ok, replay, err := checkTOTP(r.TOTPSecret, c, now, r.TOTPLast)
+			switch {
+			case err != nil:
+				return err
+			case replay:
+				bad, detail = ErrBadLogin, "TOTP code already used"
+				return nil
+			case !ok:
+				bad, detail = ErrBadLogin, "wrong TOTP code"
+				return nil
+			}
+			r.TOTPLast, r.TOTPConfirmed = step, true
+			detail = "TOTP"
+		} else {
+			c := normalizeCode(code)
+			i := -1
+			if len(c) == recoveryCodeLength {
+				h := s.codeMAC("recovery", name, c)
+				for j, stored := range r.Recovery {
+					if equalHex(stored, h) {
+						i = j
+					}
+				}
+			}
+			if i < 0 {
+				bad, detail = ErrBadLogin, "wrong recovery code"
+				return nil
+			}
+			r.Recovery = slices.Delete(r.Recovery, i, i+1)
+			detail = fmt.Sprintf("recovery code; %d left", len(r.Recovery))
+		}
+		if err := putRecord(tx, r); err != nil {
+			return err
+		}
+		if err := s.log.AppendTx(tx, event(by, action, name, audit.OK, detail)); err != nil {
+			return err
+		}
+		out = r.agent()
+		out.loggedIn = now
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("login code: %w", err)
+	}
+	switch bad {
+	case nil:
+		s.mu.Lock()
+		delete(s.pending, p.Token)
+		s.mu.Unlock()
+		s.accounts.success(akey)
+		return out, nil
+	case ErrDisabled:
+		s.dropPending(p.Token)
+		s.appendEvents(event(by, action, name, audit.Denied, detail))
+		return nil, ErrDisabled
+	}
+	s.mu.Lock()
+	if pl.tries++; pl.tries >= maxCodeTries {
+		delete(s.pending, p.Token)
+	}
+	s.mu.Unlock()
+	s.loginFailed(akey, ikey, by, action, name, detail)
+	return nil, bad
+}
+
+func (s *Service) dropPending(tok string) {
+	s.mu.Lock()
+	delete(s.pending, tok)
+	s.mu.Unlock()
+}
+
+// CheckAppPassword checks a mail client's login (IMAP, SMTP submission). Only app passwords
+// match: the web password never does. Throttled like the web login, audited as "login.app".
+func (s *Service) CheckAppPassword(name, password, remote string) (*Agent, error) {
+	const action = "login.app"
+	now := s.now()
+	by := Actor{Name: name, Remote: remote}
+	akey, ikey := appKey(name), ipKey(remote)
+	if err := s.throttled(akey, ikey, action, name, remote, now); err != nil {
+		return nil, err
+	}
+	h := s.codeMAC("app", name, normalizeCode(password)) // computed for unknown names too: same timing
+	var r *record
+	if err := s.db.View(func(tx *store.Tx) error {
+		var err error
+		r, err = getRecord(tx, name)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("app login: %w", err)
+	}
+	id := ""
+	if r != nil {
+		for _, ap := range r.Apps {
+			if equalHex(ap.Hash, h) {
+				id = ap.ID
+			}
+		}
+	}
+	if id == "" {
+		detail := "wrong app password"
+		if r == nil {
+			detail = "no such agent"
+		}
+		s.loginFailed(akey, ikey, by, action, name, detail)
+		return nil, ErrBadLogin
+	}
+	if r.Disabled {
+		s.appendEvents(event(by, action, name, audit.Denied, "account disabled"))
+		return nil, ErrDisabled
+	}
+	var out *Agent
+	err := s.db.Batch(func(tx *store.Tx) error {
+		out = nil
+		cur, err := getRecord(tx, name)
+		if err != nil {
+			return err
+		}
+		i := -1
+		if cur != nil && !cur.Disabled {
+			i = slices.IndexFunc(cur.Apps, func(a appRecord) bool { return a.ID == id })
+		}
+		if i < 0 {
+			return nil // revoked or disabled since the read: refuse below
+		}
+		cur.Apps[i].LastUsed = now.UTC()
+		if err := putRecord(tx, cur); err != nil {
+			return err
+		}
+		out = cur.agent()
+		return s.log.AppendTx(tx, event(by, action, name, audit.OK, "app password id="+id))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("app login: %w", err)
+	}
+	if out == nil {
+		s.loginFailed(akey, ikey, by, action, name, "app password revoked or account disabled during login")
+		return nil, ErrBadLogin
+	}
+	s.accounts.success(akey)
+	return out, nil
+}
+
+// throttled refuses an attempt while the account or the address is locked. The first refusal
+// of each lock is audited ("denied"); the rest are counted into the next lockout event, so a
+// client hammering a locked account cannot flood the audit log.
+func (s *Service) throttled(akey, ikey, action, name, remote string, now time.Time) error {
+	wa, ra := s.accounts.check(akey, now)
+	wi, ri := s.ips.check(ikey, now)
+	wait := max(wa, wi)
+	if wait == 0 {
+		return nil
+	}
+	if ra || ri {
+		what := "account"
+		if wi > wa {
+			what = "address"
+		}
+		s.appendEvents(event(Actor{Name: name, Remote: remote}, action, name, audit.Denied,
+			fmt.Sprintf("throttled: %s locked for %s more", what, wait.Round(time.Second))))
+	}
+	return ErrThrottled{RetryAfter: wait}
+}
+
+// loginFailed counts a failure against the account and the address and audits it, plus a
+// "login.lockout" event when it starts a lock, all in one commit.
+func (s *Service) loginFailed(akey, ikey string, by Actor, action, name, detail string) {
+	now := s.now()
+	evs := []audit.Event{event(by, action, name, audit.Failed, detail)}
+	lockout := func(what string, lock time.Duration, n, refused int) {
+		d := fmt.Sprintf("%s locked for %s after %d failures", what, lock, n)
+		if refused > 0 {
+			d += fmt.Sprintf("; %d more attempts were refused during the previous lock", refused)
+		}
+		evs = append(evs, event(by, "login.lockout", name, audit.Denied, d))
+		s.opts.Logger.Warn("login throttled", "what", what, "agent", safeName(name), "remote", clip(by.Remote, 100), "lock", lock, "failures", n)
+	}
+	if lock, n, refused := s.accounts.fail(akey, now); lock > 0 {
+		lockout("account", lock, n, refused)
+	}
+	if lock, n, refused := s.ips.fail(ikey, now); lock > 0 {
+		lockout("address "+ikey, lock, n, refused)
+	}
+	s.appendEvents(evs...)
+}
