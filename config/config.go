@@ -1,0 +1,274 @@
+// Package config owns mailgate's TOML schema, its defaults (including the embedded dev
+// default) and validation that names file:line and what to write instead.
+// It must not open sockets or any file other than the config itself (it only stats key files).
+package config
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Config is one mailgate.toml. Field names follow CONTRACT.md; Default lists every default.
+type Config struct {
+	Hostname string `toml:"hostname"` // HELO name, Message-ID domain, authserv-id
+	DataDir  string `toml:"data_dir"`
+	KeyFile  string `toml:"key_file"` // 32-byte data key, mode 0600, outside the database file
+
+	SMTP     SMTP     `toml:"smtp"`
+	DNS      DNS      `toml:"dns"`
+	Verify   Verify   `toml:"verify"`
+	Queues   []Queue  `toml:"queue"`
+	Outbound Outbound `toml:"outbound"`
+	PGP      PGP      `toml:"pgp"`
+	Web      Web      `toml:"web"`
+	IMAP     IMAP     `toml:"imap"`
+	Fetch    Fetch    `toml:"fetch"`
+	Audit    Audit    `toml:"audit"`
+	Log      Log      `toml:"log"`
+
+	Dev  bool   `toml:"-"` // true for the embedded dev default
+	Path string `toml:"-"` // file it came from ("" for Dev and Default)
+
+	// lines maps key paths to the line they were written on, so Validate can
+	// point at the line even after parsing; source names the text in problems.
+	lines  lineIndex
+	source string
+}
+
+// SMTP is the [smtp] table: the inbound MX listener and agents' submission listener.
+type SMTP struct {
+	Listen           []string `toml:"listen"`
+	SubmissionListen []string `toml:"submission_listen"`
+	TLSCert          string   `toml:"tls_cert"`
+	TLSKey           string   `toml:"tls_key"`
+
+	// Limits go-smtp leaves open (STYLE.md "set every limit").
+	MaxMessageBytes        int64    `toml:"max_message_bytes"`
+	MaxRecipients          int      `toml:"max_recipients"`
+	MaxLineLength          int      `toml:"max_line_length"`
+	ReadTimeout            Duration `toml:"read_timeout"`
+	WriteTimeout           Duration `toml:"write_timeout"`
+	MaxConnsPerIP          int      `toml:"max_conns_per_ip"`
+	MessagesPerMinutePerIP int      `toml:"messages_per_minute_per_ip"`
+	MaxDKIMSignatures      int      `toml:"max_dkim_signatures"`
+}
+
+// DNS is the [dns] table.
+type DNS struct {
+	Resolver string   `toml:"resolver"` // "" = system resolver; "host:port" = only this server
+	Timeout  Duration `toml:"timeout"`
+}
+
+// Verify is the [verify] table: what SPF/DKIM/DMARC outcomes lead to.
+type Verify struct {
+	DMARCReject        string   `toml:"dmarc_reject"`         // reject | quarantine
+	DMARCQuarantine    string   `toml:"dmarc_quarantine"`     // quarantine | accept
+	TempError          string   `toml:"temperror"`            // accept | defer
+	TrustedAuthservIDs []string `toml:"trusted_authserv_ids"` // for IMAP-fetched mail
+}
+
+// Queue is one [[queue]]: an address customers write to.
+type Queue struct {
+	Name    string `toml:"name"`
+	Address string `toml:"address"`
+	AutoAck bool   `toml:"auto_ack"`
+}
+
+// Outbound is the [outbound] table: relay and DKIM signing.
+type Outbound struct {
+	Relay             string `toml:"relay"`     // "" = write .eml files to <data_dir>/outbox
+	RelayTLS          string `toml:"relay_tls"` // starttls | tls | none
+	RelayUsername     string `toml:"relay_username"`
+	RelayPasswordFile string `toml:"relay_password_file"`
+
+	DKIMDomain          string `toml:"dkim_domain"`
+	DKIMSelector        string `toml:"dkim_selector"`
+	DKIMKeyFile         string `toml:"dkim_key_file"`
+	DKIMEd25519Selector string `toml:"dkim_ed25519_selector"`
+	DKIMEd25519KeyFile  string `toml:"dkim_ed25519_key_file"` // optional second key: both sign
+
+	GiveUpAfter Duration `toml:"give_up_after"`
+	FirstRetry  Duration `toml:"first_retry"`
+}
+
+// PGP is the [pgp] table.
+type PGP struct {
+	KeyFile string `toml:"key_file"` // "" = no PGP
+	Encrypt string `toml:"encrypt"`  // never | when-key-known | required
+	WKD     bool   `toml:"wkd"`
+	WKDURL  string `toml:"wkd_url"` // override the WKD base URL (tests)
+}
+
+// Web is the [web] table: the agents' pages.
+type Web struct {
+	Listen  string `toml:"listen"`
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
+}
+
+// IMAP is the [imap] table: agents' mail clients.
+type IMAP struct {
+	Listen  []string `toml:"listen"`
+	TLSCert string   `toml:"tls_cert"`
+	TLSKey  string   `toml:"tls_key"`
+}
+
+// Fetch is the [fetch] table.
+type Fetch struct {
+	Accounts []FetchAccount `toml:"account"`
+}
+
+// FetchAccount is one [[fetch.account]]: an upstream mailbox mailgate pulls mail from.
+type FetchAccount struct {
+	URL          string   `toml:"url"` // imaps://host:993/INBOX
+	Username     string   `toml:"username"`
+	PasswordFile string   `toml:"password_file"`
+	Queue        string   `toml:"queue"`
+	TLS          string   `toml:"tls"`  // implicit | starttls | none
+	Move         string   `toml:"move"` // folder for fetched mail; "" = mark \Seen
+	Poll         Duration `toml:"poll"`
+}
+
+// Audit is the [audit] table.
+type Audit struct {
+	File string `toml:"file"` // optional JSON-lines mirror of the audit chain
+}
+
+// Log is the [log] table.
+type Log struct {
+	Format string `toml:"format"` // text | json
+	Level  string `toml:"level"`  // debug | info | warn | error
+}
+
+// Duration is a TOML string such as "10m" or "120h".
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (write e.g. \"90s\", \"10m\", \"120h\")", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the shortest form ("10m", not "10m0s"), as an admin would.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// String formats like MarshalText.
+func (d Duration) String() string {
+	v := d.Duration
+	switch {
+	case v == 0:
+		return "0s"
+	case v%time.Hour == 0:
+		return fmt.Sprintf("%dh", v/time.Hour)
+	case v%time.Minute == 0:
+		return fmt.Sprintf("%dm", v/time.Minute)
+	case v%time.Second == 0:
+		return fmt.Sprintf("%ds", v/time.Second)
+	}
+	return v.String()
+}
+
+func dur(v time.Duration) Duration { return Duration{v} }
+
+// Default returns a Config holding every default; Parse starts from it, so a
+// minimal file (hostname, key_file, one [[queue]]) is enough. Each default sits
+// beside its key. Hostname and Queues have no default.
+func Default() *Config {
+	return &Config{
+		DataDir: "/var/lib/mailgate",      // bbolt database, outbox, control socket
+		KeyFile: "/etc/mailgate/data.key", // kept apart from data_dir on purpose
+		SMTP: SMTP{
+			Listen:                 []string{"0.0.0.0:25"}, // public MX
+			SubmissionListen:       []string{},             // off until asked for
+			MaxMessageBytes:        26214400,               // 25 MiB
+			MaxRecipients:          50,                     //
+			MaxLineLength:          4096,                   // RFC 5321 asks for at least 1000
+			ReadTimeout:            dur(10 * time.Minute),  // RFC 5321 4.5.3.2.7 (DATA block)
+			WriteTimeout:           dur(time.Minute),       //
+			MaxConnsPerIP:          20,                     //
+			MessagesPerMinutePerIP: 600,                    //
+			MaxDKIMSignatures:      5,                      // verify at most this many per message
+		},
+		DNS: DNS{
+			Resolver: "",                    // system resolver
+			Timeout:  dur(10 * time.Second), //
+		},
+		Verify: Verify{
+			DMARCReject:        "reject",     // DMARC fail under p=reject
+			DMARCQuarantine:    "quarantine", // DMARC fail under p=quarantine
+			TempError:          "accept",     // DNS trouble: accept (marked) rather than defer
+			TrustedAuthservIDs: []string{},   // none: fetched mail is verified by us
+		},
+		Outbound: Outbound{
+			Relay:               "",                    // dev: outbox folder
+			RelayTLS:            "starttls",            // never silently plain text
+			DKIMSelector:        "mailgate",            //
+			DKIMEd25519Selector: "mailgate-ed25519",    //
+			GiveUpAfter:         dur(120 * time.Hour),  // 5 days, as MTAs usually do
+			FirstRetry:          dur(30 * time.Second), // doubles on each failure
+		},
+		PGP: PGP{
+			KeyFile: "",               // no PGP
+			Encrypt: "when-key-known", //
+			WKD:     false,            // looking keys up tells the customer's domain we write to them
+		},
+		Web: Web{
+			Listen: "127.0.0.1:8443", // loopback until TLS is set up
+		},
+		IMAP: IMAP{
+			Listen: []string{}, // off until asked for
+		},
+		Audit: Audit{File: ""}, // no mirror
+		Log: Log{
+			Format: "text", //
+			Level:  "info", //
+		},
+	}
+}
+
+// defaultQueue is where each [[queue]] starts.
+func defaultQueue() Queue {
+	return Queue{AutoAck: false}
+}
+
+// defaultFetchAccount is where each [[fetch.account]] starts. TLS is filled from
+// the URL scheme after decoding when the file does not say (imaps → implicit).
+func defaultFetchAccount() FetchAccount {
+	return FetchAccount{
+		TLS:  "", // from the scheme: imaps → implicit, imap → starttls
+		Poll: dur(60 * time.Second),
+	}
+}
+
+// QueueByAddress finds the queue for a recipient address, ignoring case in
+// both the local part and the domain. Surrounding angle brackets are ignored.
+func (c *Config) QueueByAddress(addr string) (*Queue, bool) {
+	addr = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(addr), "<"), ">")
+	for i := range c.Queues {
+		if strings.EqualFold(c.Queues[i].Address, addr) {
+			return &c.Queues[i], true
+		}
+	}
+	return nil, false
+}
+
+// QueueByName finds a queue by its name.
+func (c *Config) QueueByName(name string) (*Queue, bool) {
+	for i := range c.Queues {
+		if c.Queues[i].Name == name {
+			return &c.Queues[i], true
+		}
+	}
+	return nil, false
+}
+
+// DataPath joins elem under DataDir.
+func (c *Config) DataPath(elem ...string) string {
+	return filepath.Join(append([]string{c.DataDir}, elem...)...)
+}
