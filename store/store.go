@@ -47,8 +47,6 @@ var (
 type Options struct {
 	// LockTimeout bounds the wait for the file lock; default 1s.
 	LockTimeout time.Duration
-	// BatchDelay is how long a group commit waits for more writers; default 2ms.
-	BatchDelay time.Duration
 	// ReadOnly opens the file for reading only (admin commands while the daemon runs use the socket instead).
 	ReadOnly bool
 }
@@ -62,6 +60,8 @@ type DB struct {
 
 	mu     sync.RWMutex
 	scopes map[uint64]*sealer // unwrapped per-scope keys of committed scopes
+
+	batch batcher
 }
 
 // Open opens (or creates) the database at path with the 32-byte master key.
@@ -72,21 +72,18 @@ func Open(path string, key []byte, opts Options) (*DB, error) {
 	if opts.LockTimeout == 0 {
 		opts.LockTimeout = time.Second
 	}
-	if opts.BatchDelay == 0 {
-		opts.BatchDelay = 2 * time.Millisecond
-	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, ReadOnly: opts.ReadOnly})
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, ReadOnly: opts.ReadOnly, NoFreelistSync: true, FreelistType: bolt.FreelistMapType, InitialMmapSize: 1 << 30})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	bdb.MaxBatchDelay = opts.BatchDelay
 	db := &DB{bolt: bdb, scopes: map[uint64]*sealer{}}
+	db.batch.db = db
 	db.data = newSealer(derive(key, "mailgate data v1"))
 	db.wrap = newSealer(derive(key, "mailgate scope wrap v1"))
 	db.idxKey = derive(key, "mailgate index v1")
@@ -183,7 +180,7 @@ func (db *DB) View(fn func(*Tx) error) error {
 // Batch is Update for concurrent writers: calls that arrive together share one commit and one
 // fsync. fn may run more than once, so it must have no effects outside the transaction.
 func (db *DB) Batch(fn func(*Tx) error) error {
-	return db.bolt.Batch(func(btx *bolt.Tx) error { return db.run(btx, fn) })
+	return db.batch.do(fn)
 }
 
 func (db *DB) run(btx *bolt.Tx, fn func(*Tx) error) error {

@@ -66,7 +66,7 @@ func Parse(raw []byte) *Parsed {
 	if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
 		p.Problem = err.Error()
 	}
-	p.Header = e.Header
+	p.Header = e.Header.Header
 	h := gomail.Header{Header: e.Header}
 	if s, err := h.Subject(); err == nil {
 		p.Subject = s

@@ -71,7 +71,7 @@ func newEnv(t testing.TB) *env {
 	return &env{svc: svc, db: db, log: log, mailer: m}
 }
 
-func mail(from, subject, msgid string, extra ...string) []byte {
+func msgText(from, subject, msgid string, extra ...string) []byte {
 	h := fmt.Sprintf("From: Customer <%s>\r\nTo: support@example.com\r\nSubject: %s\r\nMessage-ID: <%s>\r\nDate: Mon, 02 Jan 2026 15:04:05 +0000\r\n", from, subject, msgid)
 	for _, e := range extra {
 		h += e + "\r\n"
@@ -94,7 +94,7 @@ func (e *env) ingest(t *testing.T, raw []byte, verified bool) Result {
 
 func TestThreadingCannotBeHijacked(t *testing.T) {
 	e := newEnv(t)
-	first := e.ingest(t, mail("carol@customer.example", "Order late", "c1@customer.example"), true)
+	first := e.ingest(t, msgText("carol@customer.example", "Order late", "c1@customer.example"), true)
 	if !first.New || first.Ticket != 1 {
 		t.Fatalf("first: %+v", first)
 	}
@@ -110,14 +110,14 @@ func TestThreadingCannotBeHijacked(t *testing.T) {
 		outcome string
 		ticket  uint64
 	}{
-		{"customer replies to our reply", mail("carol@customer.example", "Re: Order late [#1]", "c2@customer.example", "In-Reply-To: <"+rep.MessageID+">"), true, OutcomeThreaded, 1},
-		{"customer replies to own first mail", mail("carol@customer.example", "more", "c3@customer.example", "References: <c1@customer.example>"), false, OutcomeThreaded, 1},
-		{"stranger quotes the thread", mail("mallory@evil.example", "Re: Order late", "m1@evil.example", "In-Reply-To: <"+rep.MessageID+">"), true, OutcomeLinked, 0},
-		{"stranger uses the subject tag", mail("mallory@evil.example", "Re: [#1]", "m2@evil.example"), true, OutcomeLinked, 0},
-		{"participant, tag, but not verified", mail("carol@customer.example", "hi [#1]", "c4@customer.example"), false, OutcomeLinked, 0},
-		{"participant, tag, verified", mail("carol@customer.example", "hi [#1]", "c5@customer.example"), true, OutcomeTagged, 1},
-		{"forged minted id for ticket 1", mail("mallory@evil.example", "x", "m3@evil.example", "In-Reply-To: <mg.1.0123456789abcdef.0123456789abcdef0123@mail.example.com>"), true, OutcomeNew, 0},
-		{"forged minted id, participant spoofed", mail("carol@customer.example", "x", "m4@evil.example", "In-Reply-To: <mg.1.0123456789abcdef.0123456789abcdef0123@mail.example.com>"), false, OutcomeNew, 0},
+		{"customer replies to our reply", msgText("carol@customer.example", "Re: Order late [#1]", "c2@customer.example", "In-Reply-To: <"+rep.MessageID+">"), true, OutcomeThreaded, 1},
+		{"customer replies to own first mail", msgText("carol@customer.example", "more", "c3@customer.example", "References: <c1@customer.example>"), false, OutcomeThreaded, 1},
+		{"stranger quotes the thread", msgText("mallory@evil.example", "Re: Order late", "m1@evil.example", "In-Reply-To: <"+rep.MessageID+">"), true, OutcomeLinked, 0},
+		{"stranger uses the subject tag", msgText("mallory@evil.example", "Re: [#1]", "m2@evil.example"), true, OutcomeLinked, 0},
+		{"participant, tag, but not verified", msgText("carol@customer.example", "hi [#1]", "c4@customer.example"), false, OutcomeLinked, 0},
+		{"participant, tag, verified", msgText("carol@customer.example", "hi [#1]", "c5@customer.example"), true, OutcomeTagged, 1},
+		{"forged minted id for ticket 1", msgText("mallory@evil.example", "x", "m3@evil.example", "In-Reply-To: <mg.1.0123456789abcdef.0123456789abcdef0123@mail.example.com>"), true, OutcomeNew, 0},
+		{"forged minted id, participant spoofed", msgText("carol@customer.example", "x", "m4@evil.example", "In-Reply-To: <mg.1.0123456789abcdef.0123456789abcdef0123@mail.example.com>"), false, OutcomeNew, 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -142,8 +142,8 @@ func TestThreadingCannotBeHijacked(t *testing.T) {
 
 func TestUnverifiedNeverInheritsTrust(t *testing.T) {
 	e := newEnv(t)
-	e.ingest(t, mail("carol@customer.example", "Order", "c1@customer.example"), true)
-	r := e.ingest(t, mail("carol@customer.example", "Re: Order", "c2@customer.example", "In-Reply-To: <c1@customer.example>"), false)
+	e.ingest(t, msgText("carol@customer.example", "Order", "c1@customer.example"), true)
+	r := e.ingest(t, msgText("carol@customer.example", "Re: Order", "c2@customer.example", "In-Reply-To: <c1@customer.example>"), false)
 	_, msgs, _ := e.svc.Get(agentA, r.Ticket)
 	if len(msgs) != 2 || !msgs[0].Verified || msgs[1].Verified {
 		t.Fatalf("verified flags: %v %v", msgs[0].Verified, msgs[1].Verified)
@@ -152,7 +152,7 @@ func TestUnverifiedNeverInheritsTrust(t *testing.T) {
 
 func TestDuplicateStoredOnce(t *testing.T) {
 	e := newEnv(t)
-	raw := mail("carol@customer.example", "Order", "dup@customer.example")
+	raw := msgText("carol@customer.example", "Order", "dup@customer.example")
 	e.ingest(t, raw, true)
 	r := e.ingest(t, raw, true)
 	if r.Outcome != OutcomeDuplicate || r.Ticket != 1 {
@@ -163,7 +163,7 @@ func TestDuplicateStoredOnce(t *testing.T) {
 		t.Fatalf("messages %d", tk.Messages)
 	}
 	// Someone else reusing that Message-ID is not a duplicate of carol's mail.
-	r = e.ingest(t, mail("mallory@evil.example", "Order", "dup@customer.example"), true)
+	r = e.ingest(t, msgText("mallory@evil.example", "Order", "dup@customer.example"), true)
 	if r.Outcome == OutcomeDuplicate {
 		t.Fatal("foreign mail suppressed as duplicate")
 	}
@@ -171,7 +171,7 @@ func TestDuplicateStoredOnce(t *testing.T) {
 
 func TestAccessAndAudit(t *testing.T) {
 	e := newEnv(t)
-	e.ingest(t, mail("carol@customer.example", "Order", "c1@customer.example"), true)
+	e.ingest(t, msgText("carol@customer.example", "Order", "c1@customer.example"), true)
 	if _, _, err := e.svc.Get(agentB, 1); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("other queue's agent: %v", err)
 	}
@@ -198,7 +198,7 @@ func TestAccessAndAudit(t *testing.T) {
 
 func TestReplyAddressingAndStatus(t *testing.T) {
 	e := newEnv(t)
-	e.ingest(t, mail("carol@customer.example", "Order late", "c1@customer.example"), true)
+	e.ingest(t, msgText("carol@customer.example", "Order late", "c1@customer.example"), true)
 	m, err := e.svc.Reply(agentA, 1, "Sorry!")
 	if err != nil {
 		t.Fatal(err)
@@ -227,7 +227,7 @@ func TestReplyAddressingAndStatus(t *testing.T) {
 
 func TestSealedAtRest(t *testing.T) {
 	e := newEnv(t)
-	e.ingest(t, mail("carol@customer.example", "Secret subject", "c1@customer.example"), true)
+	e.ingest(t, msgText("carol@customer.example", "Secret subject", "c1@customer.example"), true)
 	path := e.db.Path()
 	e.db.Close()
 	raw, _ := os.ReadFile(path)
@@ -268,8 +268,8 @@ func TestMalformedMailIsKept(t *testing.T) {
 
 func TestMailboxUIDsStable(t *testing.T) {
 	e := newEnv(t)
-	e.ingest(t, mail("a@x.example", "one", "1@x.example"), true)
-	e.ingest(t, mail("b@x.example", "two", "2@x.example"), true)
+	e.ingest(t, msgText("a@x.example", "one", "1@x.example"), true)
+	e.ingest(t, msgText("b@x.example", "two", "2@x.example"), true)
 	v1, entries, err := e.svc.Mailbox("support", 0)
 	if err != nil || len(entries) != 2 || entries[0].UID != 1 || entries[1].UID != 2 || v1 == 0 {
 		t.Fatalf("%d %+v %v", v1, entries, err)
@@ -290,7 +290,7 @@ func TestConcurrentIngestSharesCommits(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			_, err := e.svc.Ingest(Incoming{Queue: "support", Raw: mail(fmt.Sprintf("c%d@x.example", i), "s", fmt.Sprintf("%d@x.example", i)), Via: "smtp"})
+			_, err := e.svc.Ingest(Incoming{Queue: "support", Raw: msgText(fmt.Sprintf("c%d@x.example", i), "s", fmt.Sprintf("%d@x.example", i)), Via: "smtp"})
 			if err != nil {
 				t.Error(err)
 			}
