@@ -17,12 +17,12 @@ import (
 type Incoming struct {
 	Queue string
 	// Raw is the message as stored: as received, with mailgate's Authentication-Results on top.
-	Raw    []byte
-	Auth   Auth
-	Via    string // smtp | imap
+	Raw  []byte
+	Auth Auth
+	Via  string // smtp | imap
 	// MailFrom is the SMTP envelope sender ("" for the null sender <> and for fetched mail).
 	MailFrom string
-	Remote string // client address, for the audit log
+	Remote   string // client address, for the audit log
 	// Kind is "bounce" for a delivery status notification, "auto-reply" for RFC 3834 mail.
 	Kind string
 	// BounceOf lists the Message-IDs a bounce reports on.
