@@ -54,10 +54,14 @@ type Verdict struct {
 	// Disposition is what DMARC asks for this message after pct= sampling: none, quarantine
 	// or reject. It is none unless DMARC is fail.
 	Disposition string
-	// Verified is DMARC pass: an SPF or DKIM pass aligned with the From domain.
+	// Verified means the From domain is authenticated: an SPF or DKIM pass aligned with it
+	// as DMARC aligns (RFC 7489 3.1, with the record's adkim/aspf). DMARC=pass implies it.
+	// Without a DMARC record (DMARC none or permerror) alignment is relaxed, the RFC default;
+	// when the record could not be fetched (temperror) only strict alignment counts. It is
+	// never set when the message has no From or more than one From address.
 	Verified bool
-	// TempError is set when a DNS lookup that mattered failed temporarily; trying again
-	// later may give another verdict.
+	// TempError means a DNS lookup failed temporarily and the verdict may change on retry:
+	// DMARC is temperror, or nothing verified the sender and SPF or DKIM hit temperror.
 	TempError bool
 	// AuthResults is the complete header field "Authentication-Results: ...\r\n" that
 	// carries this verdict, with the Verifier's AuthservID.
@@ -161,24 +165,13 @@ func (c *SPFCheck) wait(ctx context.Context) (mailFrom, helo spf.Result) {
 // for the single RFC5322.From address. raw must still carry every header as it arrived;
 // strip Authentication-Results afterwards (StripAuthResults).
 func (v *Verifier) Verify(ctx context.Context, spfc *SPFCheck, raw []byte) Verdict {
-	ctx, cancel := context.WithTimeout(ctx, v.timeout())
-	defer cancel()
-	fields, _, complete := headerFields(raw)
-
-	from := parseFrom(fields)
-	pol := v.startPolicy(ctx, from)
-	dk := v.verifyDKIM(ctx, raw, complete)
-
-	vd := Verdict{SPF: "none", SPFHelo: "none"}
-	var spfDomain string
-	if spfc != nil {
+	return v.verify(ctx, raw, func(fields []field) (string, string, string) {
+		if spfc == nil {
+			return "none", "none", ""
+		}
 		mf, h := spfc.wait(ctx)
-		vd.SPF, vd.SPFHelo = string(mf), string(h)
-		spfDomain = spfc.domain
-	}
-	v.finish(&vd, dk, from, <-pol, spfDomain)
-	vd.AuthResults = v.authResults(vd, dk, spfc, from)
-	return vd
+		return string(mf), string(h), spfc.domain
+	}, spfc)
 }
 
 // VerifyNoEnvelope checks a message that came without an SMTP envelope (fetched over IMAP):
@@ -186,21 +179,43 @@ func (v *Verifier) Verify(ctx context.Context, spfc *SPFCheck, raw []byte) Verdi
 // Authentication-Results, but only from the topmost such field whose authserv-id is one of
 // trustedAuthservIDs (else spf=none). SPFHelo is always none.
 func (v *Verifier) VerifyNoEnvelope(ctx context.Context, raw []byte, trustedAuthservIDs []string) Verdict {
+	return v.verify(ctx, raw, func(fields []field) (string, string, string) {
+		if res, d, ok := upstreamSPF(fields, trustedAuthservIDs); ok && isResultWord(string(res)) {
+			return string(res), "none", d
+		}
+		return "none", "none", ""
+	}, nil)
+}
+
+// verify runs DKIM and DMARC policy discovery concurrently, collects SPF from spfOf (result
+// of the MAIL FROM identity, of HELO, and the domain to align) and puts the verdict together.
+func (v *Verifier) verify(ctx context.Context, raw []byte, spfOf func([]field) (string, string, string), spfc *SPFCheck) Verdict {
 	ctx, cancel := context.WithTimeout(ctx, v.timeout())
 	defer cancel()
 	fields, _, complete := headerFields(raw)
 
 	from := parseFrom(fields)
 	pol := v.startPolicy(ctx, from)
-	dk := v.verifyDKIM(ctx, raw, complete)
+	dkc := make(chan []dkimResult, 1)
+	go func() { dkc <- v.verifyDKIM(ctx, raw, complete) }()
 
-	vd := Verdict{SPF: "none", SPFHelo: "none"}
+	var vd Verdict
 	var spfDomain string
-	if res, d, ok := upstreamSPF(fields, trustedAuthservIDs); ok && isResultWord(string(res)) {
-		vd.SPF, spfDomain = string(res), d
+	vd.SPF, vd.SPFHelo, spfDomain = spfOf(fields)
+	var dk []dkimResult
+	select {
+	case dk = <-dkc:
+	case <-ctx.Done():
+		dk = []dkimResult{{value: "temperror", reason: "timed out"}}
 	}
-	v.finish(&vd, dk, from, <-pol, spfDomain)
-	vd.AuthResults = v.authResults(vd, dk, nil, from)
+	var p policyRecord
+	select {
+	case p = <-pol:
+	case <-ctx.Done():
+		p = policyRecord{result: "temperror"}
+	}
+	v.finish(&vd, dk, from, p, spfDomain)
+	vd.AuthResults = v.authResults(vd, dk, spfc, from)
 	return vd
 }
 
@@ -245,7 +260,8 @@ func parseFrom(fields []field) fromAddress {
 		return fromAddress{result: "permerror"}
 	}
 	domain := asciiDomain(list[0].Address[i+1:])
-	if domain == "" || !strings.Contains(domain, ".") {
+	if domain == "" || !strings.Contains(domain, ".") || strings.HasPrefix(domain, "[") {
+		// DMARC needs a DNS domain: not a bare label, not an address literal.
 		return fromAddress{result: "permerror"}
 	}
 	local := list[0].Address[:i]
@@ -347,22 +363,31 @@ func (v *Verifier) finish(vd *Verdict, dk []dkimResult, from fromAddress, pol po
 	}
 	vd.From, vd.FromDomain = from.addr, from.domain
 	vd.Disposition = "none"
-	vd.TempError = vd.SPF == "temperror" || vd.DKIM == "temperror"
-
-	if pol.result != "" {
-		vd.DMARC = pol.result
-		if pol.result == "temperror" {
-			vd.TempError = true
-		}
+	defer func() {
+		// Only a verdict that is still open can change on retry.
+		vd.TempError = vd.DMARC == "temperror" ||
+			(!vd.Verified && (vd.SPF == "temperror" || vd.DKIM == "temperror"))
+	}()
+	if from.result != "" {
+		// No single author: nothing can be aligned with it (RFC 7489 6.6.1).
+		vd.DMARC = from.result
 		return
 	}
-	rec := pol.rec
-	vd.Policy = string(pol.policy)
 
-	// RFC 7489 4.2: pass when SPF or DKIM passes for a domain aligned with From.
+	// Alignment modes: the record's; without a record relaxed, the RFC default; when the
+	// record could not be fetched strict, which holds whatever it says.
+	dkimMode, spfMode := dmarc.AlignmentMode(dmarc.AlignmentRelaxed), dmarc.AlignmentMode(dmarc.AlignmentRelaxed)
+	switch {
+	case pol.rec != nil:
+		dkimMode, spfMode = pol.rec.DKIMAlignment, pol.rec.SPFAlignment
+	case pol.result == "temperror":
+		dkimMode, spfMode = dmarc.AlignmentStrict, dmarc.AlignmentStrict
+	}
+
+	// RFC 7489 4.2: an SPF or DKIM pass for a domain aligned with From authenticates it.
 	var tempPossible bool
 	for _, d := range dk {
-		if !aligned(d.domain, from.domain, rec.DKIMAlignment) {
+		if !aligned(d.domain, from.domain, dkimMode) {
 			continue
 		}
 		switch d.value {
@@ -372,7 +397,7 @@ func (v *Verifier) finish(vd *Verdict, dk []dkimResult, from fromAddress, pol po
 			tempPossible = true
 		}
 	}
-	if aligned(spfDomain, from.domain, rec.SPFAlignment) {
+	if aligned(spfDomain, from.domain, spfMode) {
 		switch vd.SPF {
 		case "pass":
 			vd.Verified = true
@@ -380,17 +405,24 @@ func (v *Verifier) finish(vd *Verdict, dk []dkimResult, from fromAddress, pol po
 			tempPossible = true
 		}
 	}
+
+	if pol.result != "" {
+		// No usable policy (none, permerror, temperror): no disposition, but an aligned pass
+		// still authenticates the author.
+		vd.DMARC = pol.result
+		return
+	}
+	vd.Policy = string(pol.policy)
 	switch {
 	case vd.Verified:
 		vd.DMARC = "pass"
 	case tempPossible:
 		// An aligned identifier could not be checked: no disposition on a guess.
 		vd.DMARC = "temperror"
-		vd.TempError = true
 	default:
 		vd.DMARC = "fail"
 		p := pol.policy
-		if rec.Percent != nil && *rec.Percent < 100 && p != dmarc.PolicyNone && !v.sampled(*rec.Percent) {
+		if rec := pol.rec; rec.Percent != nil && *rec.Percent < 100 && p != dmarc.PolicyNone && !v.sampled(*rec.Percent) {
 			p = lowerPolicy(p)
 		}
 		vd.Disposition = string(p)
