@@ -1,0 +1,106 @@
+package web
+
+import (
+	"errors"
+	"net/http"
+
+	"mailgate/access"
+)
+
+type accountView struct {
+	base
+	Me *access.Agent
+	// Shown once, right after they were made; never stored by web.
+	RecoveryCodes []string
+	AppPassword   string
+	AppLabel      string
+}
+
+// accessError maps what access answered to a status and a message saying what to do; the
+// messages of ErrInvalid and friends are written for people already.
+func accessError(err error) (int, string) {
+	if status, msg := loginError(err); status != 0 && !errors.Is(err, access.ErrBadLogin) {
+		return status, msg
+	}
+	switch {
+	case errors.Is(err, access.ErrBadLogin):
+		return http.StatusBadRequest, "The current password is wrong."
+	case errors.Is(err, access.ErrForbidden):
+		return http.StatusForbidden, "Your role does not allow this."
+	case errors.Is(err, access.ErrNotFound):
+		return http.StatusNotFound, err.Error()
+	case errors.Is(err, access.ErrExists):
+		return http.StatusConflict, err.Error()
+	case errors.Is(err, access.ErrInvalid), errors.Is(err, access.ErrLastAdmin):
+		return http.StatusBadRequest, err.Error()
+	}
+	return 0, ""
+}
+
+func (s *Server) accountPage(w http.ResponseWriter, r *http.Request) {
+	s.showAccount(w, r, http.StatusOK, &accountView{})
+}
+
+func (s *Server) showAccount(w http.ResponseWriter, r *http.Request, status int, v *accountView) {
+	notice, msg := v.Notice, v.Error
+	v.base = s.base(r, "Account")
+	v.Notice, v.Error = notice, msg
+	me, err := s.opts.Access.Get(info(r).actor.Name) // fresh: app passwords and codes may just have changed
+	if err != nil {
+		s.internalError(w, r, "read account", err)
+		return
+	}
+	v.Me = me
+	s.render(w, r, status, "account", v)
+}
+
+func (s *Server) accountPost(w http.ResponseWriter, r *http.Request) {
+	a := info(r).actor
+	f := r.PostForm
+	v := &accountView{}
+	var err error
+	switch f.Get("action") {
+	case "password":
+		if f.Get("new_password") != f.Get("new_password2") {
+			v.Error = "The two new passwords differ: type the same one twice."
+			s.showAccount(w, r, http.StatusBadRequest, v)
+			return
+		}
+		if err = s.opts.Access.ChangePassword(a, f.Get("old_password"), f.Get("new_password")); err == nil {
+			v.Notice = "Your password is changed."
+		}
+	case "recovery":
+		if v.RecoveryCodes, err = s.opts.Access.RecoveryCodes(a, a.Name); err == nil {
+			v.Notice = "New recovery codes: write them down now, they are shown only this once. The old ones no longer work."
+		}
+	case "app-new":
+		v.AppLabel = f.Get("label")
+		if v.AppPassword, err = s.opts.Access.NewAppPassword(a, a.Name, v.AppLabel); err == nil {
+			v.Notice = "New app password: enter it in your mail client now, it is shown only this once."
+		}
+	case "app-revoke":
+		if err = s.opts.Access.RevokeAppPassword(a, a.Name, f.Get("id")); err == nil {
+			v.Notice = "The app password is revoked."
+		}
+	case "end-sessions":
+		if err = s.opts.Access.EndSessions(a, a.Name); err == nil {
+			s.clearCookie(w, sessionCookie)
+			http.Redirect(w, r, "/login", http.StatusSeeOther)
+			return
+		}
+	default:
+		s.errorPage(w, r, http.StatusBadRequest, "Unknown action.")
+		return
+	}
+	if err != nil {
+		status, msg := accessError(err)
+		if status == 0 {
+			s.internalError(w, r, "account change", err)
+			return
+		}
+		v.Error = msg
+		s.showAccount(w, r, status, v)
+		return
+	}
+	s.showAccount(w, r, http.StatusOK, v)
+}

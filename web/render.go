@@ -1,0 +1,113 @@
+package web
+
+import (
+	"bytes"
+	"fmt"
+	"html/template"
+	"net/http"
+	"strings"
+	"time"
+
+	"mailgate/access"
+)
+
+// pageNames are the templates under templates/, each rendered inside layout.html.
+var pageNames = []string{"login", "code", "tickets", "ticket", "account", "admin", "audit", "error"}
+
+var funcs = template.FuncMap{
+	"when": func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format("2006-01-02 15:04 UTC")
+	},
+	"size": func(n int) string {
+		switch {
+		case n >= 1<<20:
+			return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
+		case n >= 1<<10:
+			return fmt.Sprintf("%.1f kB", float64(n)/(1<<10))
+		}
+		return fmt.Sprintf("%d bytes", n)
+	},
+	"join": strings.Join,
+}
+
+func parsePages() (map[string]*template.Template, error) {
+	pages := map[string]*template.Template{}
+	for _, name := range pageNames {
+		t, err := template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")
+		if err != nil {
+			return nil, fmt.Errorf("web: template %s: %w", name, err)
+		}
+		pages[name] = t
+	}
+	return pages, nil
+}
+
+// base is what every page's layout needs.
+type base struct {
+	Title  string
+	Agent  *access.Agent // nil when nobody is logged in
+	CSRF   string
+	Notice string // what just succeeded
+	Error  string // what just failed and what to do
+	RID    string
+}
+
+func (b *base) page() *base { return b }
+
+// IsAdmin and CanAudit decide which links the menu shows; the handlers check again.
+func (b *base) IsAdmin() bool { return b.Agent != nil && b.Agent.Role == access.RoleAdmin }
+
+// CanAudit reports whether the menu shows the audit log.
+func (b *base) CanAudit() bool {
+	return b.Agent != nil && (b.Agent.Role == access.RoleAdmin || b.Agent.Role == access.RoleAuditor)
+}
+
+// CanTickets reports whether the menu shows the tickets.
+func (b *base) CanTickets() bool {
+	return b.Agent != nil && (b.Agent.Role == access.RoleAdmin || b.Agent.Role == access.RoleAgent)
+}
+
+func (s *Server) base(r *http.Request, title string) base {
+	ri := info(r)
+	b := base{Title: title, RID: ri.id}
+	if ri.sess != nil {
+		b.Agent, b.CSRF = ri.sess.Agent, ri.sess.CSRF
+	}
+	return b
+}
+
+type pager interface{ page() *base }
+
+// render executes a page into a buffer first, so a template failure never sends half a page.
+func (s *Server) render(w http.ResponseWriter, r *http.Request, status int, name string, data pager) {
+	var buf bytes.Buffer
+	if err := s.pages[name].ExecuteTemplate(&buf, "layout", data); err != nil {
+		s.log.Error("render failed", "rid", info(r).id, "page", name, "err", err)
+		http.Error(w, "internal error (request "+info(r).id+")", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	w.Write(buf.Bytes())
+}
+
+type errorView struct {
+	base
+	Status int
+}
+
+// errorPage answers status with a page saying what happened and what to do next.
+func (s *Server) errorPage(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	v := &errorView{base: s.base(r, http.StatusText(status)), Status: status}
+	v.Error = msg
+	s.render(w, r, status, "error", v)
+}
+
+// internalError logs err with the request id and answers 500 without details.
+func (s *Server) internalError(w http.ResponseWriter, r *http.Request, what string, err error) {
+	s.log.Error(what, "rid", info(r).id, "err", err)
+	s.errorPage(w, r, http.StatusInternalServerError, "Something went wrong on the server ("+what+"). Quote request "+info(r).id+" to your admin.")
+}
