@@ -614,6 +614,9 @@ func TestSessions(t *testing.T) {
 	if err != nil || s.Agent.Name != "alice" || s.CSRF != csrf1 || !s.Agent.Actor("").InQueue("support") {
 		t.Fatalf("session: %+v %v", s, err)
 	}
+	if !s.CheckCSRF(csrf1) || s.CheckCSRF(csrf2) || s.CheckCSRF("") || (*Session)(nil).CheckCSRF("") {
+		t.Fatal("CheckCSRF accepts the wrong token")
+	}
 	if err := e.s.EndSession(id1, "127.0.0.1:1"); err != nil {
 		t.Fatal(err)
 	}

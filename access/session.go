@@ -2,6 +2,7 @@ package access
 
 import (
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -39,6 +40,11 @@ type Session struct {
 	LastSeen time.Time
 	Expires  time.Time // the sooner of the idle and the absolute limit
 	Remote   string    // where the session was created
+}
+
+// CheckCSRF reports whether token is the session's CSRF token, in constant time.
+func (s *Session) CheckCSRF(token string) bool {
+	return s != nil && s.CSRF != "" && subtle.ConstantTimeCompare([]byte(token), []byte(s.CSRF)) == 1
 }
 
 // sessionKey checks an id's form and returns its store key.
