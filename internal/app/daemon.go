@@ -1,0 +1,465 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"mailgate/audit"
+	"mailgate/config"
+	"mailgate/inbound"
+	"mailgate/pgp"
+	"mailgate/web"
+)
+
+// ServeOptions are `mailgate serve`'s flags.
+type ServeOptions struct {
+	// ConfigPath is -config; "" is dev mode with its data in DevDir.
+	ConfigPath string
+	// DevDir is dev mode's data dir; "" is ./mailgate-data.
+	DevDir string
+	// Listen overrides listener addresses by service ("smtp", "submission", "web", "imap"),
+	// for tests and for dev mode on a machine where its fixed ports are taken; "none" turns
+	// a service off. A port of 0 takes any free port; serve prints what it bound.
+	Listen map[string]string
+	// Version is printed at start and audited.
+	Version string
+	// Stdout gets what a person reads: listeners, first-start credentials. Logs go to Logs.
+	Stdout io.Writer
+	Logs   io.Writer
+	// DrainTimeout bounds the graceful shutdown; default 30s.
+	DrainTimeout time.Duration
+}
+
+// Serve runs the daemon until SIGTERM/SIGINT (or ctx ends): it loads the config (refusing to
+// start on any problem), opens the store, starts every listener and the control socket, and
+// on a signal drains them, saves the delivery queue's state and closes the store.
+func Serve(ctx context.Context, o ServeOptions) error {
+	if o.Stdout == nil {
+		o.Stdout = os.Stdout
+	}
+	if o.Logs == nil {
+		o.Logs = os.Stderr
+	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = 30 * time.Second
+	}
+	var cfg *config.Config
+	var dev *DevSetup
+	var err error
+	if o.ConfigPath == "" {
+		dir := o.DevDir
+		if dir == "" {
+			dir = DevDataDir
+		}
+		if dir, err = filepath.Abs(dir); err != nil {
+			return err
+		}
+		if cfg, err = DevConfig(dir); err != nil {
+			return err
+		}
+	} else if cfg, err = config.Load(o.ConfigPath); err != nil {
+		return err
+	}
+	if err := applyListen(cfg, o.Listen); err != nil {
+		return err
+	}
+	if cfg.Dev {
+		if dev, err = PrepareDev(cfg); err != nil {
+			return err
+		}
+	} else if err := config.Validate(cfg); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	levelVar := new(slog.LevelVar)
+	log := newLogger(o.Logs, cfg.Log, levelVar)
+
+	a, err := Open(cfg, Options{Logger: log, LockTimeout: time.Second})
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	d := &daemon{app: a, cfg: cfg, log: log, opts: o, level: levelVar, dev: dev}
+	return d.run(ctx)
+}
+
+// applyListen applies the -listen-* overrides.
+func applyListen(cfg *config.Config, m map[string]string) error {
+	list := func(v string) []string {
+		if v == "none" {
+			return []string{}
+		}
+		return strings.Split(v, ",")
+	}
+	for k, v := range m {
+		if v == "" {
+			continue
+		}
+		switch k {
+		case "smtp":
+			cfg.SMTP.Listen = list(v)
+		case "submission":
+			cfg.SMTP.SubmissionListen = list(v)
+		case "imap":
+			cfg.IMAP.Listen = list(v)
+		case "web":
+			if v == "none" {
+				v = ""
+			}
+			cfg.Web.Listen = v
+		default:
+			return fmt.Errorf("unknown listener %q", k)
+		}
+	}
+	return nil
+}
+
+func newLogger(w io.Writer, lc config.Log, level *slog.LevelVar) *slog.Logger {
+	setLevel(level, lc.Level)
+	opts := &slog.HandlerOptions{Level: level}
+	if lc.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func setLevel(v *slog.LevelVar, s string) {
+	switch s {
+	case "debug":
+		v.Set(slog.LevelDebug)
+	case "warn":
+		v.Set(slog.LevelWarn)
+	case "error":
+		v.Set(slog.LevelError)
+	default:
+		v.Set(slog.LevelInfo)
+	}
+}
+
+type daemon struct {
+	app   *App
+	cfg   *config.Config
+	log   *slog.Logger
+	opts  ServeOptions
+	level *slog.LevelVar
+	dev   *DevSetup
+
+	smtp *inbound.Server
+	web  *web.Server
+	ctl  *Control
+
+	wg    sync.WaitGroup
+	errc  chan error
+	lines []string // what serve prints about its listeners
+}
+
+// event audits what the daemon does by itself (start, stop, config loads).
+func (d *daemon) event(action, object, result, detail string) {
+	d.record(audit.Event{Actor: "mailgate", Action: action, Object: object, Result: result, Detail: detail})
+}
+
+func (d *daemon) record(ev audit.Event) {
+	if err := d.app.Audit.Append(ev); err != nil {
+		d.log.Error("audit append failed", "action", ev.Action, "err", err)
+	}
+}
+
+func (d *daemon) run(ctx context.Context) error {
+	a, cfg := d.app, d.cfg
+	src := cfg.Path
+	if cfg.Dev {
+		src = "dev default"
+	}
+	d.event("daemon.start", "mailgate", audit.OK, fmt.Sprintf("version=%s data_dir=%s", d.opts.Version, cfg.DataDir))
+	d.event("config.load", "config", audit.OK, "source="+src)
+
+	var creds [2]string
+	if cfg.Dev {
+		pw, uri, created, err := a.Access.EnsureAdmin(DevAdminName, DevAdminEmail)
+		if err != nil {
+			return fmt.Errorf("first admin: %w", err)
+		}
+		if created {
+			creds = [2]string{pw, uri}
+		}
+	}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	d.errc = make(chan error, 16)
+	if err := d.start(); err != nil {
+		d.stop("start failed")
+		d.event("daemon.stop", "mailgate", audit.Failed, err.Error())
+		return err
+	}
+	d.printBanner(creds)
+	creds = [2]string{}
+	d.log.Info("mailgate started", "version", d.opts.Version, "data_dir", cfg.DataDir, "config", src)
+
+	var reason string
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			reason = "context done"
+			break loop
+		case err := <-d.errc:
+			reason, runErr = "listener failed", err
+			d.log.Error("a listener failed; shutting down", "err", err)
+			break loop
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				d.reload()
+				continue
+			}
+			reason = "signal " + s.String()
+			break loop
+		}
+	}
+	d.log.Info("shutting down", "reason", reason)
+	d.stop(reason)
+	result := audit.OK
+	if runErr != nil {
+		result = audit.Failed
+	}
+	d.event("daemon.stop", "mailgate", result, reason)
+	d.log.Info("mailgate stopped")
+	fmt.Fprintln(d.opts.Stdout, "stopped")
+	return runErr
+}
+
+// listen binds addr, so the printed address is the real one even for port 0.
+func (d *daemon) listen(service, addr string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: listen on %s: %w", service, addr, err)
+	}
+	return l, nil
+}
+
+func (d *daemon) serve(name string, l net.Listener, fn func(net.Listener) error) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := fn(l); err != nil {
+			d.errc <- fmt.Errorf("%s on %s: %w", name, l.Addr(), err)
+		}
+	}()
+}
+
+func (d *daemon) start() error {
+	a, cfg := d.app, d.cfg
+	var err error
+
+	// Control socket first: admin commands work as soon as the store is open.
+	ln, err := ListenControl(SocketPath(cfg))
+	if err != nil {
+		return err
+	}
+	d.ctl = a.ServeControl(ln)
+
+	var tlsCfg *tls.Config
+	if cfg.SMTP.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.SMTP.TLSCert, cfg.SMTP.TLSKey)
+		if err != nil {
+			return fmt.Errorf("[smtp] tls_cert: %w", err)
+		}
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	}
+
+	// Delivery of queued replies resumes where the last run stopped.
+	if err := a.Outbound.Start(context.Background()); err != nil {
+		return fmt.Errorf("outbound queue: %w", err)
+	}
+	go a.Tickets.SendAutoAcks()
+
+	// Inbound SMTP (MX).
+	if len(cfg.SMTP.Listen) > 0 {
+		v := &inbound.Verifier{Resolver: inbound.NewResolver(cfg.DNS.Resolver, cfg.DNS.Timeout.Duration), Timeout: cfg.DNS.Timeout.Duration}
+		d.smtp = inbound.NewServer(cfg, a.Tickets, v, inbound.ServerOptions{
+			Logger:    d.log,
+			TLSConfig: tlsCfg,
+			OnRefused: d.refused,
+		})
+		for _, addr := range cfg.SMTP.Listen {
+			l, err := d.listen("smtp", addr)
+			if err != nil {
+				return err
+			}
+			note := ""
+			if tlsCfg != nil {
+				note = " (STARTTLS)"
+			}
+			d.lines = append(d.lines, fmt.Sprintf("listening: smtp %s%s", l.Addr(), note))
+			d.serve("smtp", l, d.smtp.Serve)
+		}
+	}
+
+	// TODO(issue 7): [smtp] submission_listen (agents' mail clients) and [imap] listen, once
+	// their packages land; [[fetch.account]] likewise.
+	for _, addr := range cfg.SMTP.SubmissionListen {
+		d.lines = append(d.lines, fmt.Sprintf("not yet served: submission %s (this build has no submission server)", addr))
+	}
+	for _, addr := range cfg.IMAP.Listen {
+		d.lines = append(d.lines, fmt.Sprintf("not yet served: imap %s (this build has no IMAP server)", addr))
+	}
+
+	// Agents' web page (and WKD for the gateway key).
+	if cfg.Web.Listen != "" {
+		wo := web.Options{Config: cfg, Access: a.Access, Tickets: a.Tickets, Audit: a.Audit, DB: a.DB, Logger: d.log}
+		if a.Gateway != nil {
+			var addrs []string
+			for _, q := range cfg.Queues {
+				addrs = append(addrs, q.Address)
+			}
+			wo.WKD = pgp.WKDHandler(a.Gateway, addrs)
+		}
+		d.web, err = web.New(wo)
+		if err != nil {
+			return err
+		}
+		l, err := d.listen("web", cfg.Web.Listen)
+		if err != nil {
+			return err
+		}
+		scheme := "http"
+		if cfg.Web.TLSCert != "" {
+			scheme = "https"
+		}
+		d.lines = append(d.lines, fmt.Sprintf("listening: web %s://%s/", scheme, l.Addr()))
+		d.serve("web", l, d.web.Serve)
+	}
+	d.lines = append(d.lines, "control socket: "+SocketPath(cfg))
+	return nil
+}
+
+// refused audits mail refused or deferred at the end of DATA (accepted mail is audited by
+// tickets.Ingest in the same transaction as the message).
+func (d *daemon) refused(r inbound.Refusal) {
+	host, _, _ := net.SplitHostPort(r.Remote)
+	result := audit.Denied
+	if r.Code >= 400 && r.Code < 500 {
+		result = audit.Failed
+	}
+	detail := fmt.Sprintf("code=%d result=%s conn=%s", r.Code, r.Result, r.ConnID)
+	if r.Verdict != nil {
+		detail += fmt.Sprintf(" spf=%s dkim=%s dmarc=%s", r.Verdict.SPF, r.Verdict.DKIM, r.Verdict.DMARC)
+	}
+	d.record(audit.Event{Actor: "smtp:" + host, Action: "mail.refuse", Object: "queue/" + strings.Join(r.Queues, ","),
+		Remote: r.Remote, Result: result, Detail: detail})
+}
+
+// stop drains in order: no new mail or requests, in-flight SMTP transactions finish (new
+// connections get 421), then delivery stops with its queue state saved, then the control
+// socket; the store is closed by the caller.
+func (d *daemon) stop(reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), d.opts.DrainTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	if d.smtp != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.smtp.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				d.log.Warn("smtp drain", "err", err)
+			}
+		}()
+	}
+	if d.web != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.web.Shutdown(ctx); err != nil {
+				d.log.Warn("web drain", "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	d.app.Outbound.Stop()
+	if d.ctl != nil {
+		d.ctl.Close()
+	}
+	d.wg.Wait()
+}
+
+// reload (SIGHUP) re-reads the config file. Only the log level changes at run time; a change
+// to anything else is reported as needing a restart. A bad file changes nothing.
+func (d *daemon) reload() {
+	if d.cfg.Dev {
+		d.log.Info("SIGHUP: dev mode has no config file to reload")
+		return
+	}
+	cfg, err := config.Load(d.cfg.Path)
+	if err != nil {
+		d.log.Error("SIGHUP: config not reloaded; fix it and send SIGHUP again", "problems", err.Error())
+		d.event("config.reload", "config", audit.Failed, clip(err.Error(), 500))
+		return
+	}
+	setLevel(d.level, cfg.Log.Level)
+	d.log.Info("SIGHUP: config reloaded; log level applied, other changes take effect at the next restart", "level", cfg.Log.Level)
+	d.event("config.reload", "config", audit.OK, "source="+d.cfg.Path+" level="+cfg.Log.Level)
+}
+
+func (d *daemon) printBanner(creds [2]string) {
+	w := d.opts.Stdout
+	cfg := d.cfg
+	mode := "config " + cfg.Path
+	if cfg.Dev {
+		mode = "dev mode"
+	}
+	fmt.Fprintf(w, "mailgate %s (%s), data in %s\n", d.opts.Version, mode, cfg.DataDir)
+	for _, l := range d.lines {
+		fmt.Fprintln(w, l)
+	}
+	if fp := d.fingerprint(); fp != "" {
+		fmt.Fprintf(w, "tls certificate sha256: %s\n", fp)
+	}
+	if cfg.Dev {
+		for _, q := range cfg.Queues {
+			fmt.Fprintf(w, "queue %s: mail to <%s>\n", q.Name, q.Address)
+		}
+		fmt.Fprintf(w, "outbound mail is written to %s (no relay in dev mode)\n", cfg.DataPath("outbox"))
+	}
+	if creds[0] != "" {
+		fmt.Fprintf(w, `
+First start: an admin account was created. This is shown ONCE and never logged:
+  admin user:     %s
+  admin password: %s
+  admin TOTP:     %s
+Add the TOTP URI to an authenticator app (or paste its secret), then log in on the web page
+with the user name, the password and the 6-digit code.
+`, DevAdminName, creds[0], creds[1])
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+func (d *daemon) fingerprint() string {
+	if d.dev != nil {
+		return d.dev.TLSFingerprint
+	}
+	if d.cfg.SMTP.TLSCert == "" {
+		return ""
+	}
+	fp, err := CertFingerprint(d.cfg.SMTP.TLSCert)
+	if err != nil {
+		return ""
+	}
+	return fp
+}
