@@ -285,7 +285,7 @@ func (s *Service) create(by Actor, action, name, email string, role Role, queues
 	}
 	err = s.db.Update(func(tx *store.Tx) error {
 		if old, err := getRecord(tx, name); err != nil || old != nil {
-			return cmpErr(err, ErrExists)
+			return orErr(err, ErrExists)
 		}
 		if err := putRecord(tx, r); err != nil {
 			return err
@@ -298,7 +298,8 @@ func (s *Service) create(by Actor, action, name, email string, role Role, queues
 	return c, nil
 }
 
-func cmpErr(err, otherwise error) error {
+// orErr returns err, or otherwise when err is nil.
+func orErr(err, otherwise error) error {
 	if err != nil {
 		return err
 	}
@@ -424,7 +425,7 @@ func (s *Service) Disable(by Actor, name string) error {
 	return s.change(by, "agent.disable", name, false, func(tx *store.Tx, r *record) (string, error) {
 		if r.Role == RoleAdmin && !r.Disabled {
 			if last, err := noOtherAdmin(tx, name); err != nil || last {
-				return "", cmpErr(err, ErrLastAdmin)
+				return "", orErr(err, ErrLastAdmin)
 			}
 		}
 		r.Disabled = true
@@ -481,7 +482,7 @@ func (s *Service) SetRole(by Actor, name string, role Role) error {
 		}
 		if r.Role == RoleAdmin && role != RoleAdmin && !r.Disabled {
 			if last, err := noOtherAdmin(tx, name); err != nil || last {
-				return "", cmpErr(err, ErrLastAdmin)
+				return "", orErr(err, ErrLastAdmin)
 			}
 		}
 		old := r.Role
