@@ -188,7 +188,6 @@ func (s *Server) Serve(l net.Listener) error {
 			return fmt.Errorf("web: load TLS certificate %s: %w", web.TLSCert, err)
 		}
 		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
-		l = tls.NewListener(l, srv.TLSConfig)
 	} else if !loopback(l.Addr()) {
 		return fmt.Errorf("web: refusing plain HTTP on %s: set [web] tls_cert and tls_key, or listen on 127.0.0.1 behind a TLS proxy", l.Addr())
 	}
@@ -196,7 +195,12 @@ func (s *Server) Serve(l net.Listener) error {
 	s.servers = append(s.servers, srv)
 	s.mu.Unlock()
 	s.log.Info("web listening", "addr", l.Addr().String(), "tls", web.TLSCert != "")
-	err := srv.Serve(l)
+	var err error
+	if srv.TLSConfig != nil {
+		err = srv.ServeTLS(l, "", "") // certificates come from TLSConfig; ServeTLS adds HTTP/2
+	} else {
+		err = srv.Serve(l)
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
