@@ -256,8 +256,14 @@ func containsFold(list []string, s string) bool {
 
 // formatAuthResults renders the whole field, folded at the result separators when long.
 func formatAuthResults(authservID string, results []authres.Result) string {
-	v := authres.Format(clean(authservID), results)
-	return "Authentication-Results: " + fold(v) + "\r\n"
+	// authres.Format one result at a time: joined whole it leaves a space before each ';'
+	// and at the end of a result without parameters.
+	parts := []string{clean(authservID)}
+	for _, r := range results {
+		s := strings.TrimPrefix(authres.Format("", []authres.Result{r}), "; ")
+		parts = append(parts, strings.TrimRight(s, " "))
+	}
+	return "Authentication-Results: " + fold(strings.Join(parts, "; ")) + "\r\n"
 }
 
 // fold breaks "a; b; c" after each "; " outside quoted strings once the line is long.

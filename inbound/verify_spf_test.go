@@ -278,3 +278,32 @@ func TestSPFSuiteBlitiri(t *testing.T) {
 		t.Fatal("no cases ran")
 	}
 }
+
+// FuzzSPFRecord: any record a domain publishes gives an RFC 7208 result word, and one the
+// syntax check refuses always gives permerror.
+func FuzzSPFRecord(f *testing.F) {
+	for _, s := range []string{
+		"v=spf1 -all", "v=spf1 a:%{p}.x.example mx//64 ip4:192.0.2.0/24 ~all",
+		"v=spf1 exists:%{ir}.%{l1r-}.%{d2}.bl.example redirect=x.example",
+		"v=spf1 a:foo/bar.example/24 include:%{o} exp=%{h}.example moo=%{t}",
+		"v=spf1 ptr:%{P5r.-}", "v=spf1 %{", "v=spf1 ip6:::1/129",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, rec string) {
+		r := &dnsmock.Resolver{
+			TXT: map[string][]string{"fuzz.example": {rec}},
+			A:   map[string][]string{"x.example": {"192.0.2.1"}},
+			PTR: map[string][]string{"192.0.2.1": {"x.example"}},
+		}
+		got := checkSPF(context.Background(), r, net.ParseIP("192.0.2.1"), "helo.example", "a@fuzz.example")
+		switch got {
+		case "pass", "fail", "softfail", "neutral", "none", "temperror", "permerror":
+		default:
+			t.Fatalf("%q: result %q", rec, got)
+		}
+		if isSPFRecord(rec) && !validSPFRecord(rec) && got != "permerror" {
+			t.Fatalf("%q fails the syntax check but gave %s", rec, got)
+		}
+	})
+}

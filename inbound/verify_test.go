@@ -397,3 +397,36 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+// FuzzVerify: any message, however broken, gives a verdict made of RFC 8601 words and a
+// single well-formed header field.
+func FuzzVerify(f *testing.F) {
+	f.Add(message(f, []string{"a@example.com"}, "example.com"))
+	f.Add(message(f, []string{"a@example.com", "b@example.com"}))
+	f.Add([]byte("From: =?utf-8?q?x?= <a@[1.2.3.4]>\r\nDKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=s; h=from; bh=; b=\r\n"))
+	f.Add([]byte("DKIM-Signature: v=1\n\nFrom: a@b.c\n"))
+	f.Add([]byte("From: \"\\\r\n\r\n"))
+	v := &Verifier{Resolver: testResolver(), AuthservID: "mx.test"}
+	words := map[string]bool{"pass": true, "fail": true, "softfail": true, "neutral": true, "none": true,
+		"temperror": true, "permerror": true, "policy": true}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		vd := v.Verify(context.Background(), nil, raw)
+		for _, w := range []string{vd.SPF, vd.SPFHelo, vd.DKIM, vd.DMARC} {
+			if !words[w] {
+				t.Fatalf("result %q in %+v", w, vd)
+			}
+		}
+		if vd.Verified && vd.FromDomain == "" {
+			t.Fatalf("verified without a From domain: %+v", vd)
+		}
+		h := strings.TrimSuffix(vd.AuthResults, "\r\n")
+		if !strings.HasPrefix(h, "Authentication-Results: mx.test;") {
+			t.Fatalf("AuthResults %q", vd.AuthResults)
+		}
+		for i, line := range strings.Split(h, "\r\n") {
+			if strings.ContainsAny(line, "\r\n") || (i > 0 && !strings.HasPrefix(line, "\t")) {
+				t.Fatalf("AuthResults is not one field: %q", vd.AuthResults)
+			}
+		}
+	})
+}
