@@ -61,14 +61,14 @@ func (o *Outbound) Compose(og tickets.Outgoing) (raw []byte, encrypted bool, err
 		return nil, false, fmt.Errorf("to address: %w", err)
 	}
 	var cc []string
-	seen := map[string]bool{to: true, from: true}
+	seen := map[string]bool{strings.ToLower(to): true, strings.ToLower(from): true}
 	for _, a := range og.Cc {
 		a, err := checkAddr(a)
 		if err != nil {
 			return nil, false, fmt.Errorf("cc address: %w", err)
 		}
-		if !seen[a] {
-			seen[a] = true
+		if k := strings.ToLower(a); !seen[k] {
+			seen[k] = true
 			cc = append(cc, a)
 		}
 	}
@@ -137,6 +137,7 @@ func (o *Outbound) Compose(og tickets.Outgoing) (raw []byte, encrypted bool, err
 		if err != nil {
 			return nil, false, fmt.Errorf("%w: %v", ErrHeader, err)
 		}
+		headerLen := msg.Len()
 		if _, err := w.Write([]byte(text)); err != nil {
 			return nil, false, fmt.Errorf("compose: %w", err)
 		}
@@ -146,6 +147,9 @@ func (o *Outbound) Compose(og tickets.Outgoing) (raw []byte, encrypted bool, err
 		if !bytes.HasSuffix(msg.Bytes(), []byte("\r\n")) {
 			msg.WriteString("\r\n")
 		}
+		body := armorQP(msg.Bytes()[headerLen:])
+		msg.Truncate(headerLen)
+		msg.Write(body)
 	}
 	if n := bareLF(msg.Bytes()); n >= 0 {
 		return nil, false, fmt.Errorf("compose: bare LF at byte %d; refusing to sign what would not be sent as is", n)
@@ -294,6 +298,39 @@ func bodyText(s string) string {
 		s += "\n"
 	}
 	return s
+}
+
+// armorQP rewrites quoted-printable lines that start with "From " or "." as "=46rom " and
+// "=2E": the same text, but safe from mbox ">From " munging and from transports that mangle
+// leading dots, either of which would break the DKIM body hash. Lines stay within 76
+// characters (RFC 2045 6.7) by a soft line break placed outside any =XX escape.
+func armorQP(body []byte) []byte {
+	var out bytes.Buffer
+	out.Grow(len(body) + 64)
+	for _, l := range bytes.SplitAfter(body, []byte("\r\n")) {
+		switch {
+		case bytes.HasPrefix(l, []byte("From ")):
+			l = append([]byte("=46"), l[1:]...)
+		case bytes.HasPrefix(l, []byte(".")):
+			l = append([]byte("=2E"), l[1:]...)
+		default:
+			out.Write(l)
+			continue
+		}
+		content := bytes.TrimSuffix(l, []byte("\r\n"))
+		if len(content) <= 76 {
+			out.Write(l)
+			continue
+		}
+		p := 75
+		for p > 3 && (content[p-1] == '=' || content[p-2] == '=' || content[p] == '.' || bytes.HasPrefix(content[p:], []byte("From "))) {
+			p--
+		}
+		out.Write(content[:p])
+		out.WriteString("=\r\n")
+		out.Write(l[p:])
+	}
+	return out.Bytes()
 }
 
 // bareLF returns the offset of the first LF not preceded by CR, or -1.

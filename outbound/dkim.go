@@ -17,12 +17,20 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 )
 
-// signedHeaders are the fields every signature covers. From is listed twice (over-signed) so a
-// second From cannot be added in transit; fields a message lacks are still listed, which
-// signs their absence (RFC 6376 5.4), so nobody can add a Cc or an In-Reply-To later.
-var signedHeaders = []string{
-	"From", "From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
-	"MIME-Version", "Content-Type", "Content-Transfer-Encoding", "Auto-Submitted",
+// signedHeaders are the fields every signature covers, each listed twice (over-signed, RFC
+// 6376 8.15): a verifier hashes the bottom-most instance first and an empty value for the
+// second, so a From, To, Cc, Subject or threading field added in transit breaks the signature
+// instead of being shown to the reader. Fields a message lacks are listed too, which signs
+// their absence: nobody can add a Reply-To, Sender or Cc later.
+var signedHeaders = oversign("From", "Reply-To", "Sender", "To", "Cc", "Subject", "Date", "Message-ID",
+	"In-Reply-To", "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding", "Auto-Submitted")
+
+func oversign(keys ...string) []string {
+	out := make([]string, 0, 2*len(keys))
+	for _, k := range keys {
+		out = append(out, k, k)
+	}
+	return out
 }
 
 // minRSABits is what verifiers accept (RFC 8301 3.2 requires 1024; go-msgauth refuses less).
