@@ -210,9 +210,9 @@ func Prepend(raw []byte, header string) []byte {
 }
 
 // upstreamSPF finds the topmost Authentication-Results field written by one of the trusted
-// authserv-ids and returns its spf result and the domain it was for (smtp.mailfrom, else
-// smtp.helo). ok is false when there is none.
-func upstreamSPF(fields []field, trusted []string) (res authres.ResultValue, domain string, ok bool) {
+// authserv-ids and returns its spf result, the domain it was for (smtp.mailfrom, else
+// smtp.helo) and that authserv-id. ok is false when there is none.
+func upstreamSPF(fields []field, trusted []string) (res authres.ResultValue, domain, authserv string, ok bool) {
 	for _, f := range fields {
 		if !isAuthResults(f.name) {
 			continue
@@ -226,7 +226,7 @@ func upstreamSPF(fields []field, trusted []string) (res authres.ResultValue, dom
 		// removed forged ones carrying its id below it.
 		_, results, err := authres.Parse(stripComments(v))
 		if err != nil {
-			return "", "", false
+			return "", "", "", false
 		}
 		for _, r := range results {
 			if s, isSPF := r.(*authres.SPFResult); isSPF {
@@ -237,12 +237,12 @@ func upstreamSPF(fields []field, trusted []string) (res authres.ResultValue, dom
 				if i := strings.LastIndexByte(d, '@'); i >= 0 {
 					d = d[i+1:]
 				}
-				return authres.ResultValue(strings.ToLower(string(s.Value))), d, true
+				return authres.ResultValue(strings.ToLower(string(s.Value))), d, id, true
 			}
 		}
-		return "", "", false
+		return "", "", "", false
 	}
-	return "", "", false
+	return "", "", "", false
 }
 
 func containsFold(list []string, s string) bool {

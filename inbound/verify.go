@@ -72,10 +72,9 @@ type Verdict struct {
 type SPFCheck struct {
 	done chan struct{}
 	// set before the goroutines start
-	sender   string // the MAIL FROM identity checked (postmaster@helo for the null sender)
-	helo     string
-	domain   string // the domain DMARC aligns against: MAIL FROM's, or HELO's when null
-	mailFrom string
+	sender string // the MAIL FROM identity checked (postmaster@helo for the null sender)
+	helo   string
+	domain string // the domain DMARC aligns against: MAIL FROM's, or HELO's when null
 	// written by the goroutine before done is closed
 	result, heloResult spf.Result
 }
@@ -104,7 +103,7 @@ func (v *Verifier) timeout() time.Duration {
 // goroutine, so that the DNS work overlaps the DATA transfer. ctx bounds them together with
 // Timeout; cancelling it ends them with temperror.
 func (v *Verifier) StartSPF(ctx context.Context, ip net.IP, helo, mailFrom string) *SPFCheck {
-	c := &SPFCheck{done: make(chan struct{}), helo: helo, mailFrom: mailFrom}
+	c := &SPFCheck{done: make(chan struct{}), helo: helo}
 	helo = strings.TrimSuffix(helo, ".")
 	if mailFrom == "" {
 		c.sender = "postmaster@" + helo
@@ -161,17 +160,18 @@ func (c *SPFCheck) wait(ctx context.Context) (mailFrom, helo spf.Result) {
 }
 
 // Verify finishes the checks of a message received over SMTP: it collects the SPF results
-// (spf may be nil: spf=none), verifies DKIM on raw exactly as received, and evaluates DMARC
+// of spfc (nil: spf=none), verifies DKIM on raw exactly as received, and evaluates DMARC
 // for the single RFC5322.From address. raw must still carry every header as it arrived;
 // strip Authentication-Results afterwards (StripAuthResults).
 func (v *Verifier) Verify(ctx context.Context, spfc *SPFCheck, raw []byte) Verdict {
-	return v.verify(ctx, raw, func(fields []field) (string, string, string) {
+	return v.verify(ctx, raw, func([]field) spfOutcome {
 		if spfc == nil {
-			return "none", "none", ""
+			return spfOutcome{mailFrom: "none", helo: "none"}
 		}
 		mf, h := spfc.wait(ctx)
-		return string(mf), string(h), spfc.domain
-	}, spfc)
+		return spfOutcome{mailFrom: string(mf), helo: string(h), domain: spfc.domain,
+			sender: spfc.sender, heloName: spfc.helo}
+	})
 }
 
 // VerifyNoEnvelope checks a message that came without an SMTP envelope (fetched over IMAP):
@@ -179,17 +179,25 @@ func (v *Verifier) Verify(ctx context.Context, spfc *SPFCheck, raw []byte) Verdi
 // Authentication-Results, but only from the topmost such field whose authserv-id is one of
 // trustedAuthservIDs (else spf=none). SPFHelo is always none.
 func (v *Verifier) VerifyNoEnvelope(ctx context.Context, raw []byte, trustedAuthservIDs []string) Verdict {
-	return v.verify(ctx, raw, func(fields []field) (string, string, string) {
-		if res, d, ok := upstreamSPF(fields, trustedAuthservIDs); ok && isResultWord(string(res)) {
-			return string(res), "none", d
+	return v.verify(ctx, raw, func(fields []field) spfOutcome {
+		if res, d, id, ok := upstreamSPF(fields, trustedAuthservIDs); ok && isResultWord(string(res)) {
+			return spfOutcome{mailFrom: string(res), helo: "none", domain: d, reason: "reported by " + id}
 		}
-		return "none", "none", ""
-	}, nil)
+		return spfOutcome{mailFrom: "none", helo: "none"}
+	})
 }
 
-// verify runs DKIM and DMARC policy discovery concurrently, collects SPF from spfOf (result
-// of the MAIL FROM identity, of HELO, and the domain to align) and puts the verdict together.
-func (v *Verifier) verify(ctx context.Context, raw []byte, spfOf func([]field) (string, string, string), spfc *SPFCheck) Verdict {
+// spfOutcome is what the DMARC evaluation and the header need to know about SPF.
+type spfOutcome struct {
+	mailFrom, helo   string // result words
+	domain           string // the domain to align with From
+	sender, heloName string // the identities checked, for the header
+	reason           string
+}
+
+// verify runs DKIM and DMARC policy discovery concurrently, collects SPF from spfOf and puts
+// the verdict together.
+func (v *Verifier) verify(ctx context.Context, raw []byte, spfOf func([]field) spfOutcome) Verdict {
 	ctx, cancel := context.WithTimeout(ctx, v.timeout())
 	defer cancel()
 	fields, _, complete := headerFields(raw)
@@ -199,9 +207,8 @@ func (v *Verifier) verify(ctx context.Context, raw []byte, spfOf func([]field) (
 	dkc := make(chan []dkimResult, 1)
 	go func() { dkc <- v.verifyDKIM(ctx, raw, complete) }()
 
-	var vd Verdict
-	var spfDomain string
-	vd.SPF, vd.SPFHelo, spfDomain = spfOf(fields)
+	so := spfOf(fields)
+	vd := Verdict{SPF: so.mailFrom, SPFHelo: so.helo}
 	var dk []dkimResult
 	select {
 	case dk = <-dkc:
@@ -214,8 +221,8 @@ func (v *Verifier) verify(ctx context.Context, raw []byte, spfOf func([]field) (
 	case <-ctx.Done():
 		p = policyRecord{result: "temperror"}
 	}
-	v.finish(&vd, dk, from, p, spfDomain)
-	vd.AuthResults = v.authResults(vd, dk, spfc, from)
+	v.finish(&vd, dk, from, p, so.domain)
+	vd.AuthResults = v.authResults(vd, dk, so, from)
 	return vd
 }
 
@@ -442,15 +449,12 @@ func (v *Verifier) sampled(pct int) bool {
 }
 
 // authResults renders the verdict as the Authentication-Results field mailgate writes.
-func (v *Verifier) authResults(vd Verdict, dk []dkimResult, spfc *SPFCheck, from fromAddress) string {
-	var results []authres.Result
-	spfFrom := &authres.SPFResult{Value: authres.ResultValue(vd.SPF)}
-	if spfc != nil {
-		spfFrom.From = clean(spfc.sender)
-	}
-	results = append(results, spfFrom)
-	if spfc != nil && spfc.helo != "" {
-		results = append(results, &authres.SPFResult{Value: authres.ResultValue(vd.SPFHelo), Helo: clean(spfc.helo)})
+func (v *Verifier) authResults(vd Verdict, dk []dkimResult, so spfOutcome, from fromAddress) string {
+	results := []authres.Result{&authres.SPFResult{
+		Value: authres.ResultValue(vd.SPF), From: clean(so.sender), Reason: clean(so.reason),
+	}}
+	if so.heloName != "" {
+		results = append(results, &authres.SPFResult{Value: authres.ResultValue(vd.SPFHelo), Helo: clean(so.heloName)})
 	}
 	if len(dk) == 0 {
 		results = append(results, &authres.DKIMResult{Value: authres.ResultNone})
