@@ -203,7 +203,6 @@ func (o *Outbound) encryptionKey(og tickets.Outgoing, to string, cc []string) (*
 // characters) and returns it lowercased in the domain. Anything else is refused: an address
 // goes into To/Cc and into RCPT TO, where a CR or LF would start a new header or command.
 func checkAddr(a string) (string, error) {
-	a = strings.TrimSpace(a)
 	if a == "" || len(a) > 254 {
 		return "", fmt.Errorf("%w: address %q is empty or too long", ErrHeader, a)
 	}

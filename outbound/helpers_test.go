@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,6 +54,12 @@ func (c *clock) Now() time.Time {
 	return c.t
 }
 
+func (c *clock) Set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
 func (c *clock) Add(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
@@ -86,6 +93,12 @@ const (
 
 func newEnv(t testing.TB, mut func(*config.Config)) *env {
 	t.Helper()
+	return newEnvWith(t, mut, nil)
+}
+
+// newEnvWith also lets the test change the Options (RootCAs, AutoAckPerHour…).
+func newEnvWith(t testing.TB, mut func(*config.Config), omut func(*env, *Options)) *env {
+	t.Helper()
 	testKeys(t)
 	dir := t.TempDir()
 	e := &env{t: t, dir: dir, key: make([]byte, store.KeySize), attempts: make(chan Attempt, 1000),
@@ -109,7 +122,11 @@ func newEnv(t testing.TB, mut func(*config.Config)) *env {
 		mut(cfg)
 	}
 	e.cfg = cfg
-	e.opts = Options{Now: e.clock.Now, Observe: func(a Attempt) { e.attempts <- a }}
+	e.opts = Options{Now: e.clock.Now, Observe: func(a Attempt) { e.attempts <- a },
+		Logger: slog.New(slog.NewTextHandler(t.Output(), nil))}
+	if omut != nil {
+		omut(e, &e.opts)
+	}
 	e.open()
 	t.Cleanup(e.close)
 	return e
@@ -236,10 +253,10 @@ func (e *env) messages(id uint64) []tickets.Message {
 	return msgs
 }
 
-// auditActions lists the audit events with the given action prefix.
+// audited lists the audit events whose action starts with prefix, newest first.
 func (e *env) audited(prefix string) []audit.Event {
 	e.t.Helper()
-	evs, err := e.log.Query(audit.Filter{}, 0)
+	evs, err := e.log.Query(audit.Filter{Limit: 100000}, 0)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -403,6 +403,8 @@ func (o *Outbound) apply(j *job, res []result, now time.Time) (*job, Attempt) {
 		for _, rc := range n.Rcpts {
 			n.Failed = append(n.Failed, failure{Rcpt: rc, Reason: reason})
 		}
+		a.Failed += len(n.Rcpts)
+		a.Deferred = 0
 		n.Rcpts = nil
 	}
 	switch {
