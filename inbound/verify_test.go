@@ -460,3 +460,37 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// TestMaxSignatures: only the first MaxSignatures signatures (from the top) are checked, so a
+// pile of junk signatures can neither cost unbounded DNS work nor be outweighed by one deep
+// down.
+func TestMaxSignatures(t *testing.T) {
+	res := testResolver()
+	var keyQueries atomic.Int32
+	res.OnQuery = func(qtype, name string) {
+		if strings.Contains(name, "._domainkey.") {
+			keyQueries.Add(1)
+		}
+	}
+	// dkim.Sign puts each new signature on top: the good one ends up at the bottom.
+	raw := message(t, []string{"a@example.com"}, "example.com",
+		"nokey1.example", "nokey2.example", "nokey3.example", "nokey4.example", "nokey5.example")
+	for _, tc := range []struct {
+		max      int
+		dmarc    string
+		verified bool
+		queries  int32
+	}{
+		{0, "fail", false, 5}, // the default is 5
+		{5, "fail", false, 5},
+		{6, "pass", true, 6},
+	} {
+		keyQueries.Store(0)
+		v := &Verifier{Resolver: res, AuthservID: "mx.test", MaxSignatures: tc.max}
+		vd := v.Verify(context.Background(), nil, raw)
+		if vd.DMARC != tc.dmarc || vd.Verified != tc.verified || keyQueries.Load() != tc.queries {
+			t.Errorf("MaxSignatures %d: dmarc=%s verified=%v key lookups=%d, want %s %v %d",
+				tc.max, vd.DMARC, vd.Verified, keyQueries.Load(), tc.dmarc, tc.verified, tc.queries)
+		}
+	}
+}
