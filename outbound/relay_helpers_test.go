@@ -64,10 +64,11 @@ type received struct {
 type goRelay struct {
 	Addr string
 
-	mu    sync.Mutex
-	msgs  []received
-	mails int            // MAIL commands seen
-	seen  map[string]int // RCPT count per address
+	mu       sync.Mutex
+	msgs     []received
+	mails    int            // MAIL commands seen
+	sessions int            // EHLOs that started a session
+	seen     map[string]int // RCPT count per address
 	// rcpt decides the answer to RCPT TO (n = how often this address was offered before).
 	rcpt       func(addr string, n int) error
 	user, pass string
@@ -86,6 +87,9 @@ func startGoRelay(t testing.TB, o relayOpts) *goRelay {
 	r := &goRelay{seen: map[string]int{}, rcpt: o.rcpt, user: o.user, pass: o.pass}
 	s := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		_, tlsOn := c.TLSConnectionState()
+		r.mu.Lock()
+		r.sessions++
+		r.mu.Unlock()
 		return &relaySession{r: r, tls: tlsOn, helo: c.Hostname()}, nil
 	}))
 	s.Domain = "relay.test"
@@ -116,6 +120,12 @@ func (r *goRelay) received() []received {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]received(nil), r.msgs...)
+}
+
+func (r *goRelay) sessionCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.sessions
 }
 
 func (r *goRelay) mailCommands() int {
