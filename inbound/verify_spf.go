@@ -31,9 +31,9 @@ import (
 
 // checkSPF runs check_host() for sender (already "postmaster@helo" for a null sender).
 func checkSPF(ctx context.Context, r Resolver, ip net.IP, helo, sender string) spf.Result {
-	local, domain, ok := strings.Cut(sender, "@")
-	if !ok {
-		domain = helo
+	local, domain := sender, helo
+	if i := strings.LastIndexByte(sender, '@'); i >= 0 {
+		local, domain = sender[:i], sender[i+1:]
 	}
 	if local == "" {
 		local = "postmaster"
