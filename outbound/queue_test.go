@@ -261,7 +261,7 @@ func TestQueuePerRecipient(t *testing.T) {
 		t.Errorf("delivery = %q", all[0].Delivery)
 	}
 	note := all[len(all)-1]
-	if note.Direction != tickets.Note || !strings.Contains(note.Text, "bad@example.org: RCPT TO: SMTP error 550: no such user") ||
+	if note.Direction != tickets.Note || !strings.Contains(note.Text, "bad@example.org: RCPT TO: 550 5.1.1 no such user") ||
 		!strings.Contains(note.Text, "delivered to: "+customer+", later@example.org") {
 		t.Errorf("note %q", note.Text)
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -88,6 +89,31 @@ type smtpTransport struct {
 	unhook func() bool
 }
 
+// replyError is the relay's answer to one command, written as agents and admins know SMTP
+// replies: "RCPT TO: 550 5.1.1 no such user".
+type replyError struct {
+	stage string
+	err   *smtp.SMTPError
+}
+
+func (e *replyError) Error() string {
+	code := strconv.Itoa(e.err.Code)
+	if ec := e.err.EnhancedCode; ec != smtp.EnhancedCodeNotSet && ec[0] > 0 {
+		code += fmt.Sprintf(" %d.%d.%d", ec[0], ec[1], ec[2])
+	}
+	return e.stage + ": " + code + " " + e.err.Message
+}
+
+func (e *replyError) Unwrap() error { return e.err }
+
+func stageErr(stage string, err error) error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return &replyError{stage: stage, err: se}
+	}
+	return fmt.Errorf("%s: %w", stage, err)
+}
+
 // connError marks errors after which the connection cannot be reused.
 type connError struct{ err error }
 
@@ -129,14 +155,14 @@ func (t *smtpTransport) transaction(j *job, raw []byte) ([]result, bool) {
 		if usable {
 			c.Reset()
 		}
-		return allResults(j.Rcpts, fmt.Errorf("MAIL FROM: %w", err), perm), !usable
+		return allResults(j.Rcpts, stageErr("MAIL FROM", err), perm), !usable
 	}
 	res := make([]result, 0, len(j.Rcpts))
 	var accepted []string
 	for i, r := range j.Rcpts {
 		if err := c.Rcpt(r, nil); err != nil {
 			perm, usable := classify(err)
-			res = append(res, result{rcpt: r, err: fmt.Errorf("RCPT TO: %w", err), perm: perm})
+			res = append(res, result{rcpt: r, err: stageErr("RCPT TO", err), perm: perm})
 			if !usable {
 				for _, rest := range j.Rcpts[i+1:] {
 					res = append(res, result{rcpt: rest, err: err})
@@ -157,7 +183,7 @@ func (t *smtpTransport) transaction(j *job, raw []byte) ([]result, bool) {
 	fail := func(err error) ([]result, bool) {
 		perm, usable := classify(err)
 		for _, a := range accepted {
-			res = append(res, result{rcpt: a, err: fmt.Errorf("DATA: %w", err), perm: perm})
+			res = append(res, result{rcpt: a, err: stageErr("DATA", err), perm: perm})
 		}
 		return res, !usable
 	}
