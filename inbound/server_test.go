@@ -115,6 +115,13 @@ func srvConfig() *config.Config {
 // newSrvEnv starts a server; mod adjusts the config and tlsCfg (may be nil) turns STARTTLS on.
 func newSrvEnv(t testing.TB, mod func(*config.Config), tlsCfg *tls.Config) *srvEnv {
 	t.Helper()
+	return newSrvEnvDNS(t, mod, tlsCfg, nil)
+}
+
+// newSrvEnvDNS is newSrvEnv with dnsMod adding records before the server starts (the mock's
+// maps must not change while lookups run).
+func newSrvEnvDNS(t testing.TB, mod func(*config.Config), tlsCfg *tls.Config, dnsMod func(*dnsmock.Resolver)) *srvEnv {
+	t.Helper()
 	cfg := srvConfig()
 	if mod != nil {
 		mod(cfg)
@@ -133,6 +140,9 @@ func newSrvEnv(t testing.TB, mod func(*config.Config), tlsCfg *tls.Config) *srvE
 		qs = append(qs, tickets.Queue{Name: q.Name, Address: q.Address})
 	}
 	e := &srvEnv{cfg: cfg, db: db, dns: srvResolver(), now: &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}}
+	if dnsMod != nil {
+		dnsMod(e.dns)
+	}
 	e.tk = tickets.New(db, alog, tickets.Options{Hostname: srvHost, Queues: qs})
 	v := &Verifier{Resolver: e.dns, Timeout: 10 * time.Second}
 	e.srv = NewServer(cfg, e.tk, v, ServerOptions{
