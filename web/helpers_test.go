@@ -173,9 +173,9 @@ func (e *env) code(name string) string {
 // mail is one inbound test message.
 type mail struct {
 	queue, from, subject, body string
-	verified, quarantined     bool
-	html                      string
-	attach                    []attachment
+	verified, quarantined      bool
+	html                       string
+	attach                     []attachment
 }
 
 type attachment struct{ name, ctype, data string }

@@ -40,6 +40,12 @@ const maxFormBytes = 4 << 20
 
 // secure sets the headers every response carries. Cache-Control no-store is the default because
 // nearly every page shows customer data; the stylesheet overrides it.
+//
+// Referrer-Policy: no-referrer alone would make browsers send "Origin: null" on every form post
+// (Fetch standard, "append a request Origin header"; chromium does it), which the Origin check
+// must refuse. So layout.html also carries <meta name="referrer" content="same-origin">: the
+// page's own forms name their origin, and nothing (no Referer, no Origin) goes to other sites.
+// The browser test fails without that tag.
 func secure(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()

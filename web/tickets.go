@@ -164,9 +164,11 @@ func (s *Server) ticketList(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, http.StatusOK, "tickets", v)
 }
 
-// msgView is one message of the thread as the page shows it.
+// msgView is one message of the thread as the page shows it. The message is a named field,
+// not embedded: html/template resolves promoted fields by a slow reflective search, which cost
+// more than everything else on the page.
 type msgView struct {
-	tickets.Message
+	M          *tickets.Message
 	Unverified bool          // inbound mail without a DMARC-aligned pass, or quarantined
 	HasHTML    bool          // an HTML part exists
 	ShowHTML   bool          // the agent asked to see it
@@ -176,8 +178,10 @@ type msgView struct {
 }
 
 type attachView struct {
-	tickets.Attachment
-	URL string
+	Name        string
+	ContentType string
+	Size        int
+	URL         string
 }
 
 type ticketView struct {
@@ -211,9 +215,9 @@ func (s *Server) ticketPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v := &ticketView{base: s.base(r, fmt.Sprintf("#%d %s", t.ID, t.Subject)), Ticket: t, Statuses: statuses, CanWrite: a.CanWrite(t.Queue)}
-	for _, m := range msgs {
-		mv := s.messageView(t.ID, m, m.Seq == showHTML)
-		v.Messages = append(v.Messages, mv)
+	v.Messages = make([]msgView, len(msgs))
+	for i := range msgs {
+		v.Messages[i] = s.messageView(t.ID, &msgs[i], msgs[i].Seq == showHTML)
 	}
 	if v.CanWrite {
 		if v.Assignees, err = s.assignees(t.Queue); err != nil {
@@ -224,8 +228,8 @@ func (s *Server) ticketPage(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, http.StatusOK, "ticket", v)
 }
 
-func (s *Server) messageView(id uint64, m tickets.Message, showHTML bool) msgView {
-	mv := msgView{Message: m, HasHTML: m.HTML != ""}
+func (s *Server) messageView(id uint64, m *tickets.Message, showHTML bool) msgView {
+	mv := msgView{M: m, HasHTML: m.HTML != ""}
 	mv.Unverified = m.Direction == tickets.In && (!m.Verified || m.Quarantined)
 	if mv.HasHTML {
 		mv.HTMLURL = fmt.Sprintf("/tickets/%d?html=%d#m%d", id, m.Seq, m.Seq)
@@ -235,7 +239,7 @@ func (s *Server) messageView(id uint64, m tickets.Message, showHTML bool) msgVie
 		}
 	}
 	for _, at := range m.Attachments {
-		mv.Attach = append(mv.Attach, attachView{Attachment: at,
+		mv.Attach = append(mv.Attach, attachView{Name: at.Name, ContentType: at.ContentType, Size: at.Size,
 			URL: fmt.Sprintf("/tickets/%d/messages/%d/attachments/%d", id, m.Seq, at.Index)})
 	}
 	return mv
