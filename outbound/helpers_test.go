@@ -16,6 +16,7 @@ import (
 	"mailgate/access"
 	"mailgate/audit"
 	"mailgate/config"
+	"mailgate/pgp"
 	"mailgate/store"
 	"mailgate/tickets"
 )
@@ -80,6 +81,11 @@ type env struct {
 	opts     Options
 	attempts chan Attempt
 	autoAck  bool
+	// pgp: a gateway key (made once per env) and a customer keyring on the store.
+	pgp     bool
+	gateway *pgp.Key
+	keyring *pgp.Keyring
+	keyNow  *clock
 }
 
 var admin = access.Actor{Name: "alice", Role: access.RoleAdmin, Remote: "test"}
@@ -151,7 +157,21 @@ func (e *env) open() {
 		AutoAck:  func(p *tickets.Parsed, in tickets.Incoming) bool { return ob.AutoAck(p, in) },
 		Now:      e.clock.Now,
 	})
-	ob, err = New(e.cfg, db, log, tk, nil, nil, e.opts)
+	e.keyring = nil
+	if e.pgp {
+		if e.gateway == nil {
+			armored, err := pgp.GenerateKey("Example Support", queueAddr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.gateway, err = pgp.ParseKey(armored); err != nil {
+				t.Fatal(err)
+			}
+			e.keyNow = &clock{t: time.Now()}
+		}
+		e.keyring = pgp.NewKeyring(db, pgp.KeyringOptions{Now: e.keyNow.Now})
+	}
+	ob, err = New(e.cfg, db, log, tk, e.keyring, e.gateway, e.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
