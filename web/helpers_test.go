@@ -105,6 +105,7 @@ type env struct {
 	secrets map[string]string // agent → TOTP secret
 	pw      map[string]string // agent → password
 	health  error
+	mails   int // inbound messages so far, for unique Message-IDs
 }
 
 // fastArgon2 keeps logins quick in tests; access's own tests cover the real parameters.
@@ -201,8 +202,6 @@ func (m mail) raw(n int) []byte {
 	return []byte(b.String())
 }
 
-var mailSeq int
-
 // ingest files m as inbound mail with the given verdict and returns its ticket id.
 func (e *env) ingest(m mail) uint64 {
 	e.t.Helper()
@@ -217,8 +216,8 @@ func (e *env) ingest(m mail) uint64 {
 		auth = tickets.Auth{SPF: "fail", DKIM: "none", DMARC: "fail"}
 	}
 	auth.Quarantined = m.quarantined
-	mailSeq++
-	r, err := e.tk.Ingest(tickets.Incoming{Queue: m.queue, Raw: m.raw(mailSeq), Auth: auth, Via: "smtp", Remote: "192.0.2.9:25"})
+	e.mails++
+	r, err := e.tk.Ingest(tickets.Incoming{Queue: m.queue, Raw: m.raw(e.mails), Auth: auth, Via: "smtp", Remote: "192.0.2.9:25"})
 	if err != nil {
 		e.t.Fatal(err)
 	}

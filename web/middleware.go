@@ -9,6 +9,8 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -161,10 +163,19 @@ func (s *Server) observe(next http.Handler) http.Handler {
 }
 
 // webEvent records what only web knows (a refused Origin or CSRF token, a page refused for the
-// role) in the audit log.
+// role) in the audit log. Refusals of anonymous requests are limited per address (see
+// anonLimit), so a flood of forged posts cannot grow the log without bound; agents' refusals are
+// always recorded.
 func (s *Server) webEvent(r *http.Request, actor, action, result, detail string) {
 	if actor == "" {
 		actor = "anonymous"
+		record, suppressed := s.anon.allow(r.RemoteAddr, s.opts.Now())
+		if !record {
+			return
+		}
+		if suppressed > 0 {
+			detail += fmt.Sprintf(" (%d more such events from this address were not recorded)", suppressed)
+		}
 	}
 	ev := audit.Event{Actor: actor, Action: action, Object: clip(r.URL.Path, 200), Remote: r.RemoteAddr, Result: result, Detail: detail}
 	if err := s.opts.Audit.Append(ev); err != nil {
@@ -311,6 +322,53 @@ func (s *Server) setCookie(w http.ResponseWriter, name, value string, maxAge tim
 
 func (s *Server) clearCookie(w http.ResponseWriter, name string) {
 	http.SetCookie(w, &http.Cookie{Name: name, Value: "", Path: "/", Secure: true, HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+}
+
+// anonLimit counts anonymous refusals per client address in memory: at most anonPerWindow are
+// audited per anonWindow, the rest are counted into the next recorded one.
+type anonLimit struct {
+	mu sync.Mutex
+	m  map[string]*anonCount
+}
+
+type anonCount struct {
+	start      time.Time
+	n          int
+	suppressed int
+}
+
+const (
+	anonPerWindow  = 10
+	anonWindow     = time.Minute
+	anonMaxEntries = 10000
+)
+
+func (l *anonLimit) allow(remote string, now time.Time) (record bool, suppressed int) {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = clip(remote, 64)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil || len(l.m) >= anonMaxEntries {
+		l.m = map[string]*anonCount{} // memory wins over remembering every flooding address
+	}
+	c := l.m[host]
+	if c == nil || now.Sub(c.start) >= anonWindow || now.Before(c.start) {
+		prev := 0
+		if c != nil {
+			prev = c.suppressed
+		}
+		c = &anonCount{start: now, suppressed: prev}
+		l.m[host] = c
+	}
+	if c.n >= anonPerWindow {
+		c.suppressed++
+		return false, 0
+	}
+	c.n++
+	suppressed, c.suppressed = c.suppressed, 0
+	return true, suppressed
 }
 
 func clip(s string, n int) string {

@@ -65,6 +65,7 @@ type Server struct {
 	mu       sync.Mutex
 	servers  []*http.Server
 	verified verifyCache
+	anon     anonLimit
 }
 
 // New checks opts and builds the handler tree.

@@ -815,3 +815,62 @@ func TestHealthAndMetrics(t *testing.T) {
 		t.Errorf("metrics: %d\n%s", w.Code, w.Body.String())
 	}
 }
+
+func TestAnonymousRefusalsBounded(t *testing.T) {
+	e := newEnv(t)
+	c := e.client()
+	for i := 0; i < 30; i++ {
+		if w := c.do(http.MethodPost, "/login", url.Values{"username": {"x"}}); w.Code != http.StatusForbidden {
+			t.Fatalf("forged login %d: %d", i, w.Code)
+		}
+	}
+	evs := e.events(audit.Filter{Actor: "anonymous", Action: "web.csrf"})
+	if len(evs) != anonPerWindow {
+		t.Fatalf("%d events for 30 forged posts, want %d", len(evs), anonPerWindow)
+	}
+	// Another address is counted on its own.
+	c2 := e.client()
+	c2.remote = "203.0.113.5:1000"
+	c2.do(http.MethodPost, "/login", url.Values{"username": {"x"}})
+	if n := len(e.events(audit.Filter{Actor: "anonymous", Action: "web.csrf"})); n != anonPerWindow+1 {
+		t.Errorf("second address: %d events", n)
+	}
+	// The next window's first event says how many were left out.
+	e.clk.Add(anonWindow)
+	c.do(http.MethodPost, "/login", url.Values{"username": {"x"}})
+	evs = e.events(audit.Filter{Actor: "anonymous", Action: "web.csrf", Limit: 1})
+	if len(evs) != 1 || !strings.Contains(evs[0].Detail, "20 more") {
+		t.Errorf("summary event: %+v", evs)
+	}
+	// Agents' refusals are never dropped.
+	a := e.loggedIn("alice", access.RoleAgent, "support")
+	for i := 0; i < 15; i++ {
+		a.do(http.MethodPost, "/account", url.Values{"action": {"recovery"}})
+	}
+	if n := len(e.events(audit.Filter{Actor: "alice", Action: "web.csrf"})); n != 15 {
+		t.Errorf("agent refusals: %d events, want 15", n)
+	}
+}
+
+func TestWKDMounted(t *testing.T) {
+	e := newEnv(t)
+	var got string
+	srv, err := New(Options{Config: e.cfg, Access: e.acc, Tickets: e.tk, Audit: e.log, DB: e.db,
+		WKD: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			got = r.URL.Path
+			w.Write([]byte("key"))
+		})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv = srv
+	w := e.client().get("/.well-known/openpgpkey/hu/abc?l=support")
+	if w.Code != http.StatusOK || got != "/.well-known/openpgpkey/hu/abc" || w.Body.String() != "key" {
+		t.Errorf("WKD: %d %q %q", w.Code, got, w.Body.String())
+	}
+	// Without a gateway key nothing is mounted there.
+	e2 := newEnv(t)
+	if w := e2.client().get("/.well-known/openpgpkey/hu/abc"); w.Code != http.StatusNotFound {
+		t.Errorf("WKD without key: %d", w.Code)
+	}
+}
