@@ -374,4 +374,3 @@ func TestSubmissionAuthAfterTLSOnly(t *testing.T) {
 		t.Fatalf("Serve of a public listener without TLS: %v", err)
 	}
 }
-
