@@ -280,7 +280,13 @@ func (d *dovecot) deliver(t testing.TB, raw []byte) {
 // folder does not hold it.
 func (d *dovecot) flags(t testing.TB, folder, id string) (flags string, found bool) {
 	t.Helper()
-	want := []byte("Message-ID: <" + id + ">")
+	return d.flagsOf(t, folder, "Message-ID: <"+id+">")
+}
+
+// flagsOf is flags for the message that contains needle.
+func (d *dovecot) flagsOf(t testing.TB, folder, needle string) (flags string, found bool) {
+	t.Helper()
+	want := []byte(needle)
 	for _, sub := range []string{"new", "cur"} {
 		entries, err := os.ReadDir(filepath.Join(d.maildir(folder), sub))
 		if errors.Is(err, os.ErrNotExist) {

@@ -3,7 +3,9 @@ package inbound
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -194,7 +196,11 @@ func (f *Fetcher) handle(ctx context.Context, u *upstream, cur *cursor, m newMes
 		(vd.Disposition == "quarantine" && f.cfg.Verify.DMARCQuarantine != "accept")
 	class := Classify(raw, Envelope{})
 	now := f.opts.Now()
-	stored := Prepend(Prepend(StripAuthResults(raw, f.cfg.Hostname), f.received(cur.Validity, uint32(m.uid), now)), vd.AuthResults)
+	stored := StripAuthResults(raw, f.cfg.Hostname)
+	if id := f.missingMessageID(raw); id != "" {
+		stored = Prepend(stored, id)
+	}
+	stored = Prepend(Prepend(stored, f.received(cur.Validity, uint32(m.uid), now)), vd.AuthResults)
 	auth := tickets.Auth{
 		SPF: vd.SPF, DKIM: vd.DKIM, DMARC: vd.DMARC,
 		Verified:    vd.Verified && !quarantine,
@@ -333,8 +339,34 @@ func (f *Fetcher) received(validity, uid uint32, now time.Time) string {
 	if f.acct.TLS != "none" {
 		with = "IMAPS"
 	}
-	return "Received: from " + clean(f.addr) + " (mailbox " + clean(f.mailbox) + " uid " +
-		strconv.FormatUint(uint64(validity), 10) + "." + strconv.FormatUint(uint64(uid), 10) + ")\r\n" +
-		"\tby " + clean(f.cfg.Hostname) + " (mailgate) with " + with + ";\r\n" +
+	return "Received: from " + traceWord(f.host) + " (" + traceWord(f.addr) + " mailbox " + traceWord(f.mailbox) +
+		" uid " + strconv.FormatUint(uint64(validity), 10) + "." + strconv.FormatUint(uint64(uid), 10) + ")\r\n" +
+		"\tby " + traceWord(f.cfg.Hostname) + " (mailgate) with " + with + ";\r\n" +
 		"\t" + now.Format(time.RFC1123Z) + "\r\n"
+}
+
+// traceWord keeps a value from breaking out of its place in a header comment.
+func traceWord(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '(' || r == ')' || r == ' ' {
+			return '_'
+		}
+		return r
+	}, clean(s))
+}
+
+// missingMessageID returns a Message-ID field for a message that has none, else "". tickets
+// drops a message it already has by Message-ID; without one, a message fetched again after
+// a crash between its commit and the cursor write would be stored twice. The id is derived
+// from the message's bytes, so every fetch of the same message gets the same one, whatever
+// its UID (a UIDVALIDITY change refetches everything).
+func (f *Fetcher) missingMessageID(raw []byte) string {
+	fields, _, _ := headerFields(raw)
+	for _, fl := range fields {
+		if strings.EqualFold(fl.name, "Message-ID") && firstID(unfold(fl.value)) != "" {
+			return ""
+		}
+	}
+	sum := sha256.Sum256(raw)
+	return "Message-ID: <fetched." + hex.EncodeToString(sum[:16]) + "@" + traceWord(f.cfg.Hostname) + ">\r\n"
 }

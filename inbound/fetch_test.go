@@ -284,50 +284,72 @@ func TestFetchPlainEndToEnd(t *testing.T) {
 }
 
 // TestFetchCrashBetweenIngestAndCursor: the process dies after tickets committed a message
-// but before the cursor moved. The next Fetcher fetches it again, and tickets drops the copy.
+// but before the cursor moved. The next Fetcher fetches it again, and tickets drops the copy:
+// by its Message-ID, or, for a message without one, by the id the fetcher derives from its
+// bytes.
 func TestFetchCrashBetweenIngestAndCursor(t *testing.T) {
 	t.Parallel()
 	dc := startDovecot(t, dovecotOptions{})
 	e := newFetchEnv(t, dc)
-	const id = "crash@customer.example"
-	dc.deliver(t, testMail(id, "alice@customer.example", "Half done"))
+	noID := []byte("From: Customer <dave@customer.example>\r\nTo: support@example.com\r\n" +
+		"Subject: No Message-ID here\r\nDate: Mon, 02 Feb 2026 10:00:00 +0000\r\n\r\nmarker-no-id\r\n")
+	for i, tc := range []struct {
+		raw    []byte
+		needle string
+	}{
+		{testMail("crash@customer.example", "alice@customer.example", "Half done"), "Message-ID: <crash@customer.example>"},
+		{noID, "marker-no-id"},
+	} {
+		dc.deliver(t, tc.raw)
+		f, passes := e.newFetcher(FetchOptions{})
+		crashed := make(chan uint32, 1)
+		ctx, cancel := context.WithCancel(context.Background())
+		f.afterIngest = func(uid uint32) error {
+			cancel() // the "crash": nothing after Ingest happens
+			crashed <- uid
+			return errors.New("simulated crash")
+		}
+		if err := f.Run(ctx); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		select {
+		case <-crashed:
+		default:
+			t.Fatal("the crash hook never ran")
+		}
+		if len(passes) != 0 {
+			t.Fatal("a pass completed despite the crash")
+		}
+		if n := len(e.stored(t)); n != i+1 {
+			t.Fatalf("%d messages stored after the crash, want %d (committed before it)", n, i+1)
+		}
+		if flags, ok := dc.flagsOf(t, "", tc.needle); !ok || strings.Contains(flags, "S") {
+			t.Fatalf("after the crash upstream: found=%v flags=%q, want still unseen", ok, flags)
+		}
 
-	f, passes := e.newFetcher(FetchOptions{})
-	crashed := make(chan uint32, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	f.afterIngest = func(uid uint32) error {
-		cancel() // the "crash": nothing after Ingest happens
-		crashed <- uid
-		return errors.New("simulated crash")
+		r := e.run(FetchOptions{})
+		if n := r.pass(t); n != 1 {
+			t.Fatalf("after the crash the pass handled %d messages, want the one again", n)
+		}
+		if st := r.f.Status(); st.Fetched != 1 || st.Duplicates != 1 {
+			t.Fatalf("status: %+v, want one duplicate", st)
+		}
+		r.stop()
+		if n := len(e.stored(t)); n != i+1 {
+			t.Fatalf("%d messages stored, want %d (no duplicate)", n, i+1)
+		}
+		if flags, _ := dc.flagsOf(t, "", tc.needle); !strings.Contains(flags, "S") {
+			t.Fatalf("flags %q, want \\Seen after the second fetch", flags)
+		}
 	}
-	if err := f.Run(ctx); err != nil {
-		t.Fatalf("Run: %v", err)
+	var synth []string
+	for _, m := range e.stored(t) {
+		if strings.HasPrefix(strings.Trim(m.MessageID, "<>"), "fetched.") {
+			synth = append(synth, m.MessageID)
+		}
 	}
-	select {
-	case <-crashed:
-	default:
-		t.Fatal("the crash hook never ran")
-	}
-	if len(passes) != 0 {
-		t.Fatal("a pass completed despite the crash")
-	}
-	e.byID(t, id) // committed before the crash
-	if flags, ok := dc.flags(t, "", id); !ok || strings.Contains(flags, "S") {
-		t.Fatalf("after the crash upstream: found=%v flags=%q, want still unseen", ok, flags)
-	}
-
-	r := e.run(FetchOptions{})
-	if n := r.pass(t); n != 1 {
-		t.Fatalf("after the crash the pass handled %d messages, want the one again", n)
-	}
-	if st := r.f.Status(); st.Fetched != 1 || st.Duplicates != 1 {
-		t.Fatalf("status: %+v, want one duplicate", st)
-	}
-	if n := len(e.stored(t)); n != 1 {
-		t.Fatalf("%d messages stored, want 1 (no duplicate)", n)
-	}
-	if flags, _ := dc.flags(t, "", id); !strings.Contains(flags, "S") {
-		t.Fatalf("flags %q, want \\Seen after the second fetch", flags)
+	if len(synth) != 1 || !strings.HasSuffix(strings.Trim(synth[0], "<>"), "@"+fetchHost) {
+		t.Fatalf("derived Message-IDs %v, want one for the message without", synth)
 	}
 }
 
