@@ -161,7 +161,7 @@ type limiter struct {
 
 	mu    sync.Mutex
 	sent  map[string][]ackStamp
-	takes int
+	swept time.Time
 }
 
 type ackStamp struct {
@@ -211,11 +211,12 @@ func (l *limiter) take(addr string, ticket uint64, now time.Time) bool {
 	k := limitKey(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.takes++
-	if l.takes%1024 == 0 {
+	if now.Sub(l.swept) >= l.window {
+		// Forget expired addresses once per window, so memory holds one window's senders.
 		for other := range l.sent {
 			l.live(other, now)
 		}
+		l.swept = now
 	}
 	s := l.live(k, now)
 	for _, st := range s {
