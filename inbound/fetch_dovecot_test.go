@@ -61,8 +61,8 @@ type dovecotOptions struct {
 	extra string // more config lines
 }
 
-// freePort binds 127.0.0.1:0 and closes it: Dovecot gets a number, not a listener.
-func freePort(t testing.TB) int {
+// fetchFreePort binds 127.0.0.1:0 and closes it: Dovecot gets a number, not a listener.
+func fetchFreePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -94,7 +94,7 @@ func dovecotBinary(t testing.TB) string {
 func startDovecot(t testing.TB, o dovecotOptions) *dovecot {
 	t.Helper()
 	bin := dovecotBinary(t)
-	d := &dovecot{dir: t.TempDir(), port: freePort(t), uid: os.Getuid(), gid: os.Getgid(), exited: make(chan struct{})}
+	d := &dovecot{dir: t.TempDir(), port: fetchFreePort(t), uid: os.Getuid(), gid: os.Getgid(), exited: make(chan struct{})}
 	runAs, err := user.LookupId(strconv.Itoa(d.uid))
 	if err != nil {
 		t.Fatal(err)
@@ -129,9 +129,9 @@ func startDovecot(t testing.TB, o dovecotOptions) *dovecot {
 	ssl := "ssl = no\ndisable_plaintext_auth = no\n"
 	imaps := "  inet_listener imaps {\n    port = 0\n  }\n"
 	if o.tls {
-		d.tlsPort = freePort(t)
+		d.tlsPort = fetchFreePort(t)
 		var key []byte
-		d.certPEM, key = selfSignedCert(t)
+		d.certPEM, key = fetchSelfSignedCert(t)
 		if err := os.WriteFile(filepath.Join(d.dir, "cert.pem"), d.certPEM, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -312,8 +312,8 @@ func (d *dovecot) flagsOf(t testing.TB, folder, needle string) (flags string, fo
 	return "", false
 }
 
-// selfSignedCert makes a certificate for 127.0.0.1 and localhost.
-func selfSignedCert(t testing.TB) (certPEM, keyPEM []byte) {
+// fetchSelfSignedCert makes a certificate for 127.0.0.1 and localhost.
+func fetchSelfSignedCert(t testing.TB) (certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

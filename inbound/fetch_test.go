@@ -46,7 +46,7 @@ const (
 var fetchAdmin = access.Actor{Name: "test", Role: access.RoleAdmin, Remote: "test"}
 
 type fetchEnv struct {
-	t        *testing.T
+	t        testing.TB
 	dc       *dovecot
 	cfg      *config.Config
 	acct     config.FetchAccount
@@ -57,7 +57,7 @@ type fetchEnv struct {
 	tlsCfg   *tls.Config
 }
 
-func newFetchEnv(t *testing.T, dc *dovecot) *fetchEnv {
+func newFetchEnv(t testing.TB, dc *dovecot) *fetchEnv {
 	t.Helper()
 	cfg := config.Default()
 	cfg.Hostname = fetchHost
@@ -96,8 +96,8 @@ func (e *fetchEnv) setPassword(p string) {
 	}
 }
 
-// running is a Fetcher whose Run goroutine the test controls.
-type running struct {
+// fetchRun is a Fetcher whose Run goroutine the test controls.
+type fetchRun struct {
 	f      *Fetcher
 	passes chan int
 	cancel context.CancelFunc
@@ -120,21 +120,21 @@ func (e *fetchEnv) newFetcher(opts FetchOptions) (*Fetcher, chan int) {
 }
 
 // start runs f until the test ends (or stop).
-func (e *fetchEnv) start(f *Fetcher, passes chan int) *running {
+func (e *fetchEnv) start(f *Fetcher, passes chan int) *fetchRun {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{f: f, passes: passes, cancel: cancel, done: make(chan error, 1)}
+	r := &fetchRun{f: f, passes: passes, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- f.Run(ctx) }()
 	e.t.Cleanup(r.stop)
 	return r
 }
 
-func (e *fetchEnv) run(opts FetchOptions) *running {
+func (e *fetchEnv) run(opts FetchOptions) *fetchRun {
 	f, passes := e.newFetcher(opts)
 	return e.start(f, passes)
 }
 
 // stop cancels Run and waits for it; Run must return nil.
-func (r *running) stop() {
+func (r *fetchRun) stop() {
 	if r.cancel == nil {
 		return
 	}
@@ -151,7 +151,7 @@ func (r *running) stop() {
 }
 
 // pass waits for the next sync pass and returns how many messages it handled.
-func (r *running) pass(t *testing.T) int {
+func (r *fetchRun) pass(t testing.TB) int {
 	t.Helper()
 	select {
 	case n := <-r.passes:
@@ -163,7 +163,7 @@ func (r *running) pass(t *testing.T) int {
 }
 
 // handled waits for passes until n messages were handled in total.
-func (r *running) handled(t *testing.T, n int) {
+func (r *fetchRun) handled(t testing.TB, n int) {
 	t.Helper()
 	got := 0
 	for got < n {
@@ -180,7 +180,7 @@ type fetchedMsg struct {
 }
 
 // stored returns every message of every ticket.
-func (e *fetchEnv) stored(t *testing.T) []fetchedMsg {
+func (e *fetchEnv) stored(t testing.TB) []fetchedMsg {
 	t.Helper()
 	list, err := e.tk.List(fetchAdmin, tickets.Filter{Limit: 500})
 	if err != nil {
@@ -203,7 +203,7 @@ func (e *fetchEnv) stored(t *testing.T) []fetchedMsg {
 	return out
 }
 
-func (e *fetchEnv) byID(t *testing.T, id string) fetchedMsg {
+func (e *fetchEnv) byID(t testing.TB, id string) fetchedMsg {
 	t.Helper()
 	var found []fetchedMsg
 	for _, m := range e.stored(t) {
@@ -217,8 +217,8 @@ func (e *fetchEnv) byID(t *testing.T, id string) fetchedMsg {
 	return found[0]
 }
 
-// testMail is a plain message from a customer.
-func testMail(id, from, subject string, extra ...string) []byte {
+// fetchMail is a plain message from a customer.
+func fetchMail(id, from, subject string, extra ...string) []byte {
 	var b strings.Builder
 	for _, h := range extra {
 		b.WriteString(h + "\r\n")
@@ -239,8 +239,8 @@ func TestFetchPlainEndToEnd(t *testing.T) {
 	t.Parallel()
 	dc := startDovecot(t, dovecotOptions{})
 	e := newFetchEnv(t, dc)
-	dc.deliver(t, testMail("one@customer.example", "alice@customer.example", "Printer on fire"))
-	dc.deliver(t, testMail("two@customer.example", "bob@customer.example", "Cannot log in"))
+	dc.deliver(t, fetchMail("one@customer.example", "alice@customer.example", "Printer on fire"))
+	dc.deliver(t, fetchMail("two@customer.example", "bob@customer.example", "Cannot log in"))
 
 	r := e.run(FetchOptions{})
 	r.handled(t, 2)
@@ -269,7 +269,7 @@ func TestFetchPlainEndToEnd(t *testing.T) {
 	r.stop()
 
 	// Restart: nothing is fetched again; mail that came meanwhile is.
-	dc.deliver(t, testMail("three@customer.example", "carol@customer.example", "Invoice question"))
+	dc.deliver(t, fetchMail("three@customer.example", "carol@customer.example", "Invoice question"))
 	r2 := e.run(FetchOptions{})
 	if n := r2.pass(t); n != 1 {
 		t.Fatalf("after a restart the first pass handled %d messages, want only the new one", n)
@@ -297,7 +297,7 @@ func TestFetchCrashBetweenIngestAndCursor(t *testing.T) {
 		raw    []byte
 		needle string
 	}{
-		{testMail("crash@customer.example", "alice@customer.example", "Half done"), "Message-ID: <crash@customer.example>"},
+		{fetchMail("crash@customer.example", "alice@customer.example", "Half done"), "Message-ID: <crash@customer.example>"},
 		{noID, "marker-no-id"},
 	} {
 		dc.deliver(t, tc.raw)
@@ -359,8 +359,8 @@ func TestFetchUIDValidityReset(t *testing.T) {
 	t.Parallel()
 	dc := startDovecot(t, dovecotOptions{})
 	e := newFetchEnv(t, dc)
-	dc.deliver(t, testMail("v1@customer.example", "alice@customer.example", "First"))
-	dc.deliver(t, testMail("v2@customer.example", "bob@customer.example", "Second"))
+	dc.deliver(t, fetchMail("v1@customer.example", "alice@customer.example", "First"))
+	dc.deliver(t, fetchMail("v2@customer.example", "bob@customer.example", "Second"))
 	r := e.run(FetchOptions{})
 	r.handled(t, 2)
 	r.stop()
@@ -404,7 +404,7 @@ func TestFetchIdle(t *testing.T) {
 	}
 	for i := range 2 {
 		id := fmt.Sprintf("idle%d@customer.example", i)
-		dc.deliver(t, testMail(id, "alice@customer.example", "Pushed "+strconv.Itoa(i)))
+		dc.deliver(t, fetchMail(id, "alice@customer.example", "Pushed "+strconv.Itoa(i)))
 		r.handled(t, 1)
 		e.byID(t, id)
 	}
@@ -418,7 +418,7 @@ func TestFetchPollWithoutIdle(t *testing.T) {
 	e.acct.Poll = config.Duration{Duration: 50 * time.Millisecond}
 	r := e.run(FetchOptions{})
 	r.pass(t)
-	dc.deliver(t, testMail("poll@customer.example", "alice@customer.example", "Polled"))
+	dc.deliver(t, fetchMail("poll@customer.example", "alice@customer.example", "Polled"))
 	r.handled(t, 1)
 	e.byID(t, "poll@customer.example")
 }
@@ -430,8 +430,8 @@ func TestFetchMove(t *testing.T) {
 	dc := startDovecot(t, dovecotOptions{})
 	e := newFetchEnv(t, dc)
 	e.acct.Move = "Processed"
-	dc.deliver(t, testMail("m1@customer.example", "alice@customer.example", "Move me"))
-	dc.deliver(t, testMail("m2@customer.example", "bob@customer.example", "Me too"))
+	dc.deliver(t, fetchMail("m1@customer.example", "alice@customer.example", "Move me"))
+	dc.deliver(t, fetchMail("m2@customer.example", "bob@customer.example", "Me too"))
 	r := e.run(FetchOptions{})
 	r.handled(t, 2)
 	for _, id := range []string{"m1@customer.example", "m2@customer.example"} {
@@ -455,11 +455,11 @@ func TestFetchOversize(t *testing.T) {
 	dc := startDovecot(t, dovecotOptions{})
 	e := newFetchEnv(t, dc)
 	e.cfg.SMTP.MaxMessageBytes = 2000
-	dc.deliver(t, testMail("small1@customer.example", "alice@customer.example", "Small"))
-	big := testMail("big@customer.example", "bob@customer.example", "Huge attachment")
+	dc.deliver(t, fetchMail("small1@customer.example", "alice@customer.example", "Small"))
+	big := fetchMail("big@customer.example", "bob@customer.example", "Huge attachment")
 	big = append(big, bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n"), 60)...)
 	dc.deliver(t, big)
-	dc.deliver(t, testMail("small2@customer.example", "carol@customer.example", "Small again"))
+	dc.deliver(t, fetchMail("small2@customer.example", "carol@customer.example", "Small again"))
 	r := e.run(FetchOptions{})
 	r.handled(t, 3)
 	e.byID(t, "small1@customer.example")
@@ -489,7 +489,7 @@ func TestFetchWrongPassword(t *testing.T) {
 	dc := startDovecot(t, dovecotOptions{})
 	e := newFetchEnv(t, dc)
 	e.setPassword("wrong\n")
-	dc.deliver(t, testMail("late@customer.example", "alice@customer.example", "Eventually"))
+	dc.deliver(t, fetchMail("late@customer.example", "alice@customer.example", "Eventually"))
 	f, passes := e.newFetcher(FetchOptions{})
 	var mu sync.Mutex
 	var delays []time.Duration
@@ -548,20 +548,20 @@ func TestFetchDKIMAndUpstreamResults(t *testing.T) {
 	dc := startDovecot(t, dovecotOptions{})
 	e := newFetchEnv(t, dc)
 
-	key, pub := dkimKeyPair(t)
+	key, pub := fetchDKIMKey(t)
 	e.dns.TXT["sel1._domainkey.signed.example"] = []string{"v=DKIM1; k=rsa; p=" + pub}
 	e.dns.TXT["_dmarc.signed.example"] = []string{"v=DMARC1; p=reject"}
 	e.dns.TXT["_dmarc.bank.example"] = []string{"v=DMARC1; p=reject"}
 	e.dns.TXT["_dmarc.good.example"] = []string{"v=DMARC1; p=reject"}
-	signed := dkimpySign(t, key, "sel1", "signed.example",
-		testMail("signed@signed.example", "alice@signed.example", "Signed by dkimpy"))
+	signed := fetchDKIMSign(t, key, "sel1", "signed.example",
+		fetchMail("signed@signed.example", "alice@signed.example", "Signed by dkimpy"))
 	dc.deliver(t, signed)
 	// Forged results: one under an authserv-id nobody trusts, one claiming to be mailgate.
-	dc.deliver(t, testMail("forged@bank.example", "ceo@bank.example", "Wire the money",
+	dc.deliver(t, fetchMail("forged@bank.example", "ceo@bank.example", "Wire the money",
 		"Authentication-Results: evil.example; spf=pass smtp.mailfrom=ceo@bank.example; dkim=pass header.d=bank.example; dmarc=pass header.from=bank.example",
 		"Authentication-Results: "+fetchHost+"; dmarc=pass header.from=bank.example"))
 	// The upstream's own SPF result, under the trusted authserv-id.
-	dc.deliver(t, testMail("trusted@good.example", "alice@good.example", "Hello from good",
+	dc.deliver(t, fetchMail("trusted@good.example", "alice@good.example", "Hello from good",
 		"Authentication-Results: "+upstreamAuthz+"; spf=pass smtp.mailfrom=alice@good.example"))
 
 	r := e.run(FetchOptions{})
@@ -595,8 +595,8 @@ func TestFetchDKIMAndUpstreamResults(t *testing.T) {
 	}
 }
 
-// dkimKeyPair makes an RSA key for dkimpy: the PEM and the base64 public key for DNS.
-func dkimKeyPair(t *testing.T) (pemKey []byte, pub string) {
+// fetchDKIMKey makes an RSA key for dkimpy: the PEM and the base64 public key for DNS.
+func fetchDKIMKey(t *testing.T) (pemKey []byte, pub string) {
 	t.Helper()
 	k, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -610,8 +610,8 @@ func dkimKeyPair(t *testing.T) (pemKey []byte, pub string) {
 		base64.StdEncoding.EncodeToString(der)
 }
 
-// dkimpySign has Debian's python3-dkim sign msg, as a real sending MTA would.
-func dkimpySign(t *testing.T, key []byte, selector, domain string, msg []byte) []byte {
+// fetchDKIMSign has Debian's python3-dkim sign msg, as a real sending MTA would.
+func fetchDKIMSign(t *testing.T, key []byte, selector, domain string, msg []byte) []byte {
 	t.Helper()
 	const python = "/usr/bin/python3"
 	if _, err := os.Stat(python); err != nil {
@@ -658,7 +658,7 @@ func TestFetchTLS(t *testing.T) {
 	t.Run("implicit", func(t *testing.T) {
 		e.acct.URL = fmt.Sprintf("imaps://127.0.0.1:%d/INBOX", dc.tlsPort)
 		e.acct.TLS = "implicit"
-		dc.deliver(t, testMail("tls1@customer.example", "alice@customer.example", "Over TLS"))
+		dc.deliver(t, fetchMail("tls1@customer.example", "alice@customer.example", "Over TLS"))
 		r := e.run(FetchOptions{})
 		r.handled(t, 1)
 		r.stop()
@@ -670,7 +670,7 @@ func TestFetchTLS(t *testing.T) {
 	t.Run("starttls", func(t *testing.T) {
 		e.acct.URL = fmt.Sprintf("imap://127.0.0.1:%d/INBOX", dc.port)
 		e.acct.TLS = "starttls"
-		dc.deliver(t, testMail("tls2@customer.example", "alice@customer.example", "Over STARTTLS"))
+		dc.deliver(t, fetchMail("tls2@customer.example", "alice@customer.example", "Over STARTTLS"))
 		r := e.run(FetchOptions{})
 		// Another port is another account with its own cursor: the message fetched over
 		// imaps:// comes again, and tickets drops it.
@@ -770,5 +770,23 @@ func silentAfterLogin(c net.Conn) {
 		if strings.HasPrefix(strings.ToUpper(rest), "LOGIN ") {
 			io.WriteString(c, tag+" OK [CAPABILITY IMAP4rev1 IDLE] logged in\r\n")
 		}
+	}
+}
+
+// BenchmarkFetchDeliveryToTicket measures the time from a delivery into the upstream mailbox
+// to the committed ticket, with IDLE (issue 7's goal: under 2 s).
+func BenchmarkFetchDeliveryToTicket(b *testing.B) {
+	dc := startDovecot(b, dovecotOptions{})
+	e := newFetchEnv(b, dc)
+	r := e.run(FetchOptions{IdleRecheck: time.Hour})
+	r.pass(b)
+	b.ResetTimer()
+	for i := range b.N {
+		dc.deliver(b, fetchMail(fmt.Sprintf("bench%d@customer.example", i), "alice@customer.example", "Benchmark"))
+		r.handled(b, 1)
+	}
+	b.StopTimer()
+	if st := r.f.Status(); st.Fetched != uint64(b.N) {
+		b.Fatalf("status %+v after %d deliveries", st, b.N)
 	}
 }
