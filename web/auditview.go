@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"mailgate/access"
 	"mailgate/audit"
 )
 
@@ -75,7 +74,7 @@ func parseSince(s string) (time.Time, bool) {
 
 func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) {
 	a := info(r).actor
-	if !(access.Actor{Role: a.Role}).CanAudit() {
+	if !a.CanAudit() {
 		s.webEvent(r, a.Name, "audit.view", audit.Denied, "role "+string(a.Role)+" may not read the audit log")
 		s.errorPage(w, r, http.StatusForbidden, "Only admins and auditors read the audit log.")
 		return

@@ -121,6 +121,8 @@ func (s *Server) loginCode(w http.ResponseWriter, r *http.Request) {
 		case errors.Is(err, access.ErrLoginExpired) || errors.Is(err, access.ErrDisabled):
 			s.clearCookie(w, loginCookie)
 			s.showLogin(w, r, status, "", msg)
+		case p == nil:
+			s.showLogin(w, r, status, "", msg)
 		default:
 			s.showCode(w, r, status, p.Name, msg)
 		}

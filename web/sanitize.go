@@ -36,7 +36,12 @@ func newPolicy() *bluemonday.Policy {
 
 	p.RequireParseableURLs(true)
 	p.AllowRelativeURLs(false)
-	p.AllowURLSchemes("http", "https", "mailto")
+	// A web link must name a host: "http://" alone would come out as "http:", a link to the
+	// page itself.
+	hasHost := func(u *url.URL) bool { return u.Host != "" }
+	p.AllowURLSchemeWithCustomPolicy("http", hasHost)
+	p.AllowURLSchemeWithCustomPolicy("https", hasHost)
+	p.AllowURLSchemes("mailto")
 	p.AllowAttrs("href").Matching(webLink).OnElements("a")
 	p.RequireNoFollowOnLinks(true)
 	p.RequireNoReferrerOnLinks(true)
