@@ -52,6 +52,24 @@ func (k DKIMKey) RecordName() string { return k.Selector + "._domainkey." + k.Do
 // Record is the TXT record to publish for the key.
 func (k DKIMKey) Record() string { return DNSRecord(k.Signer.Public()) }
 
+// ZoneLine renders the record as one zone-file line, split into the 255-byte strings a TXT
+// record is made of (an RSA-2048 key does not fit in one):
+// mailgate._domainkey.example.com. IN TXT ( "v=DKIM1; k=rsa; p=MIIB…" "…" )
+func (k DKIMKey) ZoneLine() string { return ZoneLine(k.RecordName(), k.Record()) }
+
+// ZoneLine renders a TXT record for name as a zone-file line in 255-byte strings.
+func ZoneLine(name, txt string) string {
+	var b strings.Builder
+	b.WriteString(strings.TrimSuffix(name, ".") + ". IN TXT (")
+	for len(txt) > 0 {
+		n := min(255, len(txt))
+		b.WriteString(` "` + strings.ReplaceAll(strings.ReplaceAll(txt[:n], `\`, `\\`), `"`, `\"`) + `"`)
+		txt = txt[n:]
+	}
+	b.WriteString(" )")
+	return b.String()
+}
+
 // LoadDKIMKey reads a PEM private key for DKIM: PKCS#1 RSA ("RSA PRIVATE KEY"), or PKCS#8
 // ("PRIVATE KEY") holding RSA or Ed25519. The kind is detected from the contents, so either
 // config field may hold either kind.

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -242,5 +243,28 @@ func TestNewRefusesBadConfig(t *testing.T) {
 				t.Error("accepted")
 			}
 		})
+	}
+}
+
+func TestZoneLine(t *testing.T) {
+	testKeys(t)
+	k, err := ParseDKIMKey(rsaPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := DKIMKey{Domain: "example.com", Selector: "mailgate", Signer: k}.ZoneLine()
+	if !strings.HasPrefix(line, "mailgate._domainkey.example.com. IN TXT ( \"v=DKIM1; k=rsa; p=") || !strings.HasSuffix(line, "\" )") {
+		t.Fatalf("zone line %q", line)
+	}
+	parts := regexp.MustCompile(`"([^"]*)"`).FindAllStringSubmatch(line, -1)
+	var joined string
+	for _, p := range parts {
+		if len(p[1]) > 255 {
+			t.Errorf("a string of %d bytes", len(p[1]))
+		}
+		joined += p[1]
+	}
+	if len(parts) < 2 || joined != rsaTXT {
+		t.Errorf("%d strings joining to a different record", len(parts))
 	}
 }

@@ -252,9 +252,38 @@ func (o *Outbound) pick() ([]uint64, time.Duration) {
 	return ready, wait
 }
 
+// outcome is one finished delivery attempt waiting to be recorded.
+type outcome struct {
+	id  uint64
+	res []result
+}
+
 // round delivers batch over up to Concurrency transports, each reused for several messages.
+// A single recorder commits the outcomes as they come, many per commit, so the relay
+// conversation of the next message overlaps the fsync of the last ones.
 func (o *Outbound) round(ctx context.Context, batch []uint64) {
 	ids := make(chan uint64)
+	results := make(chan outcome, len(batch))
+	recorded := make(chan struct{})
+	go func() {
+		defer close(recorded)
+		for oc := range results {
+			ocs := []outcome{oc}
+		drain:
+			for {
+				select {
+				case more, ok := <-results:
+					if !ok {
+						break drain
+					}
+					ocs = append(ocs, more)
+				default:
+					break drain
+				}
+			}
+			o.recordAll(ocs)
+		}
+	}()
 	var wg sync.WaitGroup
 	n := min(o.opts.Concurrency, len(batch))
 	for range n {
@@ -264,8 +293,11 @@ func (o *Outbound) round(ctx context.Context, batch []uint64) {
 			tr := o.newTransport()
 			defer tr.close()
 			for id := range ids {
-				if ctx.Err() == nil {
-					o.deliver(ctx, tr, id)
+				if ctx.Err() != nil {
+					continue
+				}
+				if res, ok := o.deliver(ctx, tr, id); ok {
+					results <- outcome{id: id, res: res}
 				}
 			}
 		}()
@@ -275,6 +307,8 @@ func (o *Outbound) round(ctx context.Context, batch []uint64) {
 	}
 	close(ids)
 	wg.Wait()
+	close(results)
+	<-recorded
 	o.mu.Lock()
 	for _, id := range batch {
 		delete(o.inflight, id)
@@ -282,8 +316,8 @@ func (o *Outbound) round(ctx context.Context, batch []uint64) {
 	o.mu.Unlock()
 }
 
-// deliver makes one attempt for job id and records it.
-func (o *Outbound) deliver(ctx context.Context, tr transport, id uint64) {
+// deliver makes one attempt for job id; ok is false when there is nothing to record.
+func (o *Outbound) deliver(ctx context.Context, tr transport, id uint64) (res []result, ok bool) {
 	var j *job
 	var raw []byte
 	err := o.db.View(func(tx *store.Tx) error {
@@ -298,50 +332,73 @@ func (o *Outbound) deliver(ctx context.Context, tr transport, id uint64) {
 		o.mu.Lock()
 		delete(o.due, id) // finished elsewhere
 		o.mu.Unlock()
-		return
+		return nil, false
 	}
 	if err != nil {
 		o.log.Error("delivery: cannot read queued job", "job", id, "err", err)
 		o.schedule(id, o.now().Add(o.firstRetry))
-		return
+		return nil, false
 	}
-	res := tr.send(ctx, j, raw)
+	res = tr.send(ctx, j, raw)
 	if ctx.Err() != nil {
-		return // stopped mid-way: not an attempt; the next Start retries it
+		return nil, false // stopped mid-way: not an attempt; the next Start retries it
 	}
-	o.record(id, res)
+	return res, true
 }
 
-// record commits the outcome of one attempt: per-recipient progress, the next try, or the
-// final state with the ticket's delivery mark, a note for failures and the audit event.
-func (o *Outbound) record(id uint64, res []result) {
+// recordAll commits outcomes in one transaction: per-recipient progress, the next try, or the
+// final state with the ticket's delivery mark, a note for failures and the audit event. If
+// that commit fails, each outcome is tried alone, so one bad job cannot hold back the rest.
+func (o *Outbound) recordAll(ocs []outcome) {
 	now := o.now().UTC()
-	var a Attempt
-	var done bool
-	err := o.db.Batch(func(tx *store.Tx) error {
-		cur, err := getJob(tx, id)
-		if err != nil || cur == nil {
-			done = true
-			return err
+	atts := make([]Attempt, len(ocs))
+	done := make([]bool, len(ocs))
+	err := o.db.Update(func(tx *store.Tx) error {
+		for i, oc := range ocs {
+			var err error
+			if atts[i], done[i], err = o.recordTx(tx, oc, now); err != nil {
+				return err
+			}
 		}
-		next, att := o.apply(cur, res, now)
-		a, done = att, att.Outcome != "retry"
-		if !done {
-			return putJob(tx, next)
-		}
-		if err := tx.Delete(Bucket, metaKey(id)); err != nil {
-			return err
-		}
-		if err := tx.Delete(Bucket, rawKey(id)); err != nil {
-			return err
-		}
-		return o.finish(tx, next, att)
+		return nil
 	})
-	if err != nil {
-		o.log.Error("delivery: cannot record the attempt; trying again later", "job", id, "err", err)
-		o.schedule(id, now.Add(o.firstRetry))
+	if err != nil && len(ocs) > 1 {
+		for _, oc := range ocs {
+			o.recordAll([]outcome{oc})
+		}
 		return
 	}
+	if err != nil {
+		o.log.Error("delivery: cannot record the attempt; trying again later", "job", ocs[0].id, "err", err)
+		o.schedule(ocs[0].id, now.Add(o.firstRetry))
+		return
+	}
+	for i, oc := range ocs {
+		o.recorded(oc.id, atts[i], done[i])
+	}
+}
+
+// recordTx applies one outcome inside tx.
+func (o *Outbound) recordTx(tx *store.Tx, oc outcome, now time.Time) (Attempt, bool, error) {
+	cur, err := getJob(tx, oc.id)
+	if err != nil || cur == nil {
+		return Attempt{}, true, err
+	}
+	next, a := o.apply(cur, oc.res, now)
+	if a.Outcome == "retry" {
+		return a, false, putJob(tx, next)
+	}
+	if err := tx.Delete(Bucket, metaKey(oc.id)); err != nil {
+		return a, true, err
+	}
+	if err := tx.Delete(Bucket, rawKey(oc.id)); err != nil {
+		return a, true, err
+	}
+	return a, true, o.finish(tx, next, a)
+}
+
+// recorded updates the schedule after a commit, logs the attempt and tells the observer.
+func (o *Outbound) recorded(id uint64, a Attempt, done bool) {
 	o.mu.Lock()
 	if done {
 		delete(o.due, id)
@@ -364,8 +421,8 @@ func (o *Outbound) record(id uint64, res []result) {
 	}
 }
 
-// apply folds res into a copy of j. It is a pure function of its inputs, so record's Batch
-// may run it twice.
+// apply folds res into a copy of j. It is a pure function of its inputs: a failed commit
+// can be redone from the stored job.
 func (o *Outbound) apply(j *job, res []result, now time.Time) (*job, Attempt) {
 	n := *j
 	n.Rcpts, n.Sent, n.Failed = nil, append([]string(nil), j.Sent...), append([]failure(nil), j.Failed...)

@@ -222,6 +222,11 @@ type sink struct {
 // come before the address (e.g. "-f", "RCPT" for hard rejects).
 func startSink(t testing.TB, addr string, extra ...string) *sink {
 	t.Helper()
+	return runSink(t, addr, true, extra...)
+}
+
+func runSink(t testing.TB, addr string, dump bool, extra ...string) *sink {
+	t.Helper()
 	bin, err := exec.LookPath("smtp-sink")
 	if err != nil {
 		bin = "/usr/sbin/smtp-sink"
@@ -230,7 +235,10 @@ func startSink(t testing.TB, addr string, extra ...string) *sink {
 		t.Fatalf("smtp-sink (Debian package postfix) is required: %v", err)
 	}
 	dir := t.TempDir()
-	args := []string{"-d", filepath.Join(dir, "%Y%m%d%H%M%S.")}
+	var args []string
+	if dump {
+		args = []string{"-d", filepath.Join(dir, "%Y%m%d%H%M%S.")}
+	}
 	if os.Geteuid() == 0 {
 		// smtp-sink refuses to run as root without -u; it only writes into our temp dir.
 		u, err := user.Current()
