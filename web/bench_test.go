@@ -66,6 +66,7 @@ func BenchmarkTicketPageParallel(b *testing.B) {
 	path := "/tickets/" + strconv.FormatUint(id, 10)
 	b.ReportAllocs()
 	b.SetParallelism(8)
+	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			benchGet(b, e, c, path)
@@ -94,6 +95,7 @@ func BenchmarkTicketList(b *testing.B) {
 	c := e.loggedIn("alice", access.RoleAgent, "support")
 	b.ReportAllocs()
 	b.SetParallelism(8)
+	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			benchGet(b, e, c, "/tickets")
