@@ -31,8 +31,8 @@ type IMAPOptions struct {
 	Logger   *slog.Logger
 	// MaxConnsPerIP caps connections per client address (IPv6: per /64); default 20.
 	MaxConnsPerIP int
-	// FetchWindow is how many messages one FETCH loads at once, so their audit events share
-	// commits; default 8 (each may hold a whole message in memory).
+	// FetchWindow is how many messages one FETCH reads ahead, so their audited reads share
+	// commits; default 16 (each may hold a whole message in memory until written).
 	FetchWindow int
 }
 
@@ -65,7 +65,7 @@ func NewIMAP(opts IMAPOptions) *IMAPServer {
 		opts.MaxConnsPerIP = 20
 	}
 	if opts.FetchWindow <= 0 {
-		opts.FetchWindow = 8
+		opts.FetchWindow = 16
 	}
 	if opts.Hostname == "" {
 		opts.Hostname = "localhost"

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -159,30 +158,43 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, o *imap.F
 	if readsContent(o) {
 		action = actionFetch
 	}
-	// Load a window of messages at once so their audited reads share commits, then write them
-	// in order. At most FetchWindow messages are held in memory.
-	win := s.srv.opts.FetchWindow
-	for start := 0; start < len(idx); start += win {
-		chunk := idx[start:min(start+win, len(idx))]
-		loaded := make([]*served, len(chunk))
-		errs := make([]error, len(chunk))
-		var wg sync.WaitGroup
-		for j, i := range chunk {
-			wg.Add(1)
+	// Reads run ahead of the writer, at most FetchWindow at once, so their audited reads share
+	// commits (each is a write transaction); a slot frees when its message has been written, so
+	// at most FetchWindow messages are held in memory.
+	type result struct {
+		sv  *served
+		err error
+	}
+	results := make([]chan result, len(idx))
+	for j := range results {
+		results[j] = make(chan result, 1)
+	}
+	slots := make(chan struct{}, s.srv.opts.FetchWindow)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for j, i := range idx {
+			select {
+			case slots <- struct{}{}:
+			case <-stop:
+				return
+			}
 			go func() {
-				defer wg.Done()
-				loaded[j], errs[j] = s.load(sel.entries[i], action)
+				sv, err := s.load(sel.entries[i], action)
+				results[j] <- result{sv, err}
 			}()
 		}
-		wg.Wait()
-		for j, i := range chunk {
-			if errs[j] != nil {
-				s.srv.log.Error("fetch", "queue", sel.queue, "uid", sel.entries[i].UID, "err", errs[j])
-				return errTemporary
-			}
-			if err := s.writeFetch(w, i, loaded[j], o, changed[sel.entries[i].UID]); err != nil {
-				return err
-			}
+	}()
+	for j, i := range idx {
+		r := <-results[j]
+		if r.err != nil {
+			s.srv.log.Error("fetch", "queue", sel.queue, "uid", sel.entries[i].UID, "err", r.err)
+			return errTemporary
+		}
+		err := s.writeFetch(w, i, r.sv, o, changed[sel.entries[i].UID])
+		<-slots
+		if err != nil {
+			return err
 		}
 	}
 	return nil

@@ -151,7 +151,7 @@ func unflow(text string, delSp bool) string {
 }
 
 var (
-	attributionRe = regexp.MustCompile(`(?i)^(on|am|le|el|il|op|em|den)\b.*\b(wrote|schrieb|a écrit|escribió|ha scritto|schreef|escreveu|skrev)\s*:\s*$`)
+	attributionRe = regexp.MustCompile(`(?i)^(on|am|le|el|il|op|em|den)\b.*\b(wrote|schrieb|a écrit|escribió|ha scritto|schreef|escreveu|skrev).*:\s*$`)
 	outlookRe     = regexp.MustCompile(`(?i)^-{2,}\s*(original message|ursprüngliche nachricht|message d'origine)\s*-{2,}$`)
 )
 
