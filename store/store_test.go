@@ -232,3 +232,17 @@ func BenchmarkBatchPut(b *testing.B) {
 		}
 	})
 }
+
+func TestEmptyValueIsPresent(t *testing.T) {
+	db, _ := openTest(t)
+	db.Update(func(tx *Tx) error { return tx.PutPlain("b", []byte("k"), nil) })
+	db.View(func(tx *Tx) error {
+		if v, _ := tx.GetPlain("b", []byte("k")); v == nil {
+			t.Error("empty value reads as absent")
+		}
+		if v, _ := tx.GetPlain("b", []byte("nope")); v != nil {
+			t.Error("absent value reads as present")
+		}
+		return nil
+	})
+}

@@ -68,7 +68,8 @@ func (tx *Tx) GetPlain(bucket string, key []byte) ([]byte, error) {
 	if v == nil {
 		return nil, nil
 	}
-	return append([]byte(nil), v...), nil
+	// A present but empty value comes back non-nil, so callers can tell it from an absent one.
+	return append(make([]byte, 0, len(v)), v...), nil
 }
 
 // Delete removes bucket/key; absent keys are fine.

@@ -327,3 +327,40 @@ func BenchmarkIngest(b *testing.B) {
 		}
 	})
 }
+
+func TestAutoAckSentOnceForNewTicket(t *testing.T) {
+	e := newEnv(t)
+	e.svc.opts.Queues[0].AutoAck = true
+	e.svc.opts.AutoAck = func(p *Parsed, in Incoming) bool { return true }
+	e.ingest(t, msgText("carol@customer.example", "Order", "c1@customer.example"), true)
+	e.ingest(t, msgText("carol@customer.example", "Re: Order", "c2@customer.example", "In-Reply-To: <c1@customer.example>"), true)
+	// The acknowledgement goes out in the background; SendAutoAcks is what a restart runs and
+	// must not send it twice.
+	for i := 0; i < 200; i++ {
+		e.mailer.mu.Lock()
+		n := len(e.mailer.out)
+		e.mailer.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.svc.SendAutoAcks()
+	time.Sleep(50 * time.Millisecond) // let a background send that lost the race finish
+	_, msgs, err := e.svc.Get(agentA, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acks := 0
+	for _, m := range msgs {
+		if m.Kind == "auto-reply" {
+			acks++
+			if m.To != "carol@customer.example" || m.Direction != Out {
+				t.Errorf("ack %+v", m)
+			}
+		}
+	}
+	if acks != 1 {
+		t.Fatalf("%d acknowledgements stored", acks)
+	}
+}
