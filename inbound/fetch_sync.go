@@ -124,8 +124,8 @@ func (f *Fetcher) sync(ctx context.Context, u *upstream, cur *cursor) (int, erro
 	if err := u.do(ctx, "NOOP", u.timeout, func() error { return u.c.Noop().Wait() }); err != nil {
 		return 0, err
 	}
-	if mb := u.c.Mailbox(); mb != nil && mb.NumMessages == 0 {
-		return 0, nil
+	if mb := u.c.Mailbox(); (mb != nil && mb.NumMessages == 0) || cur.Last == ^uint32(0) {
+		return 0, nil // nothing there, or no UID can follow the last one
 	}
 	var list []newMessage
 	var set imap.UIDSet
