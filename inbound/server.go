@@ -214,7 +214,7 @@ func (s *Server) ListenAndServe(addrs []string) error {
 	}
 	var first error
 	for range ls {
-		if err := <-errc; err != nil && first == nil {
+		if err := <-errc; err != nil && !errors.Is(err, smtp.ErrServerClosed) && first == nil {
 			first = err
 			s.Close() // one listener failed: stop the others rather than run half a server
 		}

@@ -72,9 +72,33 @@ type srvEnv struct {
 	addr string
 	now  *fakeClock
 
+	metrics *countMetrics
+
 	mu      sync.Mutex
 	refused []Refusal
 }
+
+// countMetrics counts what the server reports.
+type countMetrics struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (m *countMetrics) add(k string) {
+	m.mu.Lock()
+	m.n[k]++
+	m.mu.Unlock()
+}
+
+func (m *countMetrics) get(k string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.n[k]
+}
+
+func (m *countMetrics) Connection(result string)                      { m.add("conn " + result) }
+func (m *countMetrics) Command(cmd, result string)                    { m.add(cmd + " " + result) }
+func (m *countMetrics) Message(result string, _ int, _ time.Duration) { m.add("message " + result) }
 
 // fakeClock is a settable clock for the rate limiter.
 type fakeClock struct {
@@ -139,7 +163,8 @@ func newSrvEnvDNS(t testing.TB, mod func(*config.Config), tlsCfg *tls.Config, dn
 	for _, q := range cfg.Queues {
 		qs = append(qs, tickets.Queue{Name: q.Name, Address: q.Address})
 	}
-	e := &srvEnv{cfg: cfg, db: db, dns: srvResolver(), now: &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}}
+	e := &srvEnv{cfg: cfg, db: db, dns: srvResolver(), now: &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
+		metrics: &countMetrics{n: map[string]int{}}}
 	if dnsMod != nil {
 		dnsMod(e.dns)
 	}
@@ -149,6 +174,7 @@ func newSrvEnvDNS(t testing.TB, mod func(*config.Config), tlsCfg *tls.Config, dn
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 		TLSConfig: tlsCfg,
 		Now:       e.now.Now,
+		Metrics:   e.metrics,
 		OnRefused: func(r Refusal) {
 			e.mu.Lock()
 			e.refused = append(e.refused, r)
@@ -549,6 +575,9 @@ func TestServerTooLarge(t *testing.T) {
 	if r := e.refusals(); len(r) != 1 || r[0].Result != ResultTooLarge || r[0].Code != 552 {
 		t.Fatalf("refusals %+v", r)
 	}
+	if e.metrics.get("message too_large") != 1 || e.metrics.get("message accepted") != 1 {
+		t.Fatalf("metrics %v", e.metrics.n)
+	}
 }
 
 func TestServerLongLine(t *testing.T) {
@@ -622,6 +651,9 @@ func TestServerSmuggling(t *testing.T) {
 func TestServerSTARTTLS(t *testing.T) {
 	cert := selfSigned(t, srvHost)
 	e := newSrvEnv(t, nil, &tls.Config{Certificates: []tls.Certificate{cert}})
+	if e.srv.v.MaxSignatures != 5 || e.srv.v.AuthservID != srvHost || e.srv.smtp.MaxLineLength != 2000 || e.srv.smtp.MaxMessageBytes != 1<<20 {
+		t.Fatalf("limits not taken from the config: %+v", e.srv.smtp)
+	}
 	if e.srv.smtp.TLSConfig.MinVersion != tls.VersionTLS12 {
 		t.Fatalf("MinVersion %x", e.srv.smtp.TLSConfig.MinVersion)
 	}
@@ -658,6 +690,9 @@ func TestServerConnLimit(t *testing.T) {
 	if got := c.reply(); !strings.HasPrefix(got, "EOF") {
 		t.Fatalf("refused connection still open: %q", got)
 	}
+	if n := e.metrics.get("conn too_many"); n != 1 {
+		t.Fatalf("too_many counted %d times", n)
+	}
 	a.expect(a.cmd("QUIT"), "221")
 	// a's slot is free once the server has closed it: wait for that by reading to EOF.
 	a.expect(a.reply(), "EOF")
@@ -686,6 +721,9 @@ func TestServerRateLimit(t *testing.T) {
 		r.expect(r.cmd("RSET"), "250")
 	}
 	r.expect(r.cmd("MAIL FROM:<alice@good.example>"), "451 4.7.0")
+	if e.metrics.get("mail rate_limited") != 1 || e.metrics.get("mail ok") != 3 {
+		t.Fatalf("metrics %v", e.metrics.n)
+	}
 	e.now.Add(20 * time.Second) // a third of a minute: one token back
 	r.expect(r.cmd("MAIL FROM:<alice@good.example>"), "250")
 	r.expect(r.cmd("RSET"), "250")
@@ -853,4 +891,63 @@ func selfSigned(t testing.TB, host string) tls.Certificate {
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}
+}
+
+// pipeListener hands net.Pipe connections to the server (fuzzing without sockets).
+type pipeListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func (p *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-p.ch:
+		return c, nil
+	case <-p.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (p *pipeListener) Close() error   { p.once.Do(func() { close(p.done) }); return nil }
+func (p *pipeListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe", Net: "pipe"} }
+
+// FuzzServerConversation feeds whole client conversations to the server: whatever arrives, it
+// must greet and answer, and never hit a panic (go-smtp would hide one behind "421 Internal
+// server error").
+func FuzzServerConversation(f *testing.F) {
+	e := newSrvEnv(f, nil, nil)
+	pl := &pipeListener{ch: make(chan net.Conn), done: make(chan struct{})}
+	go e.srv.Serve(pl)
+	seeds := []string{
+		"EHLO a.example\r\nMAIL FROM:<alice@good.example>\r\nRCPT TO:<support@example.com>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n",
+		"EHLO a\r\nMAIL FROM:<>\r\nRCPT TO:<support+x@EXAMPLE.com>\r\nDATA\r\nFrom: MAILER-DAEMON@x\r\n\r\nhi\n.\nMAIL FROM:<x@y>\r\n.\r\n",
+		"HELO [127.0.0.1]\r\nMAIL FROM:<a@b> SIZE=99999999999\r\nRCPT TO:<nobody@example.com>\r\nRSET\r\nNOOP\r\n",
+		"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<support@example.com>\r\nBDAT 5 LAST\r\nab\ncd",
+		"EHLO a\r\nSTARTTLS\r\nAUTH PLAIN AGFAYg==\r\nVRFY x\r\nEXPN y\r\n",
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		client, server := net.Pipe()
+		defer client.Close()
+		client.SetDeadline(time.Now().Add(5 * time.Second))
+		select {
+		case pl.ch <- server:
+		case <-time.After(5 * time.Second):
+			t.Fatal("server does not accept")
+		}
+		go func() {
+			client.Write(in)
+			client.Write([]byte("\r\n.\r\nQUIT\r\n"))
+		}()
+		out, _ := io.ReadAll(client)
+		if !bytes.HasPrefix(out, []byte("220 ")) {
+			t.Fatalf("no greeting: %q", out)
+		}
+		if bytes.Contains(out, []byte("Internal server error")) {
+			t.Fatalf("handler panicked:\n%s", out)
+		}
+	})
 }
