@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
 
+	"mailgate/access"
 	"mailgate/tickets"
 )
 
@@ -172,6 +173,7 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, o *imap.F
 	slots := make(chan struct{}, s.srv.opts.FetchWindow)
 	stop := make(chan struct{})
 	defer close(stop)
+	actor, queue := s.actor, sel.queue // the loads may outlive this command after an error
 	go func() {
 		for j, i := range idx {
 			select {
@@ -179,8 +181,9 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, o *imap.F
 			case <-stop:
 				return
 			}
+			e := sel.entries[i]
 			go func() {
-				sv, err := s.load(sel.entries[i], action)
+				sv, err := s.srv.load(actor, queue, e, action)
 				results[j] <- result{sv, err}
 			}()
 		}
@@ -201,14 +204,14 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, o *imap.F
 }
 
 // load reads one message through tickets (audited) and renders it.
-func (s *session) load(e tickets.MailboxEntry, action string) (*served, error) {
-	m, raw, err := s.srv.opts.Tickets.Raw(s.actor, e.Ticket, e.Seq, action)
+func (s *IMAPServer) load(actor access.Actor, queue string, e tickets.MailboxEntry, action string) (*served, error) {
+	m, raw, err := s.opts.Tickets.Raw(actor, e.Ticket, e.Seq, action)
 	if errors.Is(err, tickets.ErrNotFound) {
 		m, raw = nil, nil
 	} else if err != nil {
 		return nil, err
 	}
-	return s.srv.render.render(s.sel.queue, e.Ticket, e.Seq, m, raw), nil
+	return s.render.render(queue, e.Ticket, e.Seq, m, raw), nil
 }
 
 // writeFetch writes one FETCH response. The response writer holds the connection's write lock
@@ -362,7 +365,7 @@ func (s *session) Search(kind imapserver.NumKind, c *imap.SearchCriteria, o *ima
 		if sv, ok := cache[i]; ok {
 			return sv
 		}
-		sv, err := s.load(sel.entries[i], actionSearch)
+		sv, err := s.srv.load(s.actor, sel.queue, sel.entries[i], actionSearch)
 		if err != nil {
 			loadErr = err
 			sv = &served{}

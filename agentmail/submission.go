@@ -262,8 +262,10 @@ func (ss *subSession) Auth(mech string) (sasl.Server, error) {
 
 func (ss *subSession) Mail(from string, _ *smtp.MailOptions) error {
 	if ss.agent == nil {
-		return ss.refuse(0, &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
-			Message: "authentication required: log in with your mailgate app password (AUTH PLAIN)"}, "MAIL before AUTH")
+		// Not audited: nobody has claimed to be an agent yet, and an anonymous client could
+		// otherwise fill the audit log (and its fsyncs) with MAIL commands.
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
+			Message: "authentication required: log in with your mailgate app password (AUTH PLAIN)"}
 	}
 	if !strings.EqualFold(strings.TrimSpace(from), ss.agent.Email) {
 		return ss.refuse(0, &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
@@ -299,13 +301,10 @@ func (ss *subSession) Data(r io.Reader) error {
 func (ss *subSession) Reset()        { ss.rcpts = nil }
 func (ss *subSession) Logout() error { return nil }
 
-// refuse audits a refusal that never reaches tickets ("submission.refused") and returns e. If
+// refuse audits an agent's submission that never reaches tickets ("submission.refused") and returns e. If
 // the audit record cannot be written the client is told to try again later instead.
 func (ss *subSession) refuse(ticket uint64, e *smtp.SMTPError, detail string) error {
-	actor := "anonymous"
-	if ss.agent != nil {
-		actor = ss.agent.Name
-	}
+	actor := ss.agent.Name
 	object := "submission"
 	if ticket != 0 {
 		object = fmt.Sprintf("ticket/%d", ticket)

@@ -272,7 +272,7 @@ func TestSubmissionRefusals(t *testing.T) {
 		text       string
 		audited    string // detail of the submission.refused event; "" when tickets audits it
 	}{
-		{"no AUTH", "", "", "alice@example.com", []string{customer}, good("r1@example.com"), 530, "authentication required", "MAIL before AUTH"},
+		{"no AUTH", "", "", "alice@example.com", []string{customer}, good("r1@example.com"), 530, "authentication required", ""},
 		{"web password", "alice", web, "alice@example.com", []string{customer}, good("r2@example.com"), 535, "", ""},
 		{"MAIL FROM not the agent", "alice", e.users["alice"], "boss@example.com", []string{customer}, good("r3@example.com"), 553, "MAIL FROM must be your own address", "envelope sender"},
 		{"From header not the agent", "alice", e.users["alice"], "alice@example.com", []string{customer},
