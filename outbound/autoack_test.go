@@ -179,7 +179,7 @@ func TestAutoAckEndToEnd(t *testing.T) {
 	select {
 	case a = <-e.attempts:
 	case <-time.After(20 * time.Second):
-		t.Fatal("tickets never queued the acknowledgement (tickets.sendAutoAck reads its owed marker, stored as an empty value, back as nil)")
+		t.Fatal("no acknowledgement was queued for the new ticket")
 	}
 	if a.Outcome != "sent" || a.Ticket != first {
 		t.Fatalf("attempt %+v", a)
