@@ -301,8 +301,8 @@ func (ss *subSession) Data(r io.Reader) error {
 func (ss *subSession) Reset()        { ss.rcpts = nil }
 func (ss *subSession) Logout() error { return nil }
 
-// refuse audits an agent's submission that never reaches tickets ("submission.refused") and returns e. If
-// the audit record cannot be written the client is told to try again later instead.
+// refuse audits an agent's submission that never reaches tickets ("submission.refused") and
+// returns e. If the audit record cannot be written the client is told to try again later.
 func (ss *subSession) refuse(ticket uint64, e *smtp.SMTPError, detail string) error {
 	actor := ss.agent.Name
 	object := "submission"
@@ -315,7 +315,8 @@ func (ss *subSession) refuse(ticket uint64, e *smtp.SMTPError, detail string) er
 		ss.srv.log.Error("audit submission refusal", "err", err)
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary problem; try again"}
 	}
-	ss.srv.log.Info("submission refused", "agent", actor, "remote", ss.remote, "code", e.Code, "why", detail)
+	// The detail (addresses, names) stays in the sealed audit log, out of the plain-text log.
+	ss.srv.log.Info("submission refused", "agent", actor, "remote", ss.remote, "code", e.Code)
 	return e
 }
 
