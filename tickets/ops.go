@@ -35,28 +35,12 @@ func (s *Service) List(a access.Actor, f Filter) ([]Ticket, error) {
 		}
 	}
 	var out []Ticket
-	err := s.db.Batch(func(tx *store.Tx) error {
-		out = out[:0]
-		var ids []uint64
-		for _, q := range queues {
-			pre := s.qprefix(q)
-			c := tx.Cursor(bByQueue)
-			// Walk this queue's keys backwards from its end.
-			end := append(append([]byte(nil), pre...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
-			k := c.Seek(end)
-			if k == nil {
-				k = c.Last()
-			} else {
-				k = c.Prev()
-			}
-			for ; k != nil && len(k) == 16 && string(k[:8]) == string(pre); k = c.Prev() {
-				ids = append(ids, store.FromU64(k[8:]))
-			}
-		}
-		sortDesc(ids)
+	err := s.db.View(func(tx *store.Tx) error {
+		m := s.newestFirst(tx, queues)
 		skipped := 0
-		for _, id := range ids {
-			if len(out) >= f.Limit {
+		for len(out) < f.Limit {
+			id, ok := m.next()
+			if !ok {
 				break
 			}
 			t, err := loadTicket(tx, id)
@@ -75,22 +59,111 @@ func (s *Service) List(a access.Actor, f Filter) ([]Ticket, error) {
 			}
 			out = append(out, *t)
 		}
-		detail := fmt.Sprintf("queue=%s status=%s count=%d", f.Queue, f.Status, len(out))
-		return s.audit(tx, a, "ticket.list", "tickets", "ok", detail)
+		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	detail := fmt.Sprintf("queue=%s status=%s count=%d", f.Queue, f.Status, len(out))
+	// The data leaves only once its viewing is on record.
+	if err := s.auditNow(a, "ticket.list", "tickets", "ok", detail); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
-func sortDesc(ids []uint64) {
-	for i := 1; i < len(ids); i++ {
-		for j := i; j > 0 && ids[j] > ids[j-1]; j-- {
-			ids[j], ids[j-1] = ids[j-1], ids[j]
+// merger walks several queues' ticket ids at once, newest first, reading only what it returns.
+type merger struct {
+	heads   []uint64 // current id per queue; 0 = exhausted
+	cursors []*store.Cursor
+	pres    [][]byte
+}
+
+func (s *Service) newestFirst(tx *store.Tx, queues []string) *merger {
+	m := &merger{}
+	for _, q := range queues {
+		pre := s.qprefix(q)
+		c := tx.Cursor(bByQueue)
+		end := append(append([]byte(nil), pre...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+		k := c.Seek(end)
+		if k == nil {
+			k = c.Last()
+		} else {
+			k = c.Prev()
+		}
+		m.cursors = append(m.cursors, c)
+		m.pres = append(m.pres, pre)
+		m.heads = append(m.heads, m.id(k, pre))
+	}
+	return m
+}
+
+func (m *merger) id(k, pre []byte) uint64 {
+	if len(k) != 16 || string(k[:8]) != string(pre) {
+		return 0
+	}
+	return store.FromU64(k[8:])
+}
+
+func (m *merger) next() (uint64, bool) {
+	best := -1
+	for i, h := range m.heads {
+		if h != 0 && (best < 0 || h > m.heads[best]) {
+			best = i
 		}
 	}
+	if best < 0 {
+		return 0, false
+	}
+	id := m.heads[best]
+	m.heads[best] = m.id(m.cursors[best].Prev(), m.pres[best])
+	return id, true
 }
 
-// visible loads ticket id for a, writing a denied event and returning ErrNotFound when a may not
-// see it (the same answer as for a missing ticket, so ids cannot be probed).
+// auditNow appends one event in its own group commit.
+func (s *Service) auditNow(a access.Actor, action, obj, result, detail string) error {
+	return s.db.Batch(func(tx *store.Tx) error { return s.audit(tx, a, action, obj, result, detail) })
+}
+
+// readVisible runs read on ticket id in a read transaction when a may see it, then records the
+// access (ok or denied) durably before anything is returned: readers never hold the writer, and
+// no caller can get the data without the audit event.
+func (s *Service) readVisible(a access.Actor, id uint64, action string, read func(tx *store.Tx, t *Ticket) (detail string, err error)) error {
+	var detail string
+	visible := false
+	err := s.db.View(func(tx *store.Tx) error {
+		t, err := loadTicket(tx, id)
+		if errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrScopeDestroyed) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !a.InQueue(t.Queue) {
+			return nil
+		}
+		visible = true
+		detail, err = read(tx, t)
+		return err
+	})
+	if errors.Is(err, ErrNotFound) {
+		visible, err = false, nil
+	}
+	if err != nil {
+		return err
+	}
+	if !visible {
+		if err := s.auditNow(a, action, object(id), "denied", "not found or not in the actor's queues"); err != nil {
+			return err
+		}
+		return ErrNotFound
+	}
+	return s.auditNow(a, action, object(id), "ok", detail)
+}
+
+// visible loads ticket id for a inside a write transaction, writing a denied event and returning
+// ErrNotFound when a may not see it (the same answer as for a missing ticket, so ids cannot be
+// probed).
 func (s *Service) visible(tx *store.Tx, a access.Actor, id uint64, action string) (*Ticket, error) {
 	t, err := loadTicket(tx, id)
 	if errors.Is(err, store.ErrScopeDestroyed) {
@@ -108,10 +181,10 @@ func (s *Service) visible(tx *store.Tx, a access.Actor, id uint64, action string
 	return t, err
 }
 
-// denied runs fn's audit of a refusal in its own transaction: the refused action's transaction
-// is rolled back, the record of the refusal must not be.
+// denied records a refusal in its own transaction: the refused action's transaction is rolled
+// back, the record of the refusal must not be.
 func (s *Service) denied(a access.Actor, action string, id uint64, detail string) {
-	s.db.Batch(func(tx *store.Tx) error { return s.audit(tx, a, action, object(id), "denied", detail) })
+	s.auditNow(a, action, object(id), "denied", detail)
 }
 
 // Get returns a ticket with its messages. The view is audited; a ticket a may not see is
@@ -119,32 +192,19 @@ func (s *Service) denied(a access.Actor, action string, id uint64, detail string
 func (s *Service) Get(a access.Actor, id uint64) (*Ticket, []Message, error) {
 	var t *Ticket
 	var msgs []Message
-	var notFound bool
-	err := s.db.Batch(func(tx *store.Tx) error {
-		msgs, notFound = nil, false
-		var err error
-		t, err = s.visible(tx, a, id, "ticket.view")
-		if errors.Is(err, ErrNotFound) {
-			notFound = true
-			return nil // commit the denied event
-		}
-		if err != nil {
-			return err
-		}
+	err := s.readVisible(a, id, "ticket.view", func(tx *store.Tx, tk *Ticket) (string, error) {
+		t = tk
 		for seq := 1; seq <= t.Messages; seq++ {
 			m, err := loadMessage(tx, id, seq)
 			if err != nil {
-				return err
+				return "", err
 			}
 			msgs = append(msgs, *m)
 		}
-		return s.audit(tx, a, "ticket.view", object(id), "ok", "")
+		return "", nil
 	})
 	if err != nil {
 		return nil, nil, err
-	}
-	if notFound {
-		return nil, nil, ErrNotFound
 	}
 	return t, msgs, nil
 }
@@ -259,78 +319,42 @@ func (s *Service) Link(a access.Actor, id, other uint64) error {
 func (s *Service) Attachment(a access.Actor, id uint64, seq, i int) (Attachment, []byte, error) {
 	var att Attachment
 	var data []byte
-	var notFound bool
-	err := s.db.Batch(func(tx *store.Tx) error {
-		notFound = false
-		t, err := s.visible(tx, a, id, "attachment.download")
-		if errors.Is(err, ErrNotFound) {
-			notFound = true
-			return nil
-		}
-		if err != nil {
-			return err
-		}
+	err := s.readVisible(a, id, "attachment.download", func(tx *store.Tx, t *Ticket) (string, error) {
 		if seq < 1 || seq > t.Messages {
-			notFound = true
-			return nil
+			return "", ErrNotFound
 		}
 		m, err := loadMessage(tx, id, seq)
 		if err != nil {
-			return err
+			return "", err
 		}
 		if i < 0 || i >= len(m.Attachments) {
-			notFound = true
-			return nil
+			return "", ErrNotFound
 		}
 		att = m.Attachments[i]
 		data, err = tx.GetScoped(id, bAttach, binary.BigEndian.AppendUint32(mkey(id, seq), uint32(i)))
-		if err != nil {
-			return err
-		}
-		return s.audit(tx, a, "attachment.download", object(id), "ok", fmt.Sprintf("message=%d attachment=%d", seq, i))
+		return fmt.Sprintf("message=%d attachment=%d", seq, i), err
 	})
 	if err != nil {
 		return Attachment{}, nil, err
 	}
-	if notFound {
-		return Attachment{}, nil, ErrNotFound
-	}
 	return att, data, nil
 }
 
-// Raw returns message seq of ticket id exactly as stored, audited (IMAP fetch, downloads).
-// Notes and mail without raw bytes come back rendered as a simple text message.
+// Raw returns message seq of ticket id exactly as stored, audited under action (IMAP fetch,
+// downloads). Notes have no raw bytes: raw is nil for them.
 func (s *Service) Raw(a access.Actor, id uint64, seq int, action string) (*Message, []byte, error) {
 	var m *Message
 	var raw []byte
-	var notFound bool
-	err := s.db.Batch(func(tx *store.Tx) error {
-		notFound = false
-		t, err := s.visible(tx, a, id, action)
-		if errors.Is(err, ErrNotFound) {
-			notFound = true
-			return nil
-		}
-		if err != nil {
-			return err
-		}
+	err := s.readVisible(a, id, action, func(tx *store.Tx, t *Ticket) (string, error) {
+		var err error
 		if m, err = loadMessage(tx, id, seq); err != nil {
-			if errors.Is(err, ErrNotFound) {
-				notFound = true
-				return nil
-			}
-			return err
+			return "", err
 		}
-		if raw, err = tx.GetScoped(id, bRaw, mkey(id, seq)); err != nil {
-			return err
-		}
-		return s.audit(tx, a, action, object(t.ID), "ok", fmt.Sprintf("message=%d", seq))
+		raw, err = tx.GetScoped(id, bRaw, mkey(id, seq))
+		return fmt.Sprintf("message=%d", seq), err
 	})
 	if err != nil {
 		return nil, nil, err
-	}
-	if notFound {
-		return nil, nil, ErrNotFound
 	}
 	return m, raw, nil
 }

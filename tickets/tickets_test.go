@@ -364,3 +364,34 @@ func TestAutoAckSentOnceForNewTicket(t *testing.T) {
 		t.Fatalf("%d acknowledgements stored", acks)
 	}
 }
+
+func TestListMergesQueuesNewestFirst(t *testing.T) {
+	e := newEnv(t)
+	admin := access.Actor{Name: "root", Role: access.RoleAdmin}
+	for i := 0; i < 6; i++ {
+		q := []string{"support", "sales"}[i%2]
+		raw := msgText(fmt.Sprintf("c%d@x.example", i), "s", fmt.Sprintf("%d@x.example", i))
+		if _, err := e.svc.Ingest(Incoming{Queue: q, Raw: raw}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := e.svc.List(admin, Filter{Limit: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []uint64
+	for _, tk := range l {
+		ids = append(ids, tk.ID)
+	}
+	if fmt.Sprint(ids) != "[6 5 4 3]" {
+		t.Fatalf("ids %v", ids)
+	}
+	l, _ = e.svc.List(admin, Filter{Limit: 4, Offset: 4})
+	if len(l) != 2 || l[0].ID != 2 {
+		t.Fatalf("page 2: %+v", l)
+	}
+	l, _ = e.svc.List(agentA, Filter{})
+	if len(l) != 3 || l[0].Queue != "support" {
+		t.Fatalf("agent: %+v", l)
+	}
+}
