@@ -633,3 +633,65 @@ func TestIMAPDisabledAgentLosesAccess(t *testing.T) {
 		t.Fatal("a message was read after the agent left the queue")
 	}
 }
+
+func TestIMAPSearchNumbersDatesSizes(t *testing.T) {
+	e := newEnv(t)
+	for i := 0; i < 3; i++ {
+		e.ingest("support", customer, "Q"+strconv.Itoa(i), "q"+strconv.Itoa(i)+"@example.net", strings.Repeat("x", 100+1000*i*i)+"\r\n")
+	}
+	c := e.imapClient("alice", nil)
+	if _, err := c.Select("support", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	var tail imap.SeqSet
+	tail.AddRange(2, 0)
+	var uids imap.UIDSet
+	uids.AddRange(3, 0)
+	// The customer's Date is 2 Feb 2026; tickets keeps no separate arrival time yet
+	// (Message.Received), so INTERNALDATE is the Date too, and either is after 1 Feb.
+	feb1 := time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)
+	for name, tc := range map[string]struct {
+		crit *imap.SearchCriteria
+		want []uint32
+	}{
+		"2:*":              {&imap.SearchCriteria{SeqNum: []imap.SeqSet{tail}}, []uint32{2, 3}},
+		"UID 3:*":          {&imap.SearchCriteria{UID: []imap.UIDSet{uids}}, []uint32{3}},
+		"SINCE 1 Feb":      {&imap.SearchCriteria{Since: feb1}, []uint32{1, 2, 3}},
+		"BEFORE 1 Feb":     {&imap.SearchCriteria{Before: feb1}, nil},
+		"SENTBEFORE 1 Feb": {&imap.SearchCriteria{SentBefore: feb1}, nil},
+		"SENTSINCE 1 Feb":  {&imap.SearchCriteria{SentSince: feb1}, []uint32{1, 2, 3}},
+		"LARGER":           {&imap.SearchCriteria{Larger: 3000}, []uint32{3}},
+		"OR":               {&imap.SearchCriteria{Or: [][2]imap.SearchCriteria{{{SeqNum: []imap.SeqSet{imap.SeqSetNum(1)}}, {Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: "q2"}}}}}}, []uint32{1, 3}},
+	} {
+		d, err := c.Search(tc.crit, nil).Wait()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got := d.AllSeqNums(); !slices.Equal(got, tc.want) {
+			t.Errorf("%s = %v, want %v", name, got, tc.want)
+		}
+	}
+}
+
+func TestIMAPDisabledAccountIsCutOff(t *testing.T) {
+	e := newEnv(t)
+	e.ingest("support", customer, "Order late", "o1@example.net", "Hello\r\n")
+	c := e.imapClient("alice", nil)
+	if _, err := c.Select("support", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.acc.Disable(access.Ctl, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{{}}}).Collect(); err == nil {
+		t.Fatal("FETCH by a disabled agent succeeded")
+	}
+	select {
+	case <-c.Closed():
+	case <-time.After(20 * time.Second): // hang guard
+		t.Fatal("the connection of a disabled agent stayed open")
+	}
+	if err := e.dialIMAP(nil).Login("alice", e.users["alice"]).Wait(); imapCode(err) != imap.ResponseCodeContactAdmin {
+		t.Fatalf("login of a disabled agent: %v", err)
+	}
+}

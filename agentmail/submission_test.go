@@ -1,6 +1,7 @@
 package agentmail
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"encoding/pem"
@@ -372,5 +373,57 @@ func TestSubmissionAuthAfterTLSOnly(t *testing.T) {
 	l3, _ := listenPublic(t)
 	if err := noTLS.Serve(l3); err == nil || !strings.Contains(err.Error(), "tls_cert") {
 		t.Fatalf("Serve of a public listener without TLS: %v", err)
+	}
+}
+
+func TestSubmissionLimitsAndShutdown(t *testing.T) {
+	e := newEnv(t)
+	id := e.ingest("support", customer, "Order late", "o1@example.net", "Hello\r\n")
+	small := NewSubmission(SubmissionOptions{Tickets: e.tk, Access: e.acc, Audit: e.log, Hostname: testHost, Logger: quiet,
+		MaxMessageBytes: 2000, MaxRecipients: 2})
+	saved := e.subAddr
+	e.subAddr = e.serve(small.Serve)
+	big := agentReply("alice@example.com", customer, "o1@example.net", "big@example.com", strings.Repeat("long line of text\r\n", 200))
+	if err := e.submit("alice", e.users["alice"], "alice@example.com", []string{customer}, big); smtpCode(err) != 552 {
+		t.Fatalf("oversized message: %v, want 552", err)
+	}
+	three := []string{customer, customer2, "third@example.com"}
+	if err := e.submit("alice", e.users["alice"], "alice@example.com", three, agentReply("alice@example.com", customer, "o1@example.net", "r@example.com", "Hi\r\n")); smtpCode(err) != 452 {
+		t.Fatalf("three recipients: %v, want 452", err)
+	}
+	if n := len(e.thread(id)); n != 1 {
+		t.Fatalf("%d messages after refused submissions", n)
+	}
+
+	// Shutdown waits for open conversations until its context ends, then ends them.
+	c, err := smtp.Dial(e.subAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("client.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := small.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown with an idle client: %v", err)
+	}
+	if err := c.Noop(); err == nil {
+		t.Fatal("the client's connection survived Shutdown")
+	}
+	e.subAddr = saved
+}
+
+func TestSubmissionLoginThrottled(t *testing.T) {
+	e := newEnv(t, withAccountLimit(1))
+	for i := 0; i < 2; i++ {
+		if err := e.submit("alice", "wrong", "alice@example.com", []string{customer}, "x"); smtpCode(err) != 535 {
+			t.Fatalf("wrong password %d: %v", i, err)
+		}
+	}
+	err := e.submit("alice", e.users["alice"], "alice@example.com", []string{customer}, "x")
+	if smtpCode(err) != 454 || !strings.Contains(err.Error(), "too many failed logins") {
+		t.Fatalf("right password while locked: %v, want 454 too many failed logins", err)
 	}
 }

@@ -218,3 +218,11 @@ func FuzzReplyText(f *testing.F) {
 		}
 	})
 }
+
+func TestRenderGone(t *testing.T) {
+	r := &renderer{hostname: testHost, queueAddr: func(string) string { return "support@example.com" }}
+	sv := r.render("support", 4, 2, nil, nil)
+	if !contains(sv.body, "X-Mailgate-Ticket: 4\r\n") || !contains(sv.body, "no longer available") || !contains(sv.body, "<mailgate-view.4.2@"+testHost+">") {
+		t.Fatalf("gone message:\n%s", sv.body)
+	}
+}
