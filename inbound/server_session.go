@@ -142,7 +142,7 @@ func (x *session) Data(r io.Reader) error {
 	defer putBuffer(buf)
 	sr := &strictReader{r: r}
 	_, err := buf.ReadFrom(sr)
-	start := s.opts.Now()
+	start := time.Now() // the end of DATA: metrics measure from here to the reply
 	if err != nil {
 		return x.readError(err, buf.Len(), start)
 	}
@@ -159,7 +159,7 @@ func (x *session) Data(r io.Reader) error {
 		return x.refuse(d.refuse, d.result, len(raw), start, &vd)
 	}
 	class := Classify(raw, Envelope{Known: true, MailFrom: x.mailFrom})
-	stored := Prepend(Prepend(StripAuthResults(raw, s.cfg.Hostname), x.received(start)), vd.AuthResults)
+	stored := Prepend(Prepend(StripAuthResults(raw, s.cfg.Hostname), x.received(s.opts.Now())), vd.AuthResults)
 	auth := tickets.Auth{
 		SPF: vd.SPF, DKIM: vd.DKIM, DMARC: vd.DMARC,
 		Verified:    vd.Verified && !d.quarantine,
@@ -176,7 +176,7 @@ func (x *session) Data(r io.Reader) error {
 	if d.quarantine {
 		result = ResultQuarantined
 	}
-	s.opts.Metrics.Message(result, len(raw), s.opts.Now().Sub(start))
+	s.opts.Metrics.Message(result, len(raw), time.Since(start))
 	attrs := []any{"remote", x.remote, "size", len(raw), "spf", vd.SPF, "dkim", vd.DKIM, "dmarc", vd.DMARC,
 		"verified", auth.Verified, "result", result}
 	if class.Kind != "" {
@@ -242,7 +242,7 @@ func (x *session) readError(err error, n int, start time.Time) error {
 // refuse records a refused or deferred message and returns the reply.
 func (x *session) refuse(e *smtp.SMTPError, result string, size int, start time.Time, vd *Verdict) error {
 	s := x.s
-	s.opts.Metrics.Message(result, size, s.opts.Now().Sub(start))
+	s.opts.Metrics.Message(result, size, time.Since(start))
 	attrs := []any{"remote", x.remote, "size", size, "result", result, "code", e.Code}
 	if vd != nil {
 		attrs = append(attrs, "spf", vd.SPF, "dkim", vd.DKIM, "dmarc", vd.DMARC, "from_domain", vd.FromDomain)

@@ -951,3 +951,31 @@ func FuzzServerConversation(f *testing.F) {
 		}
 	})
 }
+
+// TestServerDKIMSignatureCap: [smtp] max_dkim_signatures bounds the signatures checked. The
+// one good signature sits below five that point at a missing key; with a cap of five it is
+// never checked and p=reject refuses the mail, with six it verifies.
+func TestServerDKIMSignatureCap(t *testing.T) {
+	msg := signMail(t, srvMail("carol@signed.example", "many signatures", "cap@signed.example"))
+	for range 5 {
+		var out bytes.Buffer
+		err := dkim.Sign(&out, bytes.NewReader(msg), &dkim.SignOptions{
+			Domain: "signed.example", Selector: "nokey", Signer: srvDKIMKey,
+			HeaderKeys: []string{"From", "Subject"},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg = out.Bytes()
+	}
+	for _, c := range []struct {
+		max  int
+		want string
+	}{{5, "550 5.7.1"}, {6, "250"}} {
+		e := newSrvEnv(t, func(cfg *config.Config) { cfg.SMTP.MaxDKIMSignatures = c.max }, nil)
+		err := send(e.addr, "client.test", "carol@signed.example", []string{"support@example.com"}, msg)
+		if got := code(err); got != c.want {
+			t.Fatalf("max_dkim_signatures=%d: %s, want %s", c.max, got, c.want)
+		}
+	}
+}
