@@ -979,3 +979,30 @@ func TestServerDKIMSignatureCap(t *testing.T) {
 		}
 	}
 }
+
+// TestServerDurableAfter250: what was answered 250 is in the file: the server is closed, the
+// database closed and opened again (as after a restart), and the message is there.
+func TestServerDurableAfter250(t *testing.T) {
+	e := newSrvEnv(t, nil, nil)
+	if err := send(e.addr, "client.good.example", "alice@good.example", []string{"support@example.com"}, srvMail("alice@good.example", "durable", "d1@good.example")); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.Close()
+	path := e.db.Path()
+	if err := e.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := store.Open(path, bytes.Repeat([]byte{3}, 32), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	alog, err := audit.New(db, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.db, e.tk = db, tickets.New(db, alog, tickets.Options{Hostname: srvHost, Queues: []tickets.Queue{{Name: "support", Address: "support@example.com"}}})
+	if got := e.stored(t); len(got) != 1 || got[0].Subject != "durable" {
+		t.Fatalf("after reopening: %d messages", len(got))
+	}
+}
