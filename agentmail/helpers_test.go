@@ -16,7 +16,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -300,4 +299,3 @@ func listenPublic(t testing.TB) (net.Listener, string) {
 
 func contains(b []byte, s string) bool { return bytes.Contains(b, []byte(s)) }
 
-func lines(s string) []string { return strings.Split(strings.TrimSpace(s), "\n") }
