@@ -298,4 +298,3 @@ func listenPublic(t testing.TB) (net.Listener, string) {
 }
 
 func contains(b []byte, s string) bool { return bytes.Contains(b, []byte(s)) }
-
