@@ -63,7 +63,7 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	m := &Message{
 		Direction: In, From: p.From, FromName: p.FromName, To: p.To, Cc: p.Cc,
 		Subject: p.Subject, MessageID: p.MessageID, InReplyTo: p.InReplyTo, References: p.References,
-		Date: p.Date.UTC(), Text: p.Text, HTML: p.HTML, Problem: p.Problem, Kind: in.Kind,
+		Date: p.Date.UTC(), Received: s.opts.Now().UTC(), Text: p.Text, HTML: p.HTML, Problem: p.Problem, Kind: in.Kind,
 	}
 	if m.Text == "" && m.HTML != "" {
 		m.Text = HTMLToText(m.HTML)

@@ -136,4 +136,7 @@ var (
 	ErrForbidden = errors.New("not allowed")
 	// ErrInvalid wraps bad arguments.
 	ErrInvalid = errors.New("invalid request")
+	// ErrNotSent wraps why a reply could not be composed (no key under encrypt = required…):
+	// nothing was queued and the ticket has a note saying why.
+	ErrNotSent = errors.New("reply not sent")
 )

@@ -286,6 +286,10 @@ func (s *Service) SystemNote(tx *store.Tx, id uint64, text, problem string) erro
 		return err
 	}
 	m := &Message{Direction: Note, From: "mailgate", Author: "mailgate", Date: s.opts.Now().UTC(), Text: text, Subject: t.Subject, Problem: problem}
+	if s.opts.Notify != nil {
+		q := t.Queue
+		tx.OnCommit(func() { s.opts.Notify(q) })
+	}
 	return s.addMessage(tx, t, m, nil, nil)
 }
 
@@ -370,6 +374,9 @@ type MailboxEntry struct {
 // UIDVALIDITY. It reads index keys only; content is read (and audited) with Raw.
 func (s *Service) Mailbox(queue string, after uint32) (validity uint32, entries []MailboxEntry, err error) {
 	pre := s.qprefix(queue)
+	if err := s.ensureMailbox(pre); err != nil {
+		return 0, nil, err
+	}
 	err = s.db.View(func(tx *store.Tx) error {
 		v, err := tx.GetPlain(bUIDs, pre)
 		if err != nil {
@@ -390,6 +397,26 @@ func (s *Service) Mailbox(queue string, after uint32) (validity uint32, entries 
 		return nil
 	})
 	return validity, entries, err
+}
+
+// ensureMailbox fixes a queue mailbox's UIDVALIDITY before its first message, so an empty
+// mailbox does not change its UIDVALIDITY when mail arrives.
+func (s *Service) ensureMailbox(pre []byte) error {
+	var have bool
+	s.db.View(func(tx *store.Tx) error {
+		v, _ := tx.GetPlain(bUIDs, pre)
+		have = len(v) == 8
+		return nil
+	})
+	if have {
+		return nil
+	}
+	return s.db.Batch(func(tx *store.Tx) error {
+		if v, err := tx.GetPlain(bUIDs, pre); err != nil || len(v) == 8 {
+			return err
+		}
+		return tx.PutPlain(bUIDs, pre, binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, uint32(s.opts.Now().Unix())), 0))
+	})
 }
 
 // FindMessage returns the ticket and seq holding Message-ID id, if any (submission threading).

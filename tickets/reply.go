@@ -57,7 +57,7 @@ func (s *Service) Reply(a access.Actor, id uint64, text string) (*Message, error
 			}
 			return s.audit(tx, a, "ticket.reply", object(id), "failed", err.Error())
 		})
-		return nil, fmt.Errorf("reply not sent: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrNotSent, err)
 	}
 	m := &Message{
 		Direction: Out, From: o.Queue.Address, FromName: o.Queue.Name, To: o.To, Cc: o.Cc, Subject: o.Subject,

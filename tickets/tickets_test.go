@@ -215,8 +215,8 @@ func TestReplyAddressingAndStatus(t *testing.T) {
 		t.Fatalf("status %s", tk.Status)
 	}
 	e.mailer.fail = errors.New("no valid key for carol@customer.example and encrypt = required")
-	if _, err := e.svc.Reply(agentA, 1, "secret"); err == nil {
-		t.Fatal("refused reply returned nil")
+	if _, err := e.svc.Reply(agentA, 1, "secret"); !errors.Is(err, ErrNotSent) {
+		t.Fatalf("refused reply: %v", err)
 	}
 	_, msgs, _ := e.svc.Get(agentA, 1)
 	lastMsg := msgs[len(msgs)-1]
@@ -278,8 +278,13 @@ func TestMailboxUIDsStable(t *testing.T) {
 	if len(after) != 1 || after[0].UID != 2 {
 		t.Fatalf("after: %+v", after)
 	}
-	if _, other, _ := e.svc.Mailbox("sales", 0); len(other) != 0 {
-		t.Fatal("sales mailbox has support mail")
+	v2, other, _ := e.svc.Mailbox("sales", 0)
+	if len(other) != 0 || v2 == 0 {
+		t.Fatalf("sales mailbox: validity %d, %d entries", v2, len(other))
+	}
+	e.svc.Ingest(Incoming{Queue: "sales", Raw: msgText("c@x.example", "s", "3@x.example")})
+	if v3, _, _ := e.svc.Mailbox("sales", 0); v3 != v2 {
+		t.Fatalf("UIDVALIDITY of an empty mailbox changed with its first message: %d → %d", v2, v3)
 	}
 }
 
