@@ -119,7 +119,7 @@ func (o *Outbound) Compose(og tickets.Outgoing) (raw []byte, encrypted bool, err
 	msg.Grow(len(text)*11/10 + 1024)
 	if key != nil {
 		inner := pgp.ProtectedInner(subject, fromValue, to, date.Format(dateLayout), msgID, []byte(text))
-		body, ct, err := pgp.Encrypt(inner, key, o.gateway)
+		body, ct, err := pgp.EncryptTo(inner, key, o.gateway)
 		if err != nil {
 			return nil, false, fmt.Errorf("encrypt reply to %s: %w", to, err)
 		}
@@ -169,7 +169,7 @@ func (o *Outbound) Compose(og tickets.Outgoing) (raw []byte, encrypted bool, err
 
 // encryptionKey applies the [pgp] encrypt policy: the customer's key when the reply must or
 // may be encrypted, nil for plain text, or an error that tells the agent why nothing was sent.
-func (o *Outbound) encryptionKey(og tickets.Outgoing, to string, cc []string) (*openpgp.Entity, error) {
+func (o *Outbound) encryptionKey(og tickets.Outgoing, to string, cc []string) ([]*openpgp.Entity, error) {
 	if o.policy == EncryptNever || o.keyring == nil || o.gateway == nil {
 		return nil, nil
 	}
@@ -189,14 +189,25 @@ func (o *Outbound) encryptionKey(og tickets.Outgoing, to string, cc []string) (*
 	case err != nil:
 		return nil, nil
 	}
-	if len(cc) > 0 {
-		// pgp.Encrypt takes one recipient: Cc'd participants could not read the reply.
+	keys := []*openpgp.Entity{key}
+	var missing []string
+	for _, addr := range cc {
+		k, _, err := o.keyring.Lookup(addr)
+		if err != nil {
+			missing = append(missing, addr)
+			continue
+		}
+		keys = append(keys, k)
+	}
+	if len(missing) > 0 {
+		// Every recipient must be able to read it; one reader without a key means clear text
+		// for everyone, which policy may forbid.
 		if must || og.Encrypt {
-			return nil, fmt.Errorf("this reply has Cc recipients (%s) and must be encrypted, but encrypting to several recipients is not supported yet; remove them from the ticket or reply to %s alone", strings.Join(cc, ", "), to)
+			return nil, fmt.Errorf("this reply must be encrypted, but there is no valid OpenPGP key for the Cc recipient(s) %s: import one with `mailgate pgp import`", strings.Join(missing, ", "))
 		}
 		return nil, nil
 	}
-	return key, nil
+	return keys, nil
 }
 
 // checkAddr accepts a plain ASCII addr-spec (no display name, no spaces, no control

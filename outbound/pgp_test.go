@@ -36,9 +36,14 @@ func pgpEnv(t *testing.T, policy string, mut func(*config.Config)) *env {
 // `lifetime` seconds (0 = forever), and imports its public half for customer.
 func (e *env) customerKey(created time.Time, lifetime uint32) *openpgp.Entity {
 	e.t.Helper()
+	return e.keyFor(customer, created, lifetime)
+}
+
+func (e *env) keyFor(addr string, created time.Time, lifetime uint32) *openpgp.Entity {
+	e.t.Helper()
 	cfg := &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA, Curve: packet.Curve25519, DefaultHash: crypto.SHA256,
 		Time: func() time.Time { return created }, KeyLifetimeSecs: lifetime}
-	ent, err := openpgp.NewEntity("Customer", "", customer, cfg)
+	ent, err := openpgp.NewEntity("Customer", "", addr, cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -49,7 +54,7 @@ func (e *env) customerKey(created time.Time, lifetime uint32) *openpgp.Entity {
 	}
 	w.Close()
 	e.keyNow.Set(created.Add(time.Minute))
-	if _, err := e.keyring.Import(customer, pub.Bytes(), "test"); err != nil {
+	if _, err := e.keyring.Import(addr, pub.Bytes(), "test"); err != nil {
 		e.t.Fatal(err)
 	}
 	e.keyNow.Set(time.Now())
@@ -108,23 +113,25 @@ func TestPGPPolicy(t *testing.T) {
 		policy  string
 		key     string // "", "valid", "expired"
 		cc      bool
+		ccKey   bool // the Cc'd participant has a key too
 		custEnc bool // the customer wrote encrypted
 		want    want
 		errHas  string
 	}{
-		{"never with a key", "never", "valid", false, true, plain, ""},
-		{"when-key-known without a key", "when-key-known", "", false, false, plain, ""},
-		{"when-key-known without a key, customer encrypted", "when-key-known", "", false, true, plain, ""},
-		{"when-key-known with a key", "when-key-known", "valid", false, false, encrypted, ""},
-		{"when-key-known with a key and Cc", "when-key-known", "valid", true, false, plain, ""},
-		{"when-key-known, customer encrypted, Cc", "when-key-known", "valid", true, true, refused, "Cc recipients"},
-		{"when-key-known with an expired key", "when-key-known", "expired", false, false, plain, ""},
-		{"when-key-known, customer encrypted, expired key", "when-key-known", "expired", false, true, refused, "expired"},
-		{"required without a key", "required", "", false, false, refused,
+		{"never with a key", "never", "valid", false, false, true, plain, ""},
+		{"when-key-known without a key", "when-key-known", "", false, false, false, plain, ""},
+		{"when-key-known without a key, customer encrypted", "when-key-known", "", false, false, true, plain, ""},
+		{"when-key-known with a key", "when-key-known", "valid", false, false, false, encrypted, ""},
+		{"when-key-known with a key and Cc", "when-key-known", "valid", true, false, false, plain, ""},
+		{"when-key-known, customer encrypted, Cc", "when-key-known", "valid", true, false, true, refused, "Cc recipient(s) other@example.org"},
+		{"when-key-known with an expired key", "when-key-known", "expired", false, false, false, plain, ""},
+		{"when-key-known, customer encrypted, expired key", "when-key-known", "expired", false, false, true, refused, "expired"},
+		{"required without a key", "required", "", false, false, false, refused,
 			"no valid OpenPGP key for cust@example.net; encrypt = required: import one with `mailgate pgp import`"},
-		{"required with an expired key", "required", "expired", false, false, refused, "no valid OpenPGP key for cust@example.net"},
-		{"required with a key", "required", "valid", false, false, encrypted, ""},
-		{"required with a key and Cc", "required", "valid", true, false, refused, "Cc recipients"},
+		{"required with an expired key", "required", "expired", false, false, false, refused, "no valid OpenPGP key for cust@example.net"},
+		{"required with a key", "required", "valid", false, false, false, encrypted, ""},
+		{"required with a key and Cc", "required", "valid", true, false, false, refused, "Cc recipient(s) other@example.org"},
+		{"required with keys for the customer and the Cc", "required", "valid", true, true, false, encrypted, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -135,6 +142,10 @@ func TestPGPPolicy(t *testing.T) {
 				cust = e.customerKey(time.Now().Add(-time.Hour), 0)
 			case "expired":
 				cust = e.customerKey(time.Now().Add(-72*time.Hour), 24*3600)
+			}
+			var ccEnt *openpgp.Entity
+			if c.ccKey {
+				ccEnt = e.keyFor("other@example.org", time.Now().Add(-time.Hour), 0)
 			}
 			og := outgoing()
 			og.Text, og.Encrypt = text, c.custEnc
@@ -160,6 +171,9 @@ func TestPGPPolicy(t *testing.T) {
 			checkOuter(t, raw, text)
 			verifyGo(t, raw, e.dnsRecords(), 2)
 			inner := decryptGo(t, raw, cust, e)
+			if ccEnt != nil && !bytes.Equal(decryptGo(t, raw, ccEnt, e), inner) {
+				t.Error("the Cc'd participant reads something else")
+			}
 			for _, s := range []string{"Subject: =?utf-8?q?Re:_Drucker_brennt", `protected-headers="v1"`, "Your invoice number is 12345."} {
 				if !bytes.Contains(inner, []byte(s)) {
 					t.Errorf("inner part lacks %q:\n%s", s, inner)

@@ -37,12 +37,23 @@ const OuterSubject = "..."
 // returns the outer body and the Content-Type header value for it. signer may be nil (encrypt
 // only). Bare LF in inner becomes CRLF, the canonical form of MIME.
 func Encrypt(inner []byte, to *openpgp.Entity, signer *Key) ([]byte, string, error) {
-	if to == nil {
+	return EncryptTo(inner, []*openpgp.Entity{to}, signer)
+}
+
+// EncryptTo is Encrypt for several recipients (a reply with Cc'd participants): every key must
+// be usable, so nobody on the message is left unable to read it.
+func EncryptTo(inner []byte, recipients []*openpgp.Entity, signer *Key) ([]byte, string, error) {
+	if len(recipients) == 0 {
 		return nil, "", errors.New("encrypt: no recipient key")
 	}
 	now := time.Now()
-	if err := checkRecipient(to, "", now); err != nil {
-		return nil, "", fmt.Errorf("encrypt: %w", err)
+	for _, to := range recipients {
+		if to == nil {
+			return nil, "", errors.New("encrypt: no recipient key")
+		}
+		if err := checkRecipient(to, "", now); err != nil {
+			return nil, "", fmt.Errorf("encrypt: %w", err)
+		}
 	}
 	cfg := newConfig(now)
 	params := &openpgp.EncryptParams{Config: cfg}
@@ -55,9 +66,9 @@ func Encrypt(inner []byte, to *openpgp.Entity, signer *Key) ([]byte, string, err
 	if err != nil {
 		return nil, "", fmt.Errorf("encrypt: %w", err)
 	}
-	pw, err := openpgp.EncryptWithParams(aw, []*openpgp.Entity{to}, nil, params)
+	pw, err := openpgp.EncryptWithParams(aw, recipients, nil, params)
 	if err != nil {
-		return nil, "", fmt.Errorf("encrypt to %s: %w", fingerprint(to), err)
+		return nil, "", fmt.Errorf("encrypt to %s: %w", fingerprint(recipients[0]), err)
 	}
 	if _, err := pw.Write(crlf(inner)); err != nil {
 		return nil, "", fmt.Errorf("encrypt: %w", err)
