@@ -99,16 +99,34 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	case "agent", "ticket", "pgp", "audit":
-		if len(rest) == 0 {
+		sub, args, ok := subcommand(rest)
+		if !ok {
 			fmt.Fprintf(stderr, "mailgate %s: which subcommand?\n\n%s", cmd, usage)
 			return 2
 		}
-		return admin(cmd+" "+rest[0], rest[1:], stdin, stdout, stderr)
+		return admin(cmd+" "+sub, args, stdin, stdout, stderr)
 	case "backup":
 		return admin("backup", rest, stdin, stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "mailgate: unknown command %q\n\n%s", cmd, usage)
 	return 2
+}
+
+// subcommand finds the subcommand word in args, which may follow the flags every admin
+// command takes (`ticket --json show 7`), and returns the other args in order.
+func subcommand(args []string) (string, []string, bool) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "-config" || a == "--config":
+			i++ // its value
+		case strings.HasPrefix(a, "-"):
+		default:
+			rest := append(append([]string{}, args[:i]...), args[i+1:]...)
+			return a, rest, true
+		}
+	}
+	return "", nil, false
 }
 
 func newFlags(name string, stderr io.Writer) *flag.FlagSet {
@@ -150,8 +168,9 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		o.Listen[k] = *v
 	}
 	if err := app.Serve(context.Background(), o); err != nil {
-		if *cfgPath != "" {
-			fmt.Fprintf(stderr, "mailgate: not started: %s has problems:\n", *cfgPath)
+		var ce *config.Errors
+		if errors.As(err, &ce) {
+			fmt.Fprintln(stderr, "mailgate: not started: the config has problems:")
 		}
 		printConfigError(stderr, err)
 		return 1

@@ -20,6 +20,8 @@ import (
 	"mailgate/pgp"
 	"mailgate/store"
 	"mailgate/tickets"
+
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // DBFile is the database's name inside data_dir.
@@ -81,6 +83,8 @@ func OpenStore(cfg *config.Config, lockTimeout time.Duration) (*store.DB, error)
 		return nil, fmt.Errorf("mailgate is %w on data dir %s: the database %s is locked by another process; stop it first, or use another data_dir", ErrRunning, cfg.DataDir, path)
 	case errors.Is(err, store.ErrWrongKey):
 		return nil, fmt.Errorf("key_file %s does not open the database %s (it belongs to another installation, or the key file was replaced): point key_file at the key this database was created with: %w", cfg.KeyFile, path, err)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
+		return nil, fmt.Errorf("%w: the database file is damaged or not a mailgate database; restore %s from a backup (README: Backup and restore)", err, path)
 	case err != nil:
 		return nil, err
 	}

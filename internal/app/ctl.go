@@ -151,11 +151,14 @@ func Call(ctx context.Context, path string, req Request) (Response, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
-		return Response{}, fmt.Errorf("control socket: send: %w", err)
-	}
+	// The daemon may answer (a refusal) before reading the request, so a failed send is
+	// reported only when no answer can be read either.
+	sendErr := json.NewEncoder(conn).Encode(req)
 	var resp Response
 	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
+		if sendErr != nil {
+			return Response{}, fmt.Errorf("control socket: send: %w", sendErr)
+		}
 		return Response{}, fmt.Errorf("control socket: the daemon closed the connection without an answer: %w", err)
 	}
 	return resp, nil

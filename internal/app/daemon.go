@@ -13,12 +13,15 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"mailgate/agentmail"
 	"mailgate/audit"
 	"mailgate/config"
 	"mailgate/inbound"
+	"mailgate/internal/metrics"
 	"mailgate/pgp"
 	"mailgate/web"
 )
@@ -158,9 +161,14 @@ type daemon struct {
 	level *slog.LevelVar
 	dev   *DevSetup
 
-	smtp *inbound.Server
-	web  *web.Server
-	ctl  *Control
+	smtp       *inbound.Server
+	submission *agentmail.Submission
+	imap       *agentmail.IMAPServer
+	fetchers   []*inbound.Fetcher
+	web        *web.Server
+	ctl        *Control
+	cancel     context.CancelFunc // ends the fetchers
+	up         atomic.Bool        // every listener is serving
 
 	wg    sync.WaitGroup
 	errc  chan error
@@ -221,6 +229,7 @@ loop:
 			reason = "context done"
 			break loop
 		case err := <-d.errc:
+			d.up.Store(false)
 			reason, runErr = "listener failed", err
 			d.log.Error("a listener failed; shutting down", "err", err)
 			break loop
@@ -275,14 +284,18 @@ func (d *daemon) start() error {
 	}
 	d.ctl = a.ServeControl(ln)
 
-	var tlsCfg *tls.Config
-	if cfg.SMTP.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.SMTP.TLSCert, cfg.SMTP.TLSKey)
-		if err != nil {
-			return fmt.Errorf("[smtp] tls_cert: %w", err)
-		}
-		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	tlsCfg, err := loadTLS("smtp", cfg.SMTP.TLSCert, cfg.SMTP.TLSKey)
+	if err != nil {
+		return err
 	}
+	imapTLS, err := loadTLS("imap", cfg.IMAP.TLSCert, cfg.IMAP.TLSKey)
+	if err != nil {
+		return err
+	}
+	metrics.BuildInfo(d.opts.Version)
+	metrics.Store(a.DB.Stats)
+	metrics.QueueDepth(a.Outbound.Queued)
+	a.Audit.OnAppend = func(ev audit.Event) { metrics.AuditEvent(ev.Action, ev.Result) }
 
 	// Delivery of queued replies resumes where the last run stopped.
 	if err := a.Outbound.Start(context.Background()); err != nil {
@@ -291,11 +304,13 @@ func (d *daemon) start() error {
 	go a.Tickets.SendAutoAcks()
 
 	// Inbound SMTP (MX).
+	// One verifier for SMTP and fetched mail: it holds no per-message state.
+	v := &inbound.Verifier{Resolver: inbound.NewResolver(cfg.DNS.Resolver, cfg.DNS.Timeout.Duration), Timeout: cfg.DNS.Timeout.Duration}
 	if len(cfg.SMTP.Listen) > 0 {
-		v := &inbound.Verifier{Resolver: inbound.NewResolver(cfg.DNS.Resolver, cfg.DNS.Timeout.Duration), Timeout: cfg.DNS.Timeout.Duration}
 		d.smtp = inbound.NewServer(cfg, a.Tickets, v, inbound.ServerOptions{
 			Logger:    d.log,
 			TLSConfig: tlsCfg,
+			Metrics:   metrics.SMTP{},
 			OnRefused: d.refused,
 		})
 		for _, addr := range cfg.SMTP.Listen {
@@ -312,18 +327,63 @@ func (d *daemon) start() error {
 		}
 	}
 
-	// TODO(issue 7): [smtp] submission_listen (agents' mail clients) and [imap] listen, once
-	// their packages land; [[fetch.account]] likewise.
-	for _, addr := range cfg.SMTP.SubmissionListen {
-		d.lines = append(d.lines, fmt.Sprintf("not yet served: submission %s (this build has no submission server)", addr))
+	// Agents' mail clients: submission of replies, and the IMAP view of the queues.
+	if len(cfg.SMTP.SubmissionListen) > 0 {
+		d.submission = agentmail.NewSubmission(agentmail.SubmissionOptions{
+			Tickets: a.Tickets, Access: a.Access, Audit: a.Audit, TLSConfig: tlsCfg, Hostname: cfg.Hostname, Logger: d.log,
+		})
+		for _, addr := range cfg.SMTP.SubmissionListen {
+			l, err := d.listen("submission", addr)
+			if err != nil {
+				return err
+			}
+			d.lines = append(d.lines, fmt.Sprintf("listening: submission %s%s", l.Addr(), tlsNote(tlsCfg)))
+			d.serve("submission", l, d.submission.Serve)
+		}
 	}
-	for _, addr := range cfg.IMAP.Listen {
-		d.lines = append(d.lines, fmt.Sprintf("not yet served: imap %s (this build has no IMAP server)", addr))
+	if len(cfg.IMAP.Listen) > 0 {
+		d.imap = agentmail.NewIMAP(agentmail.IMAPOptions{
+			Tickets: a.Tickets, Access: a.Access, Audit: a.Audit, TLSConfig: imapTLS, Hostname: cfg.Hostname, Logger: d.log,
+		})
+		a.notify = d.imap.Notify
+		for _, addr := range cfg.IMAP.Listen {
+			l, err := d.listen("imap", addr)
+			if err != nil {
+				return err
+			}
+			d.lines = append(d.lines, fmt.Sprintf("listening: imap %s%s", l.Addr(), tlsNote(imapTLS)))
+			d.serve("imap", l, d.imap.Serve)
+		}
+	}
+
+	// Upstream mailboxes to fetch from.
+	var fctx context.Context
+	fctx, d.cancel = context.WithCancel(context.Background())
+	for _, acct := range cfg.Fetch.Accounts {
+		f := inbound.NewFetcher(cfg, acct, a.Tickets, v, a.DB, inbound.FetchOptions{
+			Logger: d.log,
+			OnStatus: func(s inbound.FetchStatus) {
+				metrics.Fetch(metrics.FetchState{Account: s.Account, Connected: s.Connected, LastSuccess: s.LastSuccess,
+					LastError: s.LastErrorAt, Fetched: s.Fetched, Duplicates: s.Duplicates, Skipped: s.Skipped, Failures: s.Failures})
+			},
+		})
+		d.fetchers = append(d.fetchers, f)
+		d.lines = append(d.lines, fmt.Sprintf("fetching: %s into queue %s", f.Account(), acct.Queue))
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			// Run reconnects with backoff by itself; it returns only when told to stop or
+			// when the account cannot work at all (a bad URL), which /healthz then shows.
+			if err := f.Run(fctx); err != nil && fctx.Err() == nil {
+				d.log.Error("fetch stopped", "account", f.Account(), "err", err)
+			}
+		}()
 	}
 
 	// Agents' web page (and WKD for the gateway key).
 	if cfg.Web.Listen != "" {
-		wo := web.Options{Config: cfg, Access: a.Access, Tickets: a.Tickets, Audit: a.Audit, DB: a.DB, Logger: d.log}
+		wo := web.Options{Config: cfg, Access: a.Access, Tickets: a.Tickets, Audit: a.Audit, DB: a.DB, Logger: d.log,
+			Metrics: metrics.Handler(), Health: d.health}
 		if a.Gateway != nil {
 			var addrs []string
 			for _, q := range cfg.Queues {
@@ -347,6 +407,42 @@ func (d *daemon) start() error {
 		d.serve("web", l, d.web.Serve)
 	}
 	d.lines = append(d.lines, "control socket: "+SocketPath(cfg))
+	d.up.Store(true)
+	return nil
+}
+
+func loadTLS(section, cert, key string) (*tls.Config, error) {
+	if cert == "" {
+		return nil, nil
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("[%s] tls_cert and tls_key: %w", section, err)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}, nil
+}
+
+func tlsNote(c *tls.Config) string {
+	if c == nil {
+		return " (no TLS: loopback only)"
+	}
+	return " (TLS)"
+}
+
+// health is /healthz: the store takes a durable write, every listener serves, and every
+// upstream mailbox is reachable.
+func (d *daemon) health() error {
+	if !d.up.Load() {
+		return errors.New("listeners are not all up")
+	}
+	if err := d.app.DB.Writable(); err != nil {
+		return fmt.Errorf("store not writable: %w", err)
+	}
+	for _, f := range d.fetchers {
+		if s := f.Status(); !s.Connected && s.LastError != "" {
+			return fmt.Errorf("fetch %s: %s", s.Account, s.LastError)
+		}
+	}
 	return nil
 }
 
@@ -370,9 +466,26 @@ func (d *daemon) refused(r inbound.Refusal) {
 // connections get 421), then delivery stops with its queue state saved, then the control
 // socket; the store is closed by the caller.
 func (d *daemon) stop(reason string) {
+	d.up.Store(false)
 	ctx, cancel := context.WithTimeout(context.Background(), d.opts.DrainTimeout)
 	defer cancel()
+	if d.cancel != nil {
+		d.cancel()
+	}
 	var wg sync.WaitGroup
+	if d.submission != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.submission.Shutdown(ctx); err != nil {
+				d.log.Warn("submission drain", "err", err)
+			}
+		}()
+	}
+	if d.imap != nil {
+		// IMAP sessions only read; ending them loses nothing.
+		d.imap.Close()
+	}
 	if d.smtp != nil {
 		wg.Add(1)
 		go func() {

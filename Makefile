@@ -1,0 +1,41 @@
+# mailgate's build and test entry points; README.md explains each.
+GO           ?= go
+PKGS         ?= ./...
+TEST_TIMEOUT ?= 12m
+FUZZTIME     ?= 1m
+BENCHTIME    ?= 1s
+
+.PHONY: test check vet fmt-check deps fuzz bench build clean
+
+# The README's test command: tools the tests need as peers, static checks, then every test
+# with the race detector.
+test: deps check
+	$(GO) test -race -timeout $(TEST_TIMEOUT) $(PKGS)
+
+# Static checks only: vet, gofmt, and staticcheck when it is installed.
+check: vet fmt-check
+	@if command -v staticcheck >/dev/null 2>&1; then staticcheck $(PKGS); \
+	else echo "staticcheck not installed; skipped (go install honnef.co/go/tools/cmd/staticcheck@latest)"; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+deps:
+	bash .ci/install-deps
+
+# Each fuzz target for FUZZTIME (make fuzz FUZZTIME=10m for a longer run).
+fuzz:
+	bash .ci/fuzz $(FUZZTIME)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(PKGS)
+
+build:
+	$(GO) build -o bin/mailgate ./cmd/mailgate
+
+clean:
+	rm -rf bin
