@@ -38,7 +38,6 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	drainCh  chan struct{} // closed by Shutdown
 	draining atomic.Bool
 
 	mu        sync.Mutex
@@ -129,15 +128,14 @@ func NewServer(cfg *config.Config, tk *tickets.Service, v *Verifier, opts Server
 		opts.Metrics = nopMetrics{}
 	}
 	s := &Server{
-		cfg:     cfg,
-		tk:      tk,
-		opts:    opts,
-		log:     opts.Logger.With("component", "smtp"),
-		queues:  map[string]string{},
-		conns:   newConnLimit(cfg.SMTP.MaxConnsPerIP),
-		rate:    newRateLimit(cfg.SMTP.MessagesPerMinutePerIP, opts.Now),
-		drainCh: make(chan struct{}),
-		live:    map[*conn]struct{}{},
+		cfg:    cfg,
+		tk:     tk,
+		opts:   opts,
+		log:    opts.Logger.With("component", "smtp"),
+		queues: map[string]string{},
+		conns:  newConnLimit(cfg.SMTP.MaxConnsPerIP),
+		rate:   newRateLimit(cfg.SMTP.MessagesPerMinutePerIP, opts.Now),
+		live:   map[*conn]struct{}{},
 	}
 	if v != nil {
 		s.v = *v
@@ -242,7 +240,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return smtp.ErrServerClosed
 	}
 	s.mu.Lock()
-	close(s.drainCh)
 	idle := make(chan struct{})
 	s.idle = idle
 	if len(s.live) == 0 {
