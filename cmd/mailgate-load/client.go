@@ -35,12 +35,19 @@ type Result struct {
 	P99ms           float64        `json:"p99_ms"`
 	Maxms           float64        `json:"max_ms"`
 	ClientCPU       float64        `json:"client_cpu_seconds"` // this process's CPU during the run
-	TimedOut        bool           `json:"timed_out,omitempty"`
+	// With -pid: the server's CPU during the run, per accepted message, and its peak RSS.
+	ServerCPU       float64 `json:"server_cpu_seconds,omitempty"`
+	ServerCPUPerMsg float64 `json:"server_cpu_ms_per_message,omitempty"`
+	ServerPeakRSSMB float64 `json:"server_peak_rss_mb,omitempty"`
+	TimedOut        bool    `json:"timed_out,omitempty"`
 }
 
 func (r *Result) print(w io.Writer) {
 	fmt.Fprintf(w, "%s: %d/%d accepted in %.2fs = %.0f msg/s over %d connections; DATA-to-250 p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms; client CPU %.2fs\n",
 		r.Target, r.Accepted, r.Attempted, r.Seconds, r.Rate, r.Connections, r.P50ms, r.P90ms, r.P99ms, r.Maxms, r.ClientCPU)
+	if r.ServerPeakRSSMB > 0 {
+		fmt.Fprintf(w, "  server: CPU %.2fs (%.3f ms per message), peak RSS %.1f MB\n", r.ServerCPU, r.ServerCPUPerMsg, r.ServerPeakRSSMB)
+	}
 	if len(r.Failures) > 0 {
 		fmt.Fprintf(w, "  failed messages by reply code: %s\n", joinCounts(r.Failures))
 	}
@@ -90,8 +97,9 @@ func (s *stats) fail(code string) {
 }
 
 // load sends o.n messages to addr over o.conns connections, stopping at o.timeout or when ctx
-// ends. msgs holds prepared messages, or is nil to build them on the way.
-func load(ctx context.Context, o *options, addr string, gen *generator, msgs []message, rec *recorder) (*Result, error) {
+// ends. msgs holds prepared messages, or is nil to build them on the way. pid > 0 is the
+// server's process, whose CPU and memory are reported.
+func load(ctx context.Context, o *options, addr string, gen *generator, msgs []message, rec *recorder, pid int) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	st := &stats{failures: map[string]int{}, connFails: map[string]int{}, lat: make([]time.Duration, 0, o.n)}
@@ -106,6 +114,13 @@ func load(ctx context.Context, o *options, addr string, gen *generator, msgs []m
 		}
 		m, err := gen.make(i)
 		return m, err == nil, err
+	}
+	var srv0 procStats
+	if pid > 0 {
+		var err error
+		if srv0, err = readProc(pid); err != nil {
+			return nil, err
+		}
 	}
 	cpu0 := cpuTime()
 	start := time.Now()
@@ -133,6 +148,17 @@ func load(ctx context.Context, o *options, addr string, gen *generator, msgs []m
 	}
 	if r.Seconds > 0 {
 		r.Rate = float64(r.Accepted) / r.Seconds
+	}
+	if pid > 0 {
+		srv1, err := readProc(pid)
+		if err != nil {
+			return nil, err
+		}
+		r.ServerCPU = (srv1.cpu - srv0.cpu).Seconds()
+		if r.Accepted > 0 {
+			r.ServerCPUPerMsg = r.ServerCPU * 1000 / float64(r.Accepted)
+		}
+		r.ServerPeakRSSMB = float64(srv1.peakRSS) / (1 << 20)
 	}
 	slices.Sort(st.lat)
 	r.P50ms, r.P90ms, r.P99ms = pct(st.lat, 50), pct(st.lat, 90), pct(st.lat, 99)

@@ -48,6 +48,7 @@ type options struct {
 	pregenMax                  int64
 	dmarcPolicy                string
 	connectTimeout, cmdTimeout time.Duration
+	pid                        int
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -80,6 +81,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Int64Var(&o.pregenMax, "pregen-max", 2<<30, "build (and sign) all messages before the clock starts when they fit in this many bytes; else build them while sending")
 	fs.DurationVar(&o.connectTimeout, "connect-timeout", 5*time.Second, "bound on connecting and on the greeting")
 	fs.DurationVar(&o.cmdTimeout, "command-timeout", time.Minute, "bound on each reply, including the one after the final dot")
+	fs.IntVar(&o.pid, "pid", 0, "the server's process id: report its CPU time during the run and its peak RSS (Linux /proc)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -212,7 +214,7 @@ func runOpts(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		r, err := load(ctx, o, s.Addr().String(), gen, msgs, nil)
+		r, err := load(ctx, o, s.Addr().String(), gen, msgs, nil, 0)
 		s.Close()
 		if err != nil {
 			return err
@@ -228,7 +230,7 @@ func runOpts(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 				return err
 			}
 		}
-		r, err := load(ctx, o, o.addr, gen, msgs, rec)
+		r, err := load(ctx, o, o.addr, gen, msgs, rec, o.pid)
 		if rec != nil {
 			if cerr := rec.Close(); err == nil {
 				err = cerr

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -185,7 +186,7 @@ func TestSignedMessagesVerifyThroughServedDNS(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r, err := load(context.Background(), o, ts.addr, newGenerator(o, key), nil, rc)
+			r, err := load(context.Background(), o, ts.addr, newGenerator(o, key), nil, rc, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -276,6 +277,23 @@ func TestServerDownUntilTimeout(t *testing.T) {
 	}
 }
 
+// -pid reports the server's CPU and peak memory; here the "server" is this test process.
+func TestServerStatsFromProc(t *testing.T) {
+	ts := newTestServer(t)
+	o := opts(t, "-addr", ts.addr, "-n", "100", "-c", "2", "-pid", strconv.Itoa(os.Getpid()))
+	rep := runJSON(t, o)
+	if rep.Target.ServerPeakRSSMB <= 1 || rep.Target.ServerCPU < 0 {
+		t.Fatalf("server stats %+v", rep.Target)
+	}
+	if _, err := parseFlags([]string{"-pid", "x"}, io.Discard); err == nil {
+		t.Error("-pid x accepted")
+	}
+	o = opts(t, "-addr", ts.addr, "-n", "1", "-pid", "999999999")
+	if err := runOpts(context.Background(), o, io.Discard, io.Discard); err == nil {
+		t.Error("a pid that does not exist gave no error")
+	}
+}
+
 func TestKeyFileAndDotStuffing(t *testing.T) {
 	_, k, _ := ed25519.GenerateKey(rand.Reader)
 	der, _ := x509.MarshalPKCS8PrivateKey(k)
@@ -309,7 +327,7 @@ func BenchmarkFloor(b *testing.B) {
 	o.n = b.N
 	gen := newGenerator(o, nil)
 	b.ResetTimer()
-	r, err := load(context.Background(), o, s.Addr().String(), gen, nil, nil)
+	r, err := load(context.Background(), o, s.Addr().String(), gen, nil, nil, 0)
 	if err != nil || r.Accepted != b.N {
 		b.Fatalf("%v %+v", err, r)
 	}
