@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -245,4 +246,79 @@ func TestEmptyValueIsPresent(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func TestTruncatedFileIsAClearError(t *testing.T) {
+	db, path := openTest(t)
+	db.Update(func(tx *Tx) error { return tx.Put("b", []byte("k"), bytes.Repeat([]byte("v"), 20000)) })
+	db.Close()
+	fi, _ := os.Stat(path)
+	for _, size := range []int64{0, 100, 4096, fi.Size() / 2} {
+		os.Truncate(path, size)
+		_, err := Open(path, testKey(1), Options{})
+		if err == nil {
+			t.Fatalf("truncated to %d bytes: opened", size)
+		}
+		if !strings.Contains(err.Error(), path) {
+			t.Errorf("truncated to %d: error does not name the file: %v", size, err)
+		}
+	}
+}
+
+func BenchmarkSeal8K(b *testing.B) {
+	s := newSealer(testKey(1))
+	val := bytes.Repeat([]byte("x"), 8192)
+	adata := ad("messages", U64(1), 7)
+	b.SetBytes(int64(len(val)))
+	for i := 0; i < b.N; i++ {
+		s.seal(val, adata)
+	}
+}
+
+func BenchmarkOpen8K(b *testing.B) {
+	s := newSealer(testKey(1))
+	adata := ad("messages", U64(1), 7)
+	sealed := s.seal(bytes.Repeat([]byte("x"), 8192), adata)
+	b.SetBytes(8192)
+	for i := 0; i < b.N; i++ {
+		if _, err := s.open(sealed, adata); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkPut8K is sealing + put in one durable transaction each (one writer).
+func BenchmarkPut8K(b *testing.B) {
+	db, err := Open(filepath.Join(b.TempDir(), "b.db"), testKey(1), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	val := bytes.Repeat([]byte("x"), 8192)
+	for i := 0; i < b.N; i++ {
+		db.Update(func(tx *Tx) error { return tx.Put("m", U64(uint64(i)), val) })
+	}
+}
+
+// BenchmarkGet8K is get + open from a read transaction.
+func BenchmarkGet8K(b *testing.B) {
+	db, err := Open(filepath.Join(b.TempDir(), "b.db"), testKey(1), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	val := bytes.Repeat([]byte("x"), 8192)
+	db.Update(func(tx *Tx) error {
+		for i := 0; i < 1000; i++ {
+			tx.Put("m", U64(uint64(i)), val)
+		}
+		return nil
+	})
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		db.View(func(tx *Tx) error {
+			_, err := tx.Get("m", U64(uint64(i%1000)))
+			return err
+		})
+	}
 }
