@@ -652,3 +652,103 @@ func TestServeStoreErrors(t *testing.T) {
 		t.Fatalf("the truncated file was written to (%d bytes)", len(after))
 	}
 }
+
+// TestServeWithConfig runs an installation made by `init`: JSON logs, SIGHUP reloads (a bad
+// file changes nothing), and SIGTERM drains: a transaction under way still gets its 250 while
+// a new connection is turned away with 421.
+func TestServeWithConfig(t *testing.T) {
+	dir := t.TempDir()
+	if r := mailgate(t, ".", "init", "-dir", dir, "-domain", "example.com"); r.code != 0 {
+		t.Fatalf("init:\n%s", r)
+	}
+	cfg := filepath.Join(dir, "mailgate.toml")
+	orig, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(string(orig), `format = "text"`, `format = "json"`, 1)
+	os.WriteFile(cfg, []byte(text), 0o640)
+
+	d := startServe(t, dir, "-config", cfg)
+	d.waitReady(t)
+	smtpAddr := d.line(t, `^listening: smtp (127\.0\.0\.1:\d+) \(STARTTLS\)$`)[1]
+	d.line(t, `^listening: web https://127\.0\.0\.1:\d+/$`)
+
+	// A good file: reloaded. A bad one: refused, and the daemon keeps running.
+	os.WriteFile(cfg, []byte(strings.Replace(text, `level = "info"`, `level = "debug"`, 1)), 0o640)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the reload in the log", func() bool { return strings.Contains(d.logs(), "config reloaded") })
+	os.WriteFile(cfg, []byte(text+"\nbogus = 1\n"), 0o640)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the refused reload in the log", func() bool { return strings.Contains(d.logs(), "config not reloaded") })
+	os.WriteFile(cfg, []byte(text), 0o640)
+
+	// A transaction under way when SIGTERM arrives is finished; new connections get 421.
+	c, err := smtp.Dial(smtpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("client.example.org"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("alice@example.org", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("support@example.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, "421 for a new connection while draining", func() bool {
+		nc, err := smtp.Dial(smtpAddr)
+		if err != nil {
+			var se *smtp.SMTPError
+			return errors.As(err, &se) && se.Code == 421
+		}
+		defer nc.Close()
+		err = nc.Hello("late.example.org")
+		var se *smtp.SMTPError
+		return errors.As(err, &se) && se.Code == 421
+	})
+	w, err := c.Data()
+	if err != nil {
+		t.Fatalf("DATA while draining: %v", err)
+	}
+	fmt.Fprintf(w, "From: alice@example.org\r\nTo: support@example.com\r\nSubject: in flight\r\nMessage-ID: <inflight@example.org>\r\n\r\nsent during shutdown\r\n")
+	if err := w.Close(); err != nil {
+		t.Fatalf("the transaction under way was not accepted: %v", err)
+	}
+	c.Quit()
+	select {
+	case err := <-d.done:
+		if err != nil {
+			t.Fatalf("serve after SIGTERM: %v\n%s", err, d.output())
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("serve did not stop:\n%s", d.output())
+	}
+
+	for _, l := range strings.Split(strings.TrimSpace(d.logs()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil || m["msg"] == nil || m["level"] == nil {
+			t.Fatalf("log line is not slog JSON: %q", l)
+		}
+	}
+	var list []ticketJSON
+	jsonOut(t, dir, &list, "ticket", "list", "-config", cfg)
+	if len(list) != 1 || list[0].Subject != "in flight" {
+		t.Fatalf("the message accepted while draining: %+v", list)
+	}
+	r := mailgate(t, dir, "audit", "export", "-config", cfg)
+	var reloads []string
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var ev audit.Event
+		json.Unmarshal([]byte(l), &ev)
+		if ev.Action == "config.reload" {
+			reloads = append(reloads, ev.Result)
+		}
+	}
+	if strings.Join(reloads, ",") != "ok,failed" {
+		t.Fatalf("config.reload events: %v\n%s", reloads, r.stdout)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"mailgate/audit"
+	"mailgate/pgp"
 	"mailgate/store"
 )
 
@@ -414,5 +415,66 @@ func TestDNSRecordsSplitLongTXT(t *testing.T) {
 		if len(part) > 255 {
 			t.Errorf("TXT string of %d bytes", len(part))
 		}
+	}
+}
+
+func TestAgentAndPGPCommands(t *testing.T) {
+	a := newDevApp(t)
+	if _, _, _, err := a.Access.EnsureAdmin(DevAdminName, DevAdminEmail); err != nil {
+		t.Fatal(err)
+	}
+	if r := dispatch(t, a, "agent.add", AgentAddArgs{Name: "carol", Email: "carol@example.org", Role: "auditor"}); !r.OK {
+		t.Fatalf("add: %+v", r)
+	}
+	r := dispatch(t, a, "agent.reset-mfa", AgentArgs{Name: "carol"})
+	if !r.OK || !strings.Contains(string(r.Data), "otpauth://") {
+		t.Fatalf("reset-mfa: %+v", r)
+	}
+	if r := dispatch(t, a, "agent.disable", AgentArgs{Name: "carol"}); !r.OK {
+		t.Fatalf("disable: %+v", r)
+	}
+	// The only admin cannot be disabled: that would lock everybody out.
+	if r := dispatch(t, a, "agent.disable", AgentArgs{Name: DevAdminName}); r.OK || !strings.Contains(r.Error, "no enabled admin") {
+		t.Fatalf("disable the last admin: %+v", r)
+	}
+	r = dispatch(t, a, "agent.list", nil)
+	var agents []struct {
+		Name     string `json:"name"`
+		Disabled bool   `json:"disabled"`
+	}
+	if err := json.Unmarshal(r.Data, &agents); err != nil || len(agents) != 2 || agents[1].Name != "carol" || !agents[1].Disabled {
+		t.Fatalf("list: %s (%v)", r.Data, err)
+	}
+	if !strings.Contains(r.Text, "disabled") {
+		t.Fatalf("list text:\n%s", r.Text)
+	}
+	// A disabled agent cannot reply through the admin command either.
+	r = dispatch(t, a, "ticket.reply", TicketReplyArgs{ID: 1, Agent: "carol", Text: "hi"})
+	if r.OK || !strings.Contains(r.Error, "disabled") {
+		t.Fatalf("reply as a disabled agent: %+v", r)
+	}
+
+	// A customer key: the public half of a fresh key with the customer's address.
+	armored, err := pgp.GenerateKey("Dave", "dave@example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := pgp.ParseKey(armored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = dispatch(t, a, "pgp.import", PGPImportArgs{Email: "dave@example.org", Key: string(k.ArmoredPublic())})
+	if !r.OK || !strings.Contains(string(r.Data), k.Fingerprint()) {
+		t.Fatalf("pgp import: %+v", r)
+	}
+	if _, info, err := a.Keyring.Lookup("dave@example.org"); err != nil || info.Fingerprint != k.Fingerprint() {
+		t.Fatalf("imported key: %+v %v", info, err)
+	}
+	if r := dispatch(t, a, "pgp.import", PGPImportArgs{Email: "eve@example.org", Key: string(k.ArmoredPublic())}); r.OK {
+		t.Fatal("a key without a user ID for the address was imported")
+	}
+	r = dispatch(t, a, "pgp.export-public", nil)
+	if !r.OK || !strings.HasPrefix(r.Text, "-----BEGIN PGP PUBLIC KEY BLOCK-----") || !strings.Contains(string(r.Data), a.Gateway.Fingerprint()) {
+		t.Fatalf("export-public: %+v", r)
 	}
 }
