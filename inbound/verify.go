@@ -54,12 +54,14 @@ type Verdict struct {
 	// Disposition is what DMARC asks for this message after pct= sampling: none, quarantine
 	// or reject. It is none unless DMARC is fail.
 	Disposition string
-	// Verified means the From domain is authenticated: an SPF or DKIM pass aligned with it
-	// as DMARC aligns (RFC 7489 3.1, with the record's adkim/aspf). DMARC=pass implies it.
-	// Without a DMARC record (DMARC none or permerror) alignment is relaxed, the RFC default;
-	// when the record could not be fetched (temperror) only strict alignment counts. It is
-	// never set when the message has no From or more than one From address.
+	// Verified is DMARC pass: an SPF or DKIM pass aligned with the From domain (RFC 7489 3.1,
+	// with the record's adkim/aspf) for a domain that publishes a DMARC record. The issue and
+	// CONTRACT.md define it so: a domain without a record has told receivers nothing about how
+	// its mail is authenticated, so its mail is shown as unverified even with an aligned pass
+	// (Aligned says whether there was one). Never set without exactly one From address.
 	Verified bool
+	// Aligned is an SPF or DKIM pass aligned with From, whether or not DMARC applies.
+	Aligned bool
 	// TempError means a DNS lookup failed temporarily and the verdict may change on retry:
 	// DMARC is temperror, or nothing verified the sender and SPF or DKIM hit temperror.
 	TempError bool
@@ -222,6 +224,7 @@ func (v *Verifier) verify(ctx context.Context, raw []byte, spfOf func([]field) s
 		p = policyRecord{result: "temperror"}
 	}
 	v.finish(&vd, dk, from, p, so.domain)
+	vd.Aligned, vd.Verified = vd.Verified, vd.DMARC == "pass"
 	vd.AuthResults = v.authResults(vd, dk, so, from)
 	return vd
 }
