@@ -34,8 +34,10 @@ fuzz:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(PKGS)
 
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+
 build:
-	$(GO) build -o bin/mailgate ./cmd/mailgate
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/mailgate ./cmd/mailgate
 
 clean:
 	rm -rf bin

@@ -170,9 +170,10 @@ type daemon struct {
 	cancel     context.CancelFunc // ends the fetchers
 	up         atomic.Bool        // every listener is serving
 
-	wg    sync.WaitGroup
-	errc  chan error
-	lines []string // what serve prints about its listeners
+	wg     sync.WaitGroup
+	errc   chan error
+	lines  []string // what serve prints about its listeners
+	webURL string
 }
 
 // event audits what the daemon does by itself (start, stop, config loads).
@@ -403,7 +404,8 @@ func (d *daemon) start() error {
 		if cfg.Web.TLSCert != "" {
 			scheme = "https"
 		}
-		d.lines = append(d.lines, fmt.Sprintf("listening: web %s://%s/", scheme, l.Addr()))
+		d.webURL = fmt.Sprintf("%s://%s/", scheme, l.Addr())
+		d.lines = append(d.lines, "listening: web "+d.webURL)
 		d.serve("web", l, d.web.Serve)
 	}
 	d.lines = append(d.lines, "control socket: "+SocketPath(cfg))
@@ -556,9 +558,9 @@ First start: an admin account was created. This is shown ONCE and never logged:
   admin user:     %s
   admin password: %s
   admin TOTP:     %s
-Add the TOTP URI to an authenticator app (or paste its secret), then log in on the web page
-with the user name, the password and the 6-digit code.
-`, DevAdminName, creds[0], creds[1])
+Add the TOTP URI to an authenticator app (or type in its secret), then log in at
+%slogin with the user name, the password and the 6-digit code.
+`, DevAdminName, creds[0], creds[1], d.webURL)
 	}
 	fmt.Fprintln(w, "ready")
 }
