@@ -152,6 +152,9 @@ func (c *Config) checkValues() Errors {
 	c.checkFetch(r)
 	c.checkListenersDistinct(r)
 
+	if c.Retention.ClosedAfter.Duration < 0 {
+		r.at("retention.closed_after", "closed_after in [retention] must not be negative; write e.g. closed_after = \"365d\", or \"0s\" to keep tickets")
+	}
 	r.enum("log.format", "format in [log]", c.Log.Format, "text", "json")
 	r.enum("log.level", "level in [log]", c.Log.Level, "debug", "info", "warn", "error")
 	return r.errs

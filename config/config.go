@@ -6,6 +6,7 @@ package config
 import (
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -16,17 +17,18 @@ type Config struct {
 	DataDir  string `toml:"data_dir"`
 	KeyFile  string `toml:"key_file"` // 32-byte data key, mode 0600, outside the database file
 
-	SMTP     SMTP     `toml:"smtp"`
-	DNS      DNS      `toml:"dns"`
-	Verify   Verify   `toml:"verify"`
-	Queues   []Queue  `toml:"queue"`
-	Outbound Outbound `toml:"outbound"`
-	PGP      PGP      `toml:"pgp"`
-	Web      Web      `toml:"web"`
-	IMAP     IMAP     `toml:"imap"`
-	Fetch    Fetch    `toml:"fetch"`
-	Audit    Audit    `toml:"audit"`
-	Log      Log      `toml:"log"`
+	SMTP      SMTP      `toml:"smtp"`
+	DNS       DNS       `toml:"dns"`
+	Verify    Verify    `toml:"verify"`
+	Queues    []Queue   `toml:"queue"`
+	Outbound  Outbound  `toml:"outbound"`
+	PGP       PGP       `toml:"pgp"`
+	Web       Web       `toml:"web"`
+	IMAP      IMAP      `toml:"imap"`
+	Fetch     Fetch     `toml:"fetch"`
+	Audit     Audit     `toml:"audit"`
+	Retention Retention `toml:"retention"`
+	Log       Log       `toml:"log"`
 
 	Dev  bool   `toml:"-"` // true for the embedded dev default
 	Path string `toml:"-"` // file it came from ("" for Dev and Default)
@@ -136,6 +138,13 @@ type Audit struct {
 	File string `toml:"file"` // optional JSON-lines mirror of the audit chain
 }
 
+// Retention is the [retention] table.
+type Retention struct {
+	// ClosedAfter destroys a ticket (its data key, so for good) once it has been closed this
+	// long; 0 keeps tickets forever.
+	ClosedAfter Duration `toml:"closed_after"`
+}
+
 // Log is the [log] table.
 type Log struct {
 	Format string `toml:"format"` // text | json
@@ -145,11 +154,20 @@ type Log struct {
 // Duration is a TOML string such as "10m" or "120h".
 type Duration struct{ time.Duration }
 
-// UnmarshalText parses a Go duration string.
+// UnmarshalText parses a Go duration string, or a whole number of days such as "365d"
+// (retention periods are thought of in days).
 func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
+	s := string(b)
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.ParseUint(n, 10, 32)
+		if err == nil && days <= 100*365 {
+			d.Duration = time.Duration(days) * 24 * time.Hour
+			return nil
+		}
+	}
+	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("%q is not a duration (write e.g. \"90s\", \"10m\", \"120h\")", b)
+		return fmt.Errorf("%q is not a duration (write e.g. \"90s\", \"10m\", \"120h\", \"365d\")", b)
 	}
 	d.Duration = v
 	return nil
@@ -224,7 +242,8 @@ func Default() *Config {
 		IMAP: IMAP{
 			Listen: []string{}, // off until asked for
 		},
-		Audit: Audit{File: ""}, // no mirror
+		Audit:     Audit{File: ""},                    // no mirror
+		Retention: Retention{ClosedAfter: Duration{}}, // keep closed tickets until an admin purges them
 		Log: Log{
 			Format: "text", //
 			Level:  "info", //

@@ -286,3 +286,24 @@ func TestSuggest(t *testing.T) {
 		}
 	}
 }
+
+func TestRetentionDays(t *testing.T) {
+	c, err := Parse("r.toml", []byte(minimalForRetention+"[retention]\nclosed_after = \"365d\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Retention.ClosedAfter.Duration != 365*24*time.Hour {
+		t.Fatalf("closed_after = %v", c.Retention.ClosedAfter)
+	}
+	if _, err := Parse("r.toml", []byte(minimalForRetention+"[retention]\nclosed_after = \"-5d\"\n")); err == nil {
+		t.Fatal("negative retention accepted")
+	}
+}
+
+const minimalForRetention = `hostname = "mail.example.com"
+data_dir = "/var/lib/mailgate"
+key_file = "/etc/mailgate/data.key"
+[[queue]]
+name = "support"
+address = "support@example.com"
+`

@@ -223,6 +223,9 @@ tls_key = {{TLS_KEY}}	# PEM private key, mode 0600
 [audit]
 file = ""	# also append each audit event to this file as JSON lines
 
+[retention]
+closed_after = "0s"	# destroy tickets closed this long ago (e.g. "365d"); "0s" keeps them
+
 [log]
 format = {{LOG_FORMAT}}	# text | json
 level = {{LOG_LEVEL}}	# debug | info | warn | error

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -79,8 +80,16 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	for i, a := range p.Attachments {
 		m.Attachments = append(m.Attachments, Attachment{Index: i, Name: a.Name, ContentType: a.ContentType, Size: len(a.Data)})
 	}
+	// Audited as the channel and peer it came from (smtp:<ip>, imap:<account>), as the issue asks.
 	actor := actorMail
 	actor.Remote = in.Remote
+	if in.Via != "" {
+		host := in.Remote
+		if h, _, err := net.SplitHostPort(in.Remote); err == nil {
+			host = h
+		}
+		actor.Name = in.Via + ":" + host
+	}
 
 	ackable := q.AutoAck && in.Kind == "" && s.opts.AutoAck != nil && s.opts.AutoAck(p, in)
 	var res Result

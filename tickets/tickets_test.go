@@ -400,3 +400,54 @@ func TestListMergesQueuesNewestFirst(t *testing.T) {
 		t.Fatalf("agent: %+v", l)
 	}
 }
+
+func TestPurgeDestroysForGood(t *testing.T) {
+	e := newEnv(t)
+	admin := access.Actor{Name: "root", Role: access.RoleAdmin, Remote: "ctl"}
+	e.ingest(t, msgText("carol@customer.example", "Order", "c1@customer.example"), true)
+	e.ingest(t, msgText("dave@customer.example", "Other", "d1@customer.example"), true)
+	if err := e.svc.Purge(agentA, 1); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("agent purged: %v", err)
+	}
+	if err := e.svc.Purge(admin, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.svc.Get(admin, 1); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("purged ticket readable: %v", err)
+	}
+	if _, _, err := e.svc.Get(admin, 2); err != nil {
+		t.Fatalf("other ticket: %v", err)
+	}
+	if l, _ := e.svc.List(admin, Filter{}); len(l) != 1 {
+		t.Fatalf("list after purge: %d", len(l))
+	}
+	// The same Message-ID again is a new ticket, not a duplicate of a destroyed one.
+	if r := e.ingest(t, msgText("carol@customer.example", "Order", "c1@customer.example"), true); r.Outcome != OutcomeNew {
+		t.Fatalf("after purge: %+v", r)
+	}
+	evs, _ := e.log.Query(audit.Filter{Action: "ticket.purge"}, 0)
+	if len(evs) != 2 || evs[0].Result != "ok" || evs[1].Result != "denied" {
+		t.Fatalf("purge events: %+v", evs)
+	}
+}
+
+func TestPurgeClosedRetention(t *testing.T) {
+	e := newEnv(t)
+	now := time.Now()
+	e.svc.opts.Now = func() time.Time { return now }
+	e.ingest(t, msgText("a@x.example", "old", "1@x.example"), true)
+	e.ingest(t, msgText("b@x.example", "open", "2@x.example"), true)
+	e.svc.SetStatus(agentA, 1, StatusClosed)
+	now = now.Add(400 * 24 * time.Hour)
+	n, err := e.svc.PurgeClosed(365 * 24 * time.Hour)
+	if err != nil || n != 1 {
+		t.Fatalf("purged %d, %v", n, err)
+	}
+	admin := access.Actor{Name: "root", Role: access.RoleAdmin}
+	if _, _, err := e.svc.Get(admin, 1); !errors.Is(err, ErrNotFound) {
+		t.Fatal("closed ticket survived retention")
+	}
+	if _, _, err := e.svc.Get(admin, 2); err != nil {
+		t.Fatal("open ticket purged")
+	}
+}
