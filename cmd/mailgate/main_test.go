@@ -364,6 +364,9 @@ func TestDevModeEndToEnd(t *testing.T) {
 	}
 	checkTicket(t, list[0], "Where is my order?")
 	id := fmt.Sprint(*list[0].ID)
+	if body := httpGet(t, webURL+"metrics"); !strings.Contains(body, `mailgate_tickets_threading_total{outcome="new"} 1`) {
+		t.Errorf("/metrics does not count the new ticket")
+	}
 
 	var show1, show2 map[string]any
 	jsonOut(t, dir, &show1, "ticket", "show", id)

@@ -296,7 +296,16 @@ func (d *daemon) start() error {
 	metrics.BuildInfo(d.opts.Version)
 	metrics.Store(a.DB.Stats)
 	metrics.QueueDepth(a.Outbound.Queued)
-	a.Audit.OnAppend = func(ev audit.Event) { metrics.AuditEvent(ev.Action, ev.Result) }
+	a.Audit.OnAppend = func(ev audit.Event) {
+		metrics.AuditEvent(ev.Action, ev.Result)
+		// tickets audits each filed message once, after its commit, with where it went;
+		// counting here cannot double-count a Batch retry as a hook inside the tx could.
+		if ev.Action == "mail.receive" {
+			if o := detailField(ev.Detail, "outcome"); o != "" {
+				metrics.Threading(o)
+			}
+		}
+	}
 
 	// Delivery of queued replies resumes where the last run stopped.
 	if err := a.Outbound.Start(context.Background()); err != nil {
@@ -411,6 +420,16 @@ func (d *daemon) start() error {
 	d.lines = append(d.lines, "control socket: "+SocketPath(cfg))
 	d.up.Store(true)
 	return nil
+}
+
+// detailField returns the value of key=value in an audit detail.
+func detailField(detail, key string) string {
+	for _, f := range strings.Fields(detail) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 func loadTLS(section, cert, key string) (*tls.Config, error) {
