@@ -324,6 +324,7 @@ func (c *Config) checkOutbound(r *reporter) {
 	}
 	r.positiveDur("outbound.give_up_after", "give_up_after in [outbound]", o.GiveUpAfter, `give_up_after = "120h"`)
 	r.positiveDur("outbound.first_retry", "first_retry in [outbound]", o.FirstRetry, `first_retry = "30s"`)
+	r.positive("outbound.auto_ack_per_hour", "auto_ack_per_hour in [outbound]", int64(o.AutoAckPerHour), "auto_ack_per_hour = 3")
 	if o.FirstRetry.Duration > 0 && o.GiveUpAfter.Duration > 0 && o.FirstRetry.Duration > o.GiveUpAfter.Duration {
 		r.at("outbound.first_retry", "first_retry in [outbound] (%s) is longer than give_up_after (%s); mail would bounce before its first retry", o.FirstRetry, o.GiveUpAfter)
 	}

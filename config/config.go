@@ -76,6 +76,9 @@ type Queue struct {
 	Name    string `toml:"name"`
 	Address string `toml:"address"`
 	AutoAck bool   `toml:"auto_ack"`
+	// AutoAckText is the acknowledgement's body; {ticket} becomes the ticket number.
+	// "" uses a short built-in text.
+	AutoAckText string `toml:"auto_ack_text"`
 }
 
 // Outbound is the [outbound] table: relay and DKIM signing.
@@ -93,6 +96,8 @@ type Outbound struct {
 
 	GiveUpAfter Duration `toml:"give_up_after"`
 	FirstRetry  Duration `toml:"first_retry"`
+	// AutoAckPerHour caps automatic acknowledgements per sender address per hour.
+	AutoAckPerHour int `toml:"auto_ack_per_hour"`
 }
 
 // PGP is the [pgp] table.
@@ -230,6 +235,7 @@ func Default() *Config {
 			DKIMEd25519Selector: "mailgate-ed25519",    //
 			GiveUpAfter:         dur(120 * time.Hour),  // 5 days, as MTAs usually do
 			FirstRetry:          dur(30 * time.Second), // doubles on each failure
+			AutoAckPerHour:      3,                     // a few per sender: enough for a person, too few for a loop
 		},
 		PGP: PGP{
 			KeyFile: "",               // no PGP

@@ -179,6 +179,7 @@ trusted_authserv_ids = []	# Authentication-Results of these hosts are trusted fo
 name = "support"	# lower-case letters, digits and '-'
 address = {{QUEUE_ADDR}}
 auto_ack = true	# answer new tickets with an automatic acknowledgement
+auto_ack_text = ""	# its body; {ticket} is the ticket number; "" = a short built-in text
 
 [outbound]
 relay = ""	# "" = write .eml files to <data_dir>/outbox; e.g. "smtp.example.com:587"
@@ -192,6 +193,7 @@ dkim_ed25519_selector = {{DKIM_ED25519_SEL}}	# s= for the second key
 dkim_ed25519_key_file = {{DKIM_ED25519}}	# optional second key, so mail carries RSA and Ed25519 signatures
 give_up_after = {{GIVE_UP_AFTER}}	# bounce to the agent after retrying this long
 first_retry = {{FIRST_RETRY}}	# first retry delay; it doubles after each failure
+auto_ack_per_hour = 3	# automatic acknowledgements per sender address per hour, at most
 
 [pgp]
 key_file = {{PGP_KEY}}	# gateway's armored private key, mode 0600; "" = no PGP

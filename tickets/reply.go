@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 
 	"mailgate/access"
@@ -183,6 +184,9 @@ func (s *Service) sendAutoAck(id uint64) error {
 		return err
 	}
 	text := fmt.Sprintf("Thank you for writing to us. Your request has been received as ticket #%d\nand an agent will answer soon. Please keep [#%d] in the subject when you write again.\n\nThis is an automatic message.\n", id, id)
+	if q, ok := s.Queue(t.Queue); ok && strings.TrimSpace(q.AutoAckText) != "" {
+		text = strings.ReplaceAll(q.AutoAckText, "{ticket}", strconv.FormatUint(id, 10))
+	}
 	o, err := s.outgoing(t, last, text, true)
 	if err != nil {
 		return err

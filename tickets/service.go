@@ -36,6 +36,8 @@ type Queue struct {
 	Name    string
 	Address string
 	AutoAck bool
+	// AutoAckText is the acknowledgement's body; {ticket} becomes the ticket number.
+	AutoAckText string
 }
 
 // Outgoing is what tickets asks the mail composer to build for a reply.

@@ -336,6 +336,7 @@ func BenchmarkIngest(b *testing.B) {
 func TestAutoAckSentOnceForNewTicket(t *testing.T) {
 	e := newEnv(t)
 	e.svc.opts.Queues[0].AutoAck = true
+	e.svc.opts.Queues[0].AutoAckText = "We got it: ticket {ticket}.\n"
 	e.svc.opts.AutoAck = func(p *Parsed, in Incoming) bool { return true }
 	e.ingest(t, msgText("carol@customer.example", "Order", "c1@customer.example"), true)
 	e.ingest(t, msgText("carol@customer.example", "Re: Order", "c2@customer.example", "In-Reply-To: <c1@customer.example>"), true)
@@ -360,7 +361,7 @@ func TestAutoAckSentOnceForNewTicket(t *testing.T) {
 	for _, m := range msgs {
 		if m.Kind == "auto-reply" {
 			acks++
-			if m.To != "carol@customer.example" || m.Direction != Out {
+			if m.To != "carol@customer.example" || m.Direction != Out || m.Text != "We got it: ticket 1.\n" {
 				t.Errorf("ack %+v", m)
 			}
 		}
