@@ -634,6 +634,7 @@ func TestServeStoreErrors(t *testing.T) {
 	if err := store.WriteNewKey(filepath.Join(dir, "data.key")); err != nil {
 		t.Fatal(err)
 	}
+	before, _ := os.ReadFile(dbFile)
 	r := mailgate(t, dir, "serve", "-config", cfg, "-listen-smtp", "127.0.0.1:0", "-listen-web", "127.0.0.1:0")
 	if r.code == 0 || !strings.Contains(r.stderr, "does not open the database") {
 		t.Fatalf("wrong key:\n%s", r)
@@ -641,6 +642,9 @@ func TestServeStoreErrors(t *testing.T) {
 	r = mailgate(t, dir, "audit", "verify", "-config", cfg)
 	if r.code == 0 || !strings.Contains(r.stderr, "does not open the database") {
 		t.Fatalf("admin command with the wrong key:\n%s", r)
+	}
+	if after, _ := os.ReadFile(dbFile); !bytes.Equal(before, after) {
+		t.Fatal("the database was written to under the wrong key")
 	}
 	os.Rename(filepath.Join(dir, "data.key.orig"), filepath.Join(dir, "data.key"))
 
