@@ -66,6 +66,7 @@ Admin commands (each takes -config FILE, default: the dev data dir ./mailgate-da
   mailgate ticket list [-queue Q] [-status S]
   mailgate ticket show ID
   mailgate ticket reply ID -agent N -text-file F
+  mailgate ticket purge ID               destroy a ticket for good (its key is deleted)
   mailgate pgp import -email E -file KEY.asc
   mailgate pgp export-public
   mailgate audit verify
@@ -292,7 +293,7 @@ func admin(name string, args []string, stdin io.Reader, stdout, stderr io.Writer
 		fs.StringVar(&a.Queue, "queue", "", "only this queue")
 		fs.StringVar(&a.Status, "status", "", "only this status: new, open, pending, solved, closed")
 		build = func(pos []string) (any, error) { return a, noArgs(pos) }
-	case "ticket show":
+	case "ticket show", "ticket purge":
 		build = func(pos []string) (any, error) {
 			id, err := ticketID(pos)
 			return app.TicketArgs{ID: id}, err

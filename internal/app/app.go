@@ -116,7 +116,7 @@ func Open(cfg *config.Config, opts Options) (*App, error) {
 	var queues []tickets.Queue
 	for _, q := range cfg.Queues {
 		queueNames[q.Name] = true
-		queues = append(queues, tickets.Queue{Name: q.Name, Address: q.Address, AutoAck: q.AutoAck})
+		queues = append(queues, tickets.Queue{Name: q.Name, Address: q.Address, AutoAck: q.AutoAck, AutoAckText: q.AutoAckText})
 	}
 	a.Access = access.New(db, a.Audit, access.Options{
 		Issuer:     "mailgate " + cfg.Hostname,
@@ -155,7 +155,7 @@ func Open(cfg *config.Config, opts Options) (*App, error) {
 		topts.Decrypt = a.decrypt
 	}
 	a.Tickets = tickets.New(db, a.Audit, topts)
-	a.Outbound, err = outbound.New(cfg, db, a.Audit, a.Tickets, a.Keyring, a.Gateway, outbound.Options{Logger: a.Log})
+	a.Outbound, err = outbound.New(cfg, db, a.Audit, a.Tickets, a.Keyring, a.Gateway, outbound.Options{Logger: a.Log, AutoAckPerHour: cfg.Outbound.AutoAckPerHour})
 	if err != nil {
 		return fail(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"mailgate/audit"
 	"mailgate/pgp"
 	"mailgate/store"
+	"mailgate/tickets"
 )
 
 func TestParseArgsFlagsAnywhere(t *testing.T) {
@@ -476,5 +477,26 @@ func TestAgentAndPGPCommands(t *testing.T) {
 	r = dispatch(t, a, "pgp.export-public", nil)
 	if !r.OK || !strings.HasPrefix(r.Text, "-----BEGIN PGP PUBLIC KEY BLOCK-----") || !strings.Contains(string(r.Data), a.Gateway.Fingerprint()) {
 		t.Fatalf("export-public: %+v", r)
+	}
+}
+
+func TestTicketPurge(t *testing.T) {
+	a := newDevApp(t)
+	res, err := a.Tickets.Ingest(tickets.Incoming{Queue: "support", Via: "smtp", MailFrom: "alice@example.org",
+		Raw: []byte("From: alice@example.org\r\nTo: support@localhost\r\nSubject: forget me\r\nMessage-ID: <p1@example.org>\r\n\r\nplease\r\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := dispatch(t, a, "ticket.show", TicketArgs{ID: res.Ticket}); !r.OK {
+		t.Fatalf("show before purge: %+v", r)
+	}
+	if r := dispatch(t, a, "ticket.purge", TicketArgs{ID: res.Ticket}); !r.OK {
+		t.Fatalf("purge: %+v", r)
+	}
+	if r := dispatch(t, a, "ticket.show", TicketArgs{ID: res.Ticket}); r.OK {
+		t.Fatalf("show after purge: %+v", r)
+	}
+	if r := dispatch(t, a, "audit.verify", nil); !r.OK {
+		t.Fatalf("audit after purge: %+v", r)
 	}
 }

@@ -417,9 +417,34 @@ func (d *daemon) start() error {
 		d.lines = append(d.lines, "listening: web "+d.webURL)
 		d.serve("web", l, d.web.Serve)
 	}
+	if age := cfg.Retention.ClosedAfter.Duration; age > 0 {
+		d.wg.Add(1)
+		go d.retention(fctx, age)
+	}
 	d.lines = append(d.lines, "control socket: "+SocketPath(cfg))
 	d.up.Store(true)
 	return nil
+}
+
+// retention destroys tickets closed for longer than age: at start, then every hour.
+func (d *daemon) retention(ctx context.Context, age time.Duration) {
+	defer d.wg.Done()
+	tick := time.NewTicker(time.Hour)
+	defer tick.Stop()
+	for {
+		n, err := d.app.Tickets.PurgeClosed(age)
+		switch {
+		case err != nil:
+			d.log.Error("retention: purging closed tickets failed", "err", err)
+		case n > 0:
+			d.log.Info("retention: closed tickets purged", "count", n, "closed_after", age.String())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // detailField returns the value of key=value in an audit detail.

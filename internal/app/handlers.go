@@ -99,6 +99,7 @@ var handlers = map[string]handler{
 	"ticket.list":        ticketList,
 	"ticket.show":        ticketShow,
 	"ticket.reply":       ticketReply,
+	"ticket.purge":       ticketPurge,
 	"pgp.import":         pgpImport,
 	"pgp.export-public":  pgpExportPublic,
 	"audit.verify":       auditVerify,
@@ -444,6 +445,20 @@ func ticketReply(_ context.Context, a *App, raw json.RawMessage) (result, error)
 	}
 	return result{data: m, text: fmt.Sprintf("Reply queued on ticket #%d as message %d (%s).\n", args.ID, m.Seq, m.MessageID),
 		object: obj, detail: "agent=" + args.Agent}, nil
+}
+
+func ticketPurge(_ context.Context, a *App, raw json.RawMessage) (result, error) {
+	args, err := decode[TicketArgs](raw)
+	if err != nil {
+		return result{}, err
+	}
+	obj := "ticket/" + strconv.FormatUint(args.ID, 10)
+	if err := a.Tickets.Purge(access.Ctl, args.ID); err != nil {
+		return result{object: obj}, err
+	}
+	return result{data: map[string]any{"id": args.ID, "purged": true},
+		text:   fmt.Sprintf("Ticket #%d destroyed: its key is deleted, its messages can never be read again.\n", args.ID),
+		object: obj}, nil
 }
 
 // --- pgp ---
