@@ -28,10 +28,8 @@ import (
 
 // ServeOptions are `mailgate serve`'s flags.
 type ServeOptions struct {
-	// ConfigPath is -config; "" is dev mode with its data in DevDir.
+	// ConfigPath is -config; "" is dev mode with its data in ./mailgate-data.
 	ConfigPath string
-	// DevDir is dev mode's data dir; "" is ./mailgate-data.
-	DevDir string
 	// Listen overrides listener addresses by service ("smtp", "submission", "web", "imap"),
 	// for tests and for dev mode on a machine where its fixed ports are taken; "none" turns
 	// a service off. A port of 0 takes any free port; serve prints what it bound.
@@ -62,11 +60,8 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	var dev *DevSetup
 	var err error
 	if o.ConfigPath == "" {
-		dir := o.DevDir
-		if dir == "" {
-			dir = DevDataDir
-		}
-		if dir, err = filepath.Abs(dir); err != nil {
+		dir, err := filepath.Abs(DevDataDir)
+		if err != nil {
 			return err
 		}
 		if cfg, err = DevConfig(dir); err != nil {
@@ -269,7 +264,12 @@ func (d *daemon) serve(name string, l net.Listener, fn func(net.Listener) error)
 	go func() {
 		defer d.wg.Done()
 		if err := fn(l); err != nil {
-			d.errc <- fmt.Errorf("%s on %s: %w", name, l.Addr(), err)
+			err = fmt.Errorf("%s on %s: %w", name, l.Addr(), err)
+			select {
+			case d.errc <- err: // the first failure stops the daemon
+			default:
+				d.log.Error("listener failed", "err", err)
+			}
 		}
 	}()
 }
