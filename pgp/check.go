@@ -42,6 +42,19 @@ func (e *KeyError) Is(target error) bool { return target == ErrUnusableKey }
 // and an encryption subkey are valid (self-signatures verify, not expired, not revoked, strong
 // enough algorithms) and a valid, unrevoked user ID carries addr.
 func checkRecipient(e *openpgp.Entity, addr string, now time.Time) error {
+	err := checkRecipientAt(e, addr, now)
+	// A key made a moment ago on a machine whose clock runs ahead carries self-signatures
+	// "from the future"; a few minutes of skew must not make a fresh key unusable.
+	if err != nil && checkRecipientAt(e, addr, now.Add(clockSkew)) == nil {
+		return nil
+	}
+	return err
+}
+
+// clockSkew is how far ahead of ours a customer's clock may run.
+const clockSkew = 10 * time.Minute
+
+func checkRecipientAt(e *openpgp.Entity, addr string, now time.Time) error {
 	if e == nil || e.PrimaryKey == nil {
 		return &KeyError{Addr: addr, Reason: "no key"}
 	}

@@ -319,7 +319,7 @@ func TestLearnWKDStoresOnlyWhenNothingBetterIsKnown(t *testing.T) {
 		t.Fatalf("lookup: %+v %v", info, err)
 	}
 	// An admin import is not overridden by the web server.
-	admin := customer(t, "carol@example.net", time.Now(), 0)
+	admin := customer(t, "carol@example.net", time.Now().Add(-time.Minute), 0)
 	if _, err := kr.Import("carol@example.net", armoredPublic(t, admin), "cli"); err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +334,21 @@ func TestLearnWKDStoresOnlyWhenNothingBetterIsKnown(t *testing.T) {
 // wkdServerFor serves a fresh key for addr by WKD on loopback.
 func wkdServerFor(t *testing.T, addr string) (string, func()) {
 	t.Helper()
-	e := customer(t, addr, time.Now(), 0)
+	e := customer(t, addr, time.Now().Add(-time.Hour), 0)
 	srv := httptest.NewServer(WKDHandler(asKey(e), []string{addr}))
 	return srv.URL, srv.Close
+}
+
+// TestKeyFromAClockAhead: a customer whose clock runs a few minutes fast makes a key whose
+// self-signatures lie in our future; it must still be importable.
+func TestKeyFromAClockAhead(t *testing.T) {
+	kr, _, _, _ := newTestKeyring(t)
+	ahead := customer(t, "dave@example.net", time.Now().Add(3*time.Minute), 0)
+	if _, err := kr.Import("dave@example.net", armoredPublic(t, ahead), "cli"); err != nil {
+		t.Fatalf("key 3 minutes ahead: %v", err)
+	}
+	far := customer(t, "erin@example.net", time.Now().Add(2*time.Hour), 0)
+	if _, err := kr.Import("erin@example.net", armoredPublic(t, far), "cli"); err == nil {
+		t.Fatal("key from 2 hours in the future accepted")
+	}
 }

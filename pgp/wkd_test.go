@@ -171,7 +171,7 @@ func TestLookupWKDFallbackAndLimits(t *testing.T) {
 	}
 
 	// A key whose user IDs name another address teaches nothing for this one.
-	other := customer(t, "someone@else.example", time.Now(), 0)
+	other := customer(t, "someone@else.example", time.Now().Add(-time.Hour), 0)
 	srv2 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		other.Serialize(w)
 	}))
