@@ -108,6 +108,11 @@ type Refusal struct {
 	Verdict  *Verdict
 }
 
+// VerdictMetrics is an optional addition to Metrics: it counts every verification verdict.
+type VerdictMetrics interface {
+	Verdict(spf, dkim, dmarc string)
+}
+
 type nopMetrics struct{}
 
 func (nopMetrics) Connection(string)                  {}

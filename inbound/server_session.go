@@ -154,6 +154,9 @@ func (x *session) Data(r io.Reader) error {
 	raw := buf.Bytes()
 
 	vd := s.v.Verify(x.ctx, x.spf, raw)
+	if m, ok := s.opts.Metrics.(VerdictMetrics); ok {
+		m.Verdict(vd.SPF, vd.DKIM, vd.DMARC)
+	}
 	d := s.policy(vd)
 	if d.refuse != nil {
 		return x.refuse(d.refuse, d.result, len(raw), start, &vd)

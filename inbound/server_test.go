@@ -99,6 +99,7 @@ func (m *countMetrics) get(k string) int {
 func (m *countMetrics) Connection(result string)                      { m.add("conn " + result) }
 func (m *countMetrics) Command(cmd, result string)                    { m.add(cmd + " " + result) }
 func (m *countMetrics) Message(result string, _ int, _ time.Duration) { m.add("message " + result) }
+func (m *countMetrics) Verdict(spf, dkim, dmarc string)               { m.add("verdict dmarc=" + dmarc) }
 
 // fakeClock is a settable clock for the rate limiter.
 type fakeClock struct {
@@ -577,6 +578,16 @@ func TestServerTooLarge(t *testing.T) {
 	}
 	if e.metrics.get("message too_large") != 1 || e.metrics.get("message accepted") != 1 {
 		t.Fatalf("metrics %v", e.metrics.n)
+	}
+	// Only the message that was read in full was verified.
+	verdicts := 0
+	for k, n := range e.metrics.n {
+		if strings.HasPrefix(k, "verdict ") {
+			verdicts += n
+		}
+	}
+	if verdicts != 1 {
+		t.Fatalf("verdicts counted %d, want 1 (%v)", verdicts, e.metrics.n)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 // The SMTP adapter must keep satisfying the server's interface.
 var _ inbound.Metrics = SMTP{}
+var _ inbound.VerdictMetrics = SMTP{}
 
 // value returns the value of the metric name with exactly the given labels, or -1.
 func value(t *testing.T, name string, labels map[string]string) float64 {
