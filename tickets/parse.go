@@ -95,6 +95,8 @@ func Parse(raw []byte) *Parsed {
 		p.Date = d
 	}
 	readBody(p, e)
+	// Readable text uses LF like every other text mailgate shows; the raw message keeps CRLF.
+	p.Text = strings.ReplaceAll(p.Text, "\r\n", "\n")
 	return p
 }
 

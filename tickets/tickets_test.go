@@ -452,3 +452,10 @@ func TestPurgeClosedRetention(t *testing.T) {
 		t.Fatal("open ticket purged")
 	}
 }
+
+func TestTextUsesLF(t *testing.T) {
+	p := Parse([]byte("From: a@x.example\r\nSubject: s\r\n\r\nline one\r\nline two\r\n"))
+	if p.Text != "line one\nline two\n" {
+		t.Fatalf("%q", p.Text)
+	}
+}
