@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -269,8 +270,9 @@ func scaleGet(c *http.Client, base, cookie, path string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-// scaleLoad requests path(rand) from 8×GOMAXPROCS goroutines, timing each request from send to
-// the last byte read, and reports the latency percentiles.
+// scaleLoad requests path(rand) from SCALE_CLIENTS concurrent clients (default 8, the team of
+// agents working at once that the other goals assume), timing each request from send to the
+// last byte read, and reports the latency percentiles.
 func scaleLoad(b *testing.B, base, cookie string, path func(*rand.Rand) string) {
 	// Keep-alive connections for every client goroutine, as browsers hold them.
 	tr := &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
@@ -283,7 +285,11 @@ func scaleLoad(b *testing.B, base, cookie string, path func(*rand.Rand) string) 
 		lastErr atomic.Value
 		seeds   atomic.Uint64
 	)
-	b.SetParallelism(8)
+	clients := 8
+	if v, err := strconv.Atoi(os.Getenv("SCALE_CLIENTS")); err == nil && v > 0 {
+		clients = v
+	}
+	b.SetParallelism(max(1, clients/runtime.GOMAXPROCS(0)))
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		r := rand.New(rand.NewPCG(seeds.Add(1), 42))
