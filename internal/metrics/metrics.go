@@ -78,8 +78,16 @@ var (
 		Name: "mailgate_store_file_bytes", Help: "Size of the database file.",
 	}, func() float64 { b, _ := storeStats(); return b }))
 	storeWrites = register(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "mailgate_store_write_transactions_total", Help: "Write transactions committed since the store was opened (a group commit counts once).",
+		Name: "mailgate_store_page_writes_total", Help: "Page writes to the database file since it was opened (bbolt TxStats.Write).",
 	}, func() float64 { _, w := storeStats(); return w }))
+	commitBatch = register(prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "mailgate_store_commit_batch_size", Help: "Writers sharing one group commit (one fsync pair).",
+		Buckets: []float64{1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256},
+	}))
+	commitLatency = register(prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "mailgate_store_commit_seconds", Help: "Time of one group commit: running the writers, writing the pages, fsync.",
+		Buckets: latencyBuckets,
+	}))
 
 	buildInfo = newGaugeVec("mailgate_build_info", "Always 1; the version label says which mailgate runs.", "version")
 )
@@ -347,7 +355,16 @@ func okOrFailed(result string) string {
 
 // --- store --------------------------------------------------------------------------------
 
-// Store makes the store gauges read fn (store.DB.Stats) at each scrape; nil reports 0.
+// StoreCommit records one group commit: how many writers shared it and how long it took.
+// Small batches at high load mean the path before the commit is the bottleneck; long commits
+// mean the disk's fsync is.
+func StoreCommit(batch int, d time.Duration) {
+	commitBatch.Observe(float64(batch))
+	commitLatency.Observe(d.Seconds())
+}
+
+// Store makes the store gauges read fn (store.DB.Stats: file size, page writes) at each
+// scrape; nil reports 0.
 func Store(fn func() (fileBytes int64, writes int)) {
 	if fn == nil {
 		storeFn.Store(nil)

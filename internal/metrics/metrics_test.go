@@ -129,6 +129,7 @@ func TestFuncGaugesAndFetch(t *testing.T) {
 	Fetch(FetchState{Account: "imaps://u@h:993/INBOX", Connected: true, Fetched: 5, LastSuccess: time.Unix(100, 0)})
 	Delivery("retry", 1, 2, 0, 40*time.Millisecond)
 	BuildInfo("v1.2.3 (abc)")
+	StoreCommit(5, 4*time.Millisecond)
 	checks := []struct {
 		name   string
 		labels map[string]string
@@ -136,12 +137,14 @@ func TestFuncGaugesAndFetch(t *testing.T) {
 	}{
 		{"mailgate_outbound_queue_depth", nil, 7},
 		{"mailgate_store_file_bytes", nil, 4096},
-		{"mailgate_store_write_transactions_total", nil, 3},
+		{"mailgate_store_page_writes_total", nil, 3},
 		{"mailgate_fetch_connected", map[string]string{"account": "imaps://u@h:993/INBOX"}, 1},
 		{"mailgate_fetch_messages_total", map[string]string{"account": "imaps://u@h:993/INBOX", "result": "fetched"}, 5},
 		{"mailgate_fetch_last_success_timestamp_seconds", map[string]string{"account": "imaps://u@h:993/INBOX"}, 100},
 		{"mailgate_outbound_recipients_total", map[string]string{"result": "deferred"}, 2},
 		{"mailgate_build_info", map[string]string{"version": "v1.2.3__abc_"}, 1},
+		{"mailgate_store_commit_batch_size", nil, 1},
+		{"mailgate_store_commit_seconds", nil, 1},
 	}
 	for _, c := range checks {
 		if got := value(t, c.name, c.labels); got != c.want {
