@@ -1,42 +1,53 @@
 #!/usr/bin/env bash
 # Reproduces the figures of docs/PERFORMANCE.md on this machine, loopback only:
 #   1. the floor (a go-smtp server that discards) and mailgate in one run of mailgate-load;
-#   2. the rate with about 1,000 tickets stored, then again after STORED more messages, with
-#      mailgate's peak RSS (split into its own memory and the mapped database file).
-# mailgate runs from a throwaway config in a temporary directory: durable commits on the disk
-# that holds $TMPDIR, full SPF/DKIM/DMARC verification against mailgate-load's DNS responder.
+#   2. a store filled to about 110,000 tickets, mailgate's peak RSS (its own memory and the
+#      mapped database file, apart);
+#   3. the rate with a small store against the rate with the big one, in alternating rounds on
+#      two daemons, so that whatever else the machine does hits both alike.
+# Each mailgate runs from a throwaway config in a temporary directory: durable commits on the
+# disk that holds $TMPDIR, full SPF/DKIM/DMARC verification against mailgate-load's DNS
+# responder, which publishes the records of the key it signs with.
 #
-#   bash cmd/mailgate-load/bench.sh                 # the README's figures (about 112,000 messages)
-#   N=2000 STORED=5000 bash cmd/mailgate-load/bench.sh   # a quick look
+#   bash cmd/mailgate-load/bench.sh                          # the documented run (~125,000 messages)
+#   N=2000 STORED=5000 M=1000 bash cmd/mailgate-load/bench.sh   # a quick look
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-N=${N:-20000}             # messages per measured run
-STORED=${STORED:-89000}   # messages sent between the two measurements of the store's growth
+N=${N:-20000}             # messages in the floor/mailgate run
+STORED=${STORED:-110000}  # messages sent to the big store before its rounds
+M=${M:-5000}              # messages per alternating round
+ROUNDS=${ROUNDS:-3}
 C=${C:-8}                 # connections
 SIZE=${SIZE:-8192}        # bytes per message
 KEY=${KEY:-ed25519}       # DKIM key kind: ed25519 or rsa
-SMTP=${SMTP:-127.0.0.1:2625}
+SMALL=${SMALL:-127.0.0.1:2625}
+BIG=${BIG:-127.0.0.1:2626}
 DNS=${DNS:-127.0.0.1:5354}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mailgate-bench.XXXXXX")
-pid=""
+pids=()
 cleanup() {
-	if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 go build -o "$WORK/mailgate" ./cmd/mailgate
 go build -o "$WORK/mailgate-load" ./cmd/mailgate-load
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/data.key"
-chmod 600 "$WORK/data.key"
-cat > "$WORK/mailgate.toml" <<TOML
+
+# start NAME ADDR: a daemon with its own data dir and key; sets $started to its pid.
+start() {
+	local dir="$WORK/$1"
+	mkdir -p "$dir"
+	head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/data.key"
+	chmod 600 "$dir/data.key"
+	cat > "$dir/mailgate.toml" <<TOML
 hostname = "mx.bench.test"
-data_dir = "$WORK/data"
-key_file = "$WORK/data.key"
+data_dir = "$dir/data"
+key_file = "$dir/data.key"
 
 [smtp]
-listen = ["$SMTP"]
+listen = ["$2"]
 max_conns_per_ip = 1000                 # every client is 127.0.0.1
 messages_per_minute_per_ip = 100000000
 
@@ -53,27 +64,46 @@ dkim_domain = "bench.test"
 [web]
 listen = "127.0.0.1:0"
 TOML
+	"$WORK/mailgate" serve -config "$dir/mailgate.toml" > "$dir/serve.out" 2> "$dir/serve.log" &
+	started=$!
+	pids+=("$started")
+	for _ in $(seq 100); do grep -q '^ready$' "$dir/serve.out" && return; sleep 0.1; done
+	cat "$dir/serve.out" "$dir/serve.log"
+	exit 1
+}
 
-"$WORK/mailgate" serve -config "$WORK/mailgate.toml" > "$WORK/serve.out" 2> "$WORK/serve.log" &
-pid=$!
-for _ in $(seq 100); do grep -q '^ready$' "$WORK/serve.out" && break; sleep 0.1; done
-grep -q '^ready$' "$WORK/serve.out" || { cat "$WORK/serve.out" "$WORK/serve.log"; exit 1; }
+start small "$SMALL"; small=$started
+start big "$BIG"; big=$started
 
 echo "== machine"
 echo "$(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(free -g | awk '/Mem:/{print $2}') GB RAM; $(uname -sr); $(go version | cut -d' ' -f3)"
 echo "data on: $(df -h "$WORK" | awk 'NR==2{print $1, $2}'); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-load() { "$WORK/mailgate-load" -addr "$SMTP" -to support@bench.test -c "$C" -size "$SIZE" -dkim-gen "$KEY" -dns-serve "$DNS" -pid "$pid" "$@"; }
-rss() { grep -E 'VmHWM|RssAnon|RssFile' /proc/$pid/status | tr -s ' \t' ' ' | paste -sd' '; echo "database: $(du -h "$WORK/data/mailgate.db" | cut -f1)"; }
+# load ADDR PID ARGS...
+load() {
+	local addr=$1 pid=$2
+	shift 2
+	"$WORK/mailgate-load" -addr "$addr" -to support@bench.test -c "$C" -size "$SIZE" -dkim-gen "$KEY" -dns-serve "$DNS" -pid "$pid" "$@"
+}
+rss() {
+	echo "$(grep -E 'VmHWM|RssAnon|RssFile' /proc/$1/status | tr -s ' \t' ' ' | paste -sd' '); database $(du -h "$WORK/$2/data/mailgate.db" | cut -f1)"
+}
+tickets() { "$WORK/mailgate" ticket list -config "$WORK/$1/mailgate.toml" --json | grep -m1 '"id"' | tr -dc 0-9; }
 
 echo "== warm-up: 1,000 messages"
-load -n 1000 | tail -n +3
-echo "== 1. floor and mailgate, $N messages each, $C connections, $SIZE bytes, DKIM ($KEY), about 1,000 tickets stored"
-load -floor -n "$N"
-rss
-echo "== filling the store: $STORED more messages"
-load -n "$STORED" | tail -n +3
-echo "== 2. mailgate with $((1000 + N + STORED)) tickets stored, $N messages"
-load -n "$N" | tail -n +3
-rss
+load "$SMALL" "$small" -n 1000 | tail -n +3
+echo "== 1. floor and mailgate, $N messages each, $C connections, $SIZE bytes, DKIM ($KEY)"
+load "$SMALL" "$small" -floor -n "$N"
+rss "$small" small
+echo "== 2. filling the big store: $STORED messages"
+load "$BIG" "$big" -n "$STORED" | tail -n +3
+rss "$big" big
+echo "== 3. small store against big store, $ROUNDS alternating rounds of $M messages"
+for r in $(seq "$ROUNDS"); do
+	echo "round $r: small store, $(tickets small) tickets"
+	load "$SMALL" "$small" -n "$M" | tail -n +3
+	echo "round $r: big store, $(tickets big) tickets"
+	load "$BIG" "$big" -n "$M" | tail -n +3
+done
+rss "$big" big
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
