@@ -88,7 +88,6 @@ load() {
 rss() {
 	echo "$(grep -E 'VmHWM|RssAnon|RssFile' /proc/$1/status | tr -s ' \t' ' ' | paste -sd' '); database $(du -h "$WORK/$2/data/mailgate.db" | cut -f1)"
 }
-tickets() { "$WORK/mailgate" ticket list -config "$WORK/$1/mailgate.toml" --json | grep -m1 '"id"' | tr -dc 0-9; }
 
 echo "== warm-up: 1,000 messages"
 load "$SMALL" "$small" -n 1000 | tail -n +3
@@ -99,11 +98,16 @@ echo "== 2. filling the big store: $STORED messages"
 load "$BIG" "$big" -n "$STORED" | tail -n +3
 rss "$big" big
 echo "== 3. small store against big store, $ROUNDS alternating rounds of $M messages"
+# Every message opens a ticket, so the counts are the tickets stored.
+in_small=$((1000 + N))
+in_big=$STORED
 for r in $(seq "$ROUNDS"); do
-	echo "round $r: small store, $(tickets small) tickets"
+	echo "round $r: small store, $in_small tickets"
 	load "$SMALL" "$small" -n "$M" | tail -n +3
-	echo "round $r: big store, $(tickets big) tickets"
+	echo "round $r: big store, $in_big tickets"
 	load "$BIG" "$big" -n "$M" | tail -n +3
+	in_small=$((in_small + M))
+	in_big=$((in_big + M))
 done
 rss "$big" big
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
