@@ -18,6 +18,9 @@ type Filter struct {
 	Assignee string
 	Offset   int
 	Limit    int // default 50
+	// Before, when set, lists only tickets with a smaller id: a cursor for walking a big store
+	// page by page without re-reading the pages before (Offset re-walks them).
+	Before uint64
 }
 
 // MaxTextBytes bounds a reply or note.
@@ -36,12 +39,17 @@ func (s *Service) List(a access.Actor, f Filter) ([]Ticket, error) {
 	}
 	var out []Ticket
 	err := s.db.View(func(tx *store.Tx) error {
-		m := s.newestFirst(tx, queues)
+		m := s.newestFirst(tx, queues, f.Before)
 		skipped := 0
+		filtered := f.Status != "" || f.Assignee != ""
 		for len(out) < f.Limit {
 			id, ok := m.next()
 			if !ok {
 				break
+			}
+			if !filtered && skipped < f.Offset {
+				skipped++ // nothing to check: skip without reading the ticket
+				continue
 			}
 			t, err := loadTicket(tx, id)
 			if errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrScopeDestroyed) {
@@ -79,12 +87,15 @@ type merger struct {
 	pres    [][]byte
 }
 
-func (s *Service) newestFirst(tx *store.Tx, queues []string) *merger {
+func (s *Service) newestFirst(tx *store.Tx, queues []string, before uint64) *merger {
 	m := &merger{}
 	for _, q := range queues {
 		pre := s.qprefix(q)
 		c := tx.Cursor(bByQueue)
 		end := append(append([]byte(nil), pre...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+		if before > 0 {
+			end = append(append([]byte(nil), pre...), store.U64(before)...)
+		}
 		k := c.Seek(end)
 		if k == nil {
 			k = c.Last()

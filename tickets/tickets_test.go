@@ -459,3 +459,28 @@ func TestTextUsesLF(t *testing.T) {
 		t.Fatalf("%q", p.Text)
 	}
 }
+
+func TestListBeforeCursor(t *testing.T) {
+	e := newEnv(t)
+	for i := 0; i < 7; i++ {
+		e.ingest(t, msgText(fmt.Sprintf("c%d@x.example", i), "s", fmt.Sprintf("b%d@x.example", i)), true)
+	}
+	var got []uint64
+	var before uint64
+	for {
+		l, err := e.svc.List(agentA, Filter{Before: before, Limit: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tk := range l {
+			got = append(got, tk.ID)
+		}
+		if len(l) < 3 {
+			break
+		}
+		before = l[len(l)-1].ID
+	}
+	if fmt.Sprint(got) != "[7 6 5 4 3 2 1]" {
+		t.Fatalf("%v", got)
+	}
+}

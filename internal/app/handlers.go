@@ -328,8 +328,9 @@ func ticketList(_ context.Context, a *App, raw json.RawMessage) (result, error) 
 	}
 	const page = 500
 	all := []tickets.Ticket{}
-	for off := 0; ; off += page {
-		ts, err := a.Tickets.List(access.Ctl, tickets.Filter{Queue: args.Queue, Status: tickets.Status(args.Status), Offset: off, Limit: page})
+	var before uint64
+	for {
+		ts, err := a.Tickets.List(access.Ctl, tickets.Filter{Queue: args.Queue, Status: tickets.Status(args.Status), Before: before, Limit: page})
 		if err != nil {
 			return result{}, err
 		}
@@ -337,6 +338,7 @@ func ticketList(_ context.Context, a *App, raw json.RawMessage) (result, error) 
 		if len(ts) < page {
 			break
 		}
+		before = ts[len(ts)-1].ID
 	}
 	rows := [][]string{{"ID", "STATUS", "QUEUE", "UPDATED", "MSGS", "CUSTOMER", "SUBJECT"}}
 	for _, t := range all {
