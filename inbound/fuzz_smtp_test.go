@@ -135,6 +135,9 @@ func newFuzzServer(f *testing.F) *fuzzServer {
 	if err != nil {
 		f.Fatal(err)
 	}
+	// The fuzzing engine kills its workers without running cleanups; unlinked now, the file
+	// lives as long as this process holds it open and no longer.
+	os.RemoveAll(dir)
 	f.Cleanup(func() { db.Close() })
 	alog, err := audit.New(db, "")
 	if err != nil {

@@ -151,10 +151,14 @@ const (
 
 func newFuzzEnv(f *testing.F) *fuzzEnv {
 	f.Helper()
-	db, err := store.Open(filepath.Join(fastTempDir(f), "fuzz.db"), bytes.Repeat([]byte{7}, 32), store.Options{})
+	dir := fastTempDir(f)
+	db, err := store.Open(filepath.Join(dir, "fuzz.db"), bytes.Repeat([]byte{7}, 32), store.Options{})
 	if err != nil {
 		f.Fatal(err)
 	}
+	// The fuzzing engine kills its workers without running cleanups; unlinked now, the file
+	// lives as long as this process holds it open and no longer.
+	os.RemoveAll(dir)
 	f.Cleanup(func() { db.Close() })
 	log, err := audit.New(db, "")
 	if err != nil {
