@@ -246,6 +246,9 @@ func (SMTP) Message(result string, size int, d time.Duration) {
 // Verdict counts a verification verdict (same as Verification), for servers that report it.
 func (SMTP) Verdict(spf, dkim, dmarc string) { Verification(spf, dkim, dmarc) }
 
+// Threading counts where a message went (same as the package's Threading).
+func (SMTP) Threading(outcome string) { Threading(outcome) }
+
 // Outcome maps inbound's Result* words to accepted, rejected, deferred or error.
 func Outcome(result string) string {
 	switch result {

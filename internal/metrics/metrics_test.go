@@ -73,6 +73,12 @@ func TestSMTPAdapterMapsResults(t *testing.T) {
 	if n := value(t, "mailgate_smtp_data_seconds", map[string]string{"outcome": Accepted}); n < 2 {
 		t.Errorf("latency histogram has %v samples for accepted, want >= 2", n)
 	}
+	SMTP{}.Threading("threaded")
+	SMTP{}.Verdict("pass", "pass", "pass")
+	if value(t, "mailgate_tickets_threading_total", map[string]string{"outcome": "threaded"}) < 1 ||
+		value(t, "mailgate_verify_results_total", map[string]string{"method": "dmarc", "result": "pass"}) < 1 {
+		t.Error("threading or verdict not counted")
+	}
 	SMTP{}.Connection("accepted")
 	SMTP{}.Command("rcpt", "unknown")
 	if value(t, "mailgate_smtp_connections_total", map[string]string{"result": "accepted"}) < 1 ||
