@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/emersion/go-message"
 	_ "github.com/emersion/go-message/charset" // non-UTF-8 mail must become readable text
@@ -216,7 +217,12 @@ func SafeFilename(name, contentType string) string {
 	}, name)
 	name = strings.TrimLeft(strings.TrimSpace(name), ".")
 	if len(name) > 120 {
-		name = name[len(name)-120:]
+		// Keep the end (the extension) and cut on a character boundary.
+		cut := len(name) - 120
+		for cut < len(name) && !utf8.RuneStart(name[cut]) {
+			cut++
+		}
+		name = name[cut:]
 	}
 	if name == "" || name == "." {
 		name = "attachment"

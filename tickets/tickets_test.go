@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"mailgate/access"
 	"mailgate/audit"
@@ -482,5 +483,12 @@ func TestListBeforeCursor(t *testing.T) {
 	}
 	if fmt.Sprint(got) != "[7 6 5 4 3 2 1]" {
 		t.Fatalf("%v", got)
+	}
+}
+
+func TestSafeFilenameKeepsUTF8(t *testing.T) {
+	name := SafeFilename(strings.Repeat("é", 61)+"a.pdf", "application/pdf")
+	if !utf8.ValidString(name) || !strings.HasSuffix(name, "a.pdf") || len(name) > 120 {
+		t.Fatalf("%q", name)
 	}
 }
