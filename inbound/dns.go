@@ -16,21 +16,22 @@ type Resolver interface {
 	LookupAddr(ctx context.Context, addr string) ([]string, error)
 }
 
-// NewResolver returns the resolver for the [dns] resolver setting: "" is the system resolver;
+// NewResolver returns the resolver for the [dns] resolver setting, behind a short-lived cache
+// (see cachingResolver): "" is the system resolver;
 // "host:port" sends every query to that server only (Go's own stub resolver, UDP with TCP
 // fallback, whatever /etc/resolv.conf says). timeout bounds each exchange with the server;
 // zero leaves the system default.
 func NewResolver(server string, timeout time.Duration) Resolver {
 	if server == "" {
-		return net.DefaultResolver
+		return NewCachingResolver(net.DefaultResolver)
 	}
 	d := &net.Dialer{Timeout: timeout}
-	return &net.Resolver{
+	return NewCachingResolver(&net.Resolver{
 		PreferGo: true,
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			// The address the stub picked from resolv.conf is ignored on purpose: the admin
 			// named one server, and queries must not leak to another.
 			return d.DialContext(ctx, network, server)
 		},
-	}
+	})
 }

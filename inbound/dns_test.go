@@ -109,7 +109,7 @@ func TestNewResolverUnreachable(t *testing.T) {
 }
 
 func TestNewResolverSystem(t *testing.T) {
-	if NewResolver("", time.Second) != net.DefaultResolver {
-		t.Fatal(`NewResolver("") is not the system resolver`)
+	if c, ok := NewResolver("", time.Second).(*cachingResolver); !ok || c.r != net.DefaultResolver {
+		t.Fatal(`NewResolver("") is not the (cached) system resolver`)
 	}
 }
