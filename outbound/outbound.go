@@ -81,6 +81,8 @@ type Attempt struct {
 	Outcome string
 	Err     string    // the last error, "" on success
 	Next    time.Time // the next try, for "retry"
+	// Took is how long the SMTP conversation of this attempt lasted.
+	Took time.Duration
 }
 
 // ticketUpdater is what the queue needs from tickets: an interface so a nil *tickets.Service

@@ -254,8 +254,9 @@ func (o *Outbound) pick() ([]uint64, time.Duration) {
 
 // outcome is one finished delivery attempt waiting to be recorded.
 type outcome struct {
-	id  uint64
-	res []result
+	id   uint64
+	res  []result
+	took time.Duration // the SMTP conversation for this message
 }
 
 // round delivers batch over up to Concurrency transports, each reused for several messages.
@@ -296,8 +297,9 @@ func (o *Outbound) round(ctx context.Context, batch []uint64) {
 				if ctx.Err() != nil {
 					continue
 				}
+				start := time.Now()
 				if res, ok := o.deliver(ctx, tr, id); ok {
-					results <- outcome{id: id, res: res}
+					results <- outcome{id: id, res: res, took: time.Since(start)}
 				}
 			}
 		}()
@@ -359,6 +361,7 @@ func (o *Outbound) recordAll(ocs []outcome) {
 			if atts[i], done[i], err = o.recordTx(tx, oc, now); err != nil {
 				return err
 			}
+			atts[i].Took = oc.took
 		}
 		return nil
 	})

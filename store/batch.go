@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -12,10 +13,11 @@ import (
 // commit is being fsynced, newly arriving writers queue up, and the next commit takes all of them.
 // Under load the batch grows by itself; a lone writer pays one commit and no delay.
 type batcher struct {
-	db      *DB
-	mu      sync.Mutex
-	pending []*call
-	running bool
+	db       *DB
+	onCommit func(batch int, took time.Duration)
+	mu       sync.Mutex
+	pending  []*call
+	running  bool
 }
 
 type call struct {
@@ -60,6 +62,10 @@ func (b *batcher) loop() {
 }
 
 func (b *batcher) commit(calls []*call) {
+	if b.onCommit != nil {
+		start, n := time.Now(), len(calls)
+		defer func() { b.onCommit(n, time.Since(start)) }()
+	}
 	for len(calls) > 0 {
 		err := b.db.bolt.Update(func(btx *bolt.Tx) error {
 			for i, c := range calls {

@@ -47,6 +47,8 @@ var (
 type Options struct {
 	// LockTimeout bounds the wait for the file lock; default 1s.
 	LockTimeout time.Duration
+	// OnCommit, when set, is told the size and duration of every group commit (metrics).
+	OnCommit func(batch int, took time.Duration)
 	// ReadOnly opens the file for reading only (admin commands while the daemon runs use the socket instead).
 	ReadOnly bool
 }
@@ -89,6 +91,7 @@ func Open(path string, key []byte, opts Options) (*DB, error) {
 	}
 	db := &DB{bolt: bdb, scopes: map[uint64]*sealer{}}
 	db.batch.db = db
+	db.batch.onCommit = opts.OnCommit
 	db.data = newSealer(derive(key, "mailgate data v1"))
 	db.wrap = newSealer(derive(key, "mailgate scope wrap v1"))
 	db.idxKey = derive(key, "mailgate index v1")

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -320,5 +321,33 @@ func BenchmarkGet8K(b *testing.B) {
 			_, err := tx.Get("m", U64(uint64(i%1000)))
 			return err
 		})
+	}
+}
+
+func TestOnCommitReportsBatches(t *testing.T) {
+	var mu sync.Mutex
+	total := 0
+	db, err := Open(filepath.Join(t.TempDir(), "c.db"), testKey(1), Options{OnCommit: func(n int, _ time.Duration) {
+		mu.Lock()
+		total += n
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var wg sync.WaitGroup
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			db.Batch(func(tx *Tx) error { return tx.PutPlain("b", []byte("k"), []byte("v")) })
+		}()
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if total != 10 {
+		t.Fatalf("commits reported %d calls, want 10", total)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"mailgate/access"
 	"mailgate/audit"
 	"mailgate/config"
+	"mailgate/internal/metrics"
 	"mailgate/outbound"
 	"mailgate/pgp"
 	"mailgate/store"
@@ -77,7 +78,7 @@ func OpenStore(cfg *config.Config, lockTimeout time.Duration) (*store.DB, error)
 		return nil, err
 	}
 	path := DBPath(cfg)
-	db, err := store.Open(path, key, store.Options{LockTimeout: lockTimeout})
+	db, err := store.Open(path, key, store.Options{LockTimeout: lockTimeout, OnCommit: metrics.StoreCommit})
 	switch {
 	case errors.Is(err, store.ErrLocked):
 		return nil, fmt.Errorf("mailgate is %w on data dir %s: the database %s is locked by another process; stop it first, or use another data_dir", ErrRunning, cfg.DataDir, path)
@@ -155,7 +156,8 @@ func Open(cfg *config.Config, opts Options) (*App, error) {
 		topts.Decrypt = a.decrypt
 	}
 	a.Tickets = tickets.New(db, a.Audit, topts)
-	a.Outbound, err = outbound.New(cfg, db, a.Audit, a.Tickets, a.Keyring, a.Gateway, outbound.Options{Logger: a.Log, AutoAckPerHour: cfg.Outbound.AutoAckPerHour})
+	a.Outbound, err = outbound.New(cfg, db, a.Audit, a.Tickets, a.Keyring, a.Gateway, outbound.Options{Logger: a.Log, AutoAckPerHour: cfg.Outbound.AutoAckPerHour,
+		Observe: func(at outbound.Attempt) { metrics.Delivery(at.Outcome, at.Sent, at.Deferred, at.Failed, at.Took) }})
 	if err != nil {
 		return fail(err)
 	}
