@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -248,13 +249,20 @@ type load struct {
 	record string
 }
 
+// loadRuns numbers mailgate-load runs for their DKIM selectors.
+var loadRuns atomic.Int64
+
 // startLoad runs mailgate-load against s: DKIM-signed mail from load.example, whose SPF,
 // DKIM and DMARC records it serves itself, recording the Message-IDs that got a 250.
 func (s *site) startLoad(t *testing.T, args ...string) *load {
 	t.Helper()
 	l := &load{record: filepath.Join(t.TempDir(), "accepted.txt")}
+	// Each run signs with a new key, so it publishes it under a new selector, as a real key
+	// rotation does: mailgate caches DNS answers, and an old key under the same name would
+	// still be served from its cache.
+	selector := fmt.Sprintf("load%d", loadRuns.Add(1))
 	all := append([]string{"-addr", s.smtp, "-to", queueAddr, "-from", senderAddr, "-dkim-gen", "ed25519",
-		"-dns-serve", s.dns, "-record", l.record, "-json"}, args...)
+		"-dkim-selector", selector, "-dns-serve", s.dns, "-record", l.record, "-json"}, args...)
 	l.cmd = exec.Command(loadBin, all...)
 	l.cmd.Stdout, l.cmd.Stderr = &l.stdout, &l.stderr
 	if err := l.cmd.Start(); err != nil {

@@ -81,10 +81,14 @@ echo "$(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed '
 echo "data on: $(df -h "$WORK" | awk 'NR==2{print $1, $2}'); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # load ADDR PID ARGS...
+# Every run signs with a new key, published under a new selector: mailgate caches DNS answers,
+# so a new key under an old selector would fail DKIM for a minute, as after a careless rotation.
+runs=0
 load() {
 	local addr=$1 pid=$2
 	shift 2
-	"$WORK/mailgate-load" -addr "$addr" -to support@bench.test -c "$C" -size "$SIZE" -dkim-gen "$KEY" -dns-serve "$DNS" -pid "$pid" "$@"
+	runs=$((runs + 1))
+	"$WORK/mailgate-load" -addr "$addr" -to support@bench.test -c "$C" -size "$SIZE" -dkim-gen "$KEY" -dkim-selector "load$runs" -dns-serve "$DNS" -pid "$pid" "$@"
 }
 rss() {
 	echo "$(grep -E 'VmHWM|RssAnon|RssFile' /proc/$1/status | tr -s ' \t' ' ' | paste -sd' '); database $(du -h "$WORK/$2/data/mailgate.db" | cut -f1)"
