@@ -30,6 +30,7 @@ import (
 	"mailgate/audit"
 	"mailgate/config"
 	"mailgate/internal/dnsmock"
+	"mailgate/internal/testutil"
 	"mailgate/store"
 	"mailgate/tickets"
 )
@@ -101,23 +102,7 @@ func (m *countMetrics) Command(cmd, result string)                    { m.add(cm
 func (m *countMetrics) Message(result string, _ int, _ time.Duration) { m.add("message " + result) }
 func (m *countMetrics) Verdict(spf, dkim, dmarc string)               { m.add("verdict dmarc=" + dmarc) }
 
-// fakeClock is a settable clock for the rate limiter.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+type fakeClock = testutil.Clock
 
 func srvConfig() *config.Config {
 	cfg := config.Default()
@@ -164,7 +149,7 @@ func newSrvEnvDNS(t testing.TB, mod func(*config.Config), tlsCfg *tls.Config, dn
 	for _, q := range cfg.Queues {
 		qs = append(qs, tickets.Queue{Name: q.Name, Address: q.Address})
 	}
-	e := &srvEnv{cfg: cfg, db: db, dns: srvResolver(), now: &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
+	e := &srvEnv{cfg: cfg, db: db, dns: srvResolver(), now: testutil.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)),
 		metrics: &countMetrics{n: map[string]int{}}}
 	if dnsMod != nil {
 		dnsMod(e.dns)

@@ -16,6 +16,7 @@ import (
 	"mailgate/access"
 	"mailgate/audit"
 	"mailgate/config"
+	"mailgate/internal/testutil"
 	"mailgate/pgp"
 	"mailgate/store"
 	"mailgate/tickets"
@@ -42,30 +43,7 @@ func testKeys(t testing.TB) {
 	}
 }
 
-// clock is a settable clock for the queue; the worker still sleeps on real timers, so tests
-// move it and Kick.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+type clock = testutil.Clock
 
 // env is one mailgate data dir with store, audit log, tickets and an Outbound.
 type env struct {
@@ -108,7 +86,7 @@ func newEnvWith(t testing.TB, mut func(*config.Config), omut func(*env, *Options
 	testKeys(t)
 	dir := t.TempDir()
 	e := &env{t: t, dir: dir, key: make([]byte, store.KeySize), attempts: make(chan Attempt, 1000),
-		clock: &clock{t: time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)}}
+		clock: testutil.NewClock(time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC))}
 	rand.Read(e.key)
 	write := func(name string, data []byte) string {
 		p := filepath.Join(dir, name)
@@ -167,7 +145,7 @@ func (e *env) open() {
 			if e.gateway, err = pgp.ParseKey(armored); err != nil {
 				t.Fatal(err)
 			}
-			e.keyNow = &clock{t: time.Now()}
+			e.keyNow = testutil.NewClock(time.Now())
 		}
 		e.keyring = pgp.NewKeyring(db, pgp.KeyringOptions{Now: e.keyNow.Now})
 	}

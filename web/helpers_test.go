@@ -21,28 +21,12 @@ import (
 	"mailgate/access"
 	"mailgate/audit"
 	"mailgate/config"
+	"mailgate/internal/testutil"
 	"mailgate/store"
 	"mailgate/tickets"
 )
 
-// clock is the one clock of access, tickets and web in a test, so session expiry and TOTP
-// steps move when the test says.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+type clock = testutil.Clock
 
 // fakeMailer records replies instead of sending them (the real composer is outbound's).
 type fakeMailer struct {
@@ -125,7 +109,7 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	// Start on a TOTP step boundary so a test knows which codes are fresh.
-	clk := &clock{t: time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
 	logs := &lockedBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e := &env{t: t, db: db, log: l, clk: clk, mailer: &fakeMailer{}, logs: logs,

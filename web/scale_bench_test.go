@@ -24,6 +24,7 @@ import (
 	"mailgate/access"
 	"mailgate/audit"
 	"mailgate/config"
+	"mailgate/internal/testutil"
 	"mailgate/store"
 	"mailgate/tickets"
 )
@@ -91,7 +92,7 @@ func seed(path string, n int) error {
 	if err != nil {
 		return err
 	}
-	clk := &clock{t: time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC))
 	tk := tickets.New(db, l, tickets.Options{Hostname: "mail.example.com", Queues: testQueues, Now: clk.Now})
 	var (
 		next  atomic.Int64
@@ -147,7 +148,7 @@ func scaleEnv(b *testing.B, src string) (string, string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	clk := &clock{t: time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC))
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil)) // the production level; the lines are formatted, then dropped
 	e := &env{t: b, db: db, log: l, clk: clk, mailer: &fakeMailer{}, logs: &lockedBuffer{},
 		secrets: map[string]string{}, pw: map[string]string{}}
