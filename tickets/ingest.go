@@ -104,6 +104,11 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 		if r.Outcome == OutcomeDuplicate {
 			return nil
 		}
+		if r.Outcome == OutcomeBounce && !r.New {
+			// A bounce of our reply is news for the agents, not a customer's word: it is filed
+			// as a note on the ticket, and its sender joins nothing.
+			mm.Direction, mm.Problem = Note, "delivery failed: the customer's mail server returned this reply"
+		}
 		if err := s.addMessage(tx, t, &mm, in.Raw, p.Attachments); err != nil {
 			return err
 		}

@@ -492,3 +492,36 @@ func TestSafeFilenameKeepsUTF8(t *testing.T) {
 		t.Fatalf("%q", name)
 	}
 }
+
+func TestBounceOfOurReplyBecomesANote(t *testing.T) {
+	e := newEnv(t)
+	e.ingest(t, msgText("carol@customer.example", "Order", "c1@customer.example"), true)
+	rep, err := e.svc.Reply(agentA, 1, "On its way.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn := []byte("From: MAILER-DAEMON@mx.customer.example\r\nTo: support@example.com\r\nSubject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn1@mx.customer.example>\r\n\r\nThe mail system: <carol@customer.example>: user unknown\r\n")
+	r, err := e.svc.Ingest(Incoming{Queue: "support", Raw: dsn, Via: "smtp", Kind: "bounce", BounceOf: []string{rep.MessageID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Outcome != OutcomeBounce || r.Ticket != 1 || r.New {
+		t.Fatalf("%+v", r)
+	}
+	tk, msgs, _ := e.svc.Get(agentA, 1)
+	if got := msgs[rep.Seq-1].Delivery; got != "bounced" {
+		t.Errorf("reply delivery %q", got)
+	}
+	last := msgs[len(msgs)-1]
+	if last.Direction != Note || last.Kind != "bounce" || !strings.Contains(last.Text, "user unknown") {
+		t.Errorf("bounce filed as %+v", last)
+	}
+	if _, ok := tk.Participant("mailer-daemon@mx.customer.example"); ok {
+		t.Error("the bounce's sender became a participant")
+	}
+	// A bounce that matches nothing of ours opens a ticket of its own: nothing is dropped.
+	r, _ = e.svc.Ingest(Incoming{Queue: "support", Raw: []byte(strings.Replace(string(dsn), "dsn1", "dsn2", 1)), Via: "smtp", Kind: "bounce", BounceOf: []string{"unknown@elsewhere.example"}})
+	if !r.New || r.Ticket == 1 {
+		t.Fatalf("unmatched bounce: %+v", r)
+	}
+}
