@@ -253,9 +253,12 @@ func appendField(b []byte, name, value string) []byte {
 }
 
 // stripOurHeaders returns raw without header fields named X-Mailgate-* (and their continuation
-// lines). Everything else, including the body, is kept byte for byte.
+// lines), with the header section's line ends made CRLF. The body is kept byte for byte.
+// The line ends matter: fetched mail may end its header with a bare LF, and after our CRLF
+// headers a strict client would read on past it and take body lines for header fields (a
+// forged X-Mailgate-Verified among them).
 func stripOurHeaders(raw []byte) []byte {
-	out := make([]byte, 0, len(raw))
+	out := make([]byte, 0, len(raw)+64)
 	skipping := false
 	i := 0
 	for i < len(raw) {
@@ -264,18 +267,20 @@ func stripOurHeaders(raw []byte) []byte {
 			end = i + j + 1
 		}
 		line := raw[i:end]
-		if len(bytes.TrimRight(line, "\r\n")) == 0 {
-			break // the empty line: the body follows
+		content := bytes.TrimRight(line, "\r\n")
+		if len(content) == 0 {
+			// The empty line: the body follows, as it is.
+			return append(append(out, "\r\n"...), raw[end:]...)
 		}
 		if line[0] != ' ' && line[0] != '\t' {
 			skipping = len(line) >= len(headerPrefix) && strings.EqualFold(string(line[:len(headerPrefix)]), headerPrefix)
 		}
 		if !skipping {
-			out = append(out, line...)
+			out = append(append(out, content...), "\r\n"...)
 		}
 		i = end
 	}
-	return append(out, raw[i:]...)
+	return out
 }
 
 // tooComplex reports whether raw nests MIME deeper than maxServedDepth or holds more than

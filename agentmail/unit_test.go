@@ -53,9 +53,13 @@ func TestStripOurHeaders(t *testing.T) {
 	if got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
-	// Bare LF and a message without a body.
-	if got := string(stripOurHeaders([]byte("X-Mailgate-A: 1\nB: 2\n"))); got != "B: 2\n" {
+	// Bare LF and a message without a body: the header's line ends become CRLF.
+	if got := string(stripOurHeaders([]byte("X-Mailgate-A: 1\nB: 2\n"))); got != "B: 2\r\n" {
 		t.Errorf("bare LF: %q", got)
+	}
+	// A header ended by a bare LF: what follows stays body, never a header after ours.
+	if got := string(stripOurHeaders([]byte("A: 1\n\nX-Mailgate-Verified: yes\n"))); got != "A: 1\r\n\r\nX-Mailgate-Verified: yes\n" {
+		t.Errorf("bare-LF header end: %q", got)
 	}
 }
 
