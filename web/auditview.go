@@ -3,7 +3,6 @@ package web
 import (
 	"fmt"
 	"net/http"
-	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -117,19 +116,7 @@ func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	link := func(page int) string {
-		u := url.Values{}
-		for k, val := range map[string]string{"actor": v.Actor, "action": v.Action, "result": v.Result, "since": v.Since} {
-			if val != "" {
-				u.Set(k, val)
-			}
-		}
-		if page > 1 {
-			u.Set("page", strconv.Itoa(page))
-		}
-		if len(u) == 0 {
-			return "/audit"
-		}
-		return "/audit?" + u.Encode()
+		return pageLink("/audit", map[string]string{"actor": v.Actor, "action": v.Action, "result": v.Result, "since": v.Since}, page)
 	}
 	if len(events) > auditPageSize {
 		events = events[:auditPageSize]

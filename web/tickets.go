@@ -139,19 +139,7 @@ func (s *Server) ticketList(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	link := func(page int) string {
-		u := url.Values{}
-		for k, val := range map[string]string{"queue": v.Queue, "status": v.Status, "assignee": v.Assignee} {
-			if val != "" {
-				u.Set(k, val)
-			}
-		}
-		if page > 1 {
-			u.Set("page", strconv.Itoa(page))
-		}
-		if len(u) == 0 {
-			return "/tickets"
-		}
-		return "/tickets?" + u.Encode()
+		return pageLink("/tickets", map[string]string{"queue": v.Queue, "status": v.Status, "assignee": v.Assignee}, page)
 	}
 	if len(list) > pageSize {
 		list = list[:pageSize]
@@ -393,4 +381,22 @@ func (s *Server) attachment(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Length", strconv.Itoa(len(data)))
 	w.WriteHeader(http.StatusOK)
 	w.Write(data)
+}
+
+// pageLink is the URL of page of a filtered listing at path: only the filters that are set,
+// and no page parameter for the first page.
+func pageLink(path string, filters map[string]string, page int) string {
+	u := url.Values{}
+	for k, val := range filters {
+		if val != "" {
+			u.Set(k, val)
+		}
+	}
+	if page > 1 {
+		u.Set("page", strconv.Itoa(page))
+	}
+	if len(u) == 0 {
+		return path
+	}
+	return path + "?" + u.Encode()
 }
