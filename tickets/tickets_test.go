@@ -341,19 +341,21 @@ func TestAutoAckSentOnceForNewTicket(t *testing.T) {
 	e.svc.opts.AutoAck = func(p *Parsed, in Incoming) bool { return true }
 	e.ingest(t, msgText("carol@customer.example", "Order", "c1@customer.example"), true)
 	e.ingest(t, msgText("carol@customer.example", "Re: Order", "c2@customer.example", "In-Reply-To: <c1@customer.example>"), true)
-	// The acknowledgement goes out in the background; SendAutoAcks is what a restart runs and
-	// must not send it twice.
-	for i := 0; i < 200; i++ {
-		e.mailer.mu.Lock()
-		n := len(e.mailer.out)
-		e.mailer.mu.Unlock()
-		if n > 0 {
+	// The acknowledgement goes out in the background. Wait until its owed marker is gone (it
+	// is deleted in the commit that queues it), then run what a restart runs: it must find
+	// nothing left to send.
+	for i := 0; ; i++ {
+		var owed []byte
+		e.db.View(func(tx *store.Tx) error { owed, _ = tx.GetPlain(bAutoAck, store.U64(1)); return nil })
+		if owed == nil {
 			break
+		}
+		if i == 500 {
+			t.Fatal("the acknowledgement was never queued")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	e.svc.SendAutoAcks()
-	time.Sleep(50 * time.Millisecond) // let a background send that lost the race finish
 	_, msgs, err := e.svc.Get(agentA, 1)
 	if err != nil {
 		t.Fatal(err)
