@@ -193,7 +193,7 @@ func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incomi
 	}
 	if in.Kind == "bounce" {
 		for _, id := range in.BounceOf {
-			t, seq, err := s.lookupID(tx, id, "")
+			t, seq, err := s.lookupID(tx, id)
 			if err != nil {
 				return Result{}, nil, err
 			}
@@ -212,7 +212,7 @@ func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incomi
 	var linked []uint64
 	refs := append(append([]string(nil), m.InReplyTo...), m.References...)
 	for i := len(refs) - 1; i >= 0; i-- { // nearest ancestor first
-		t, _, err := s.lookupID(tx, refs[i], m.From)
+		t, _, err := s.lookupID(tx, refs[i])
 		if err != nil {
 			return Result{}, nil, err
 		}
@@ -331,7 +331,7 @@ func (s *Service) duplicate(tx *store.Tx, q Queue, m *Message) (uint64, bool, er
 // lookupID finds the ticket that holds the message with Message-ID id. An id in mailgate's own
 // form must carry a MAC that verifies for one of the ticket's participants; a forged one (a
 // guessed ticket number) is ignored.
-func (s *Service) lookupID(tx *store.Tx, id, from string) (*Ticket, int, error) {
+func (s *Service) lookupID(tx *store.Tx, id string) (*Ticket, int, error) {
 	v, err := tx.GetPlain(bMsgID, s.db.Index("msgid", normID(id)))
 	if err != nil {
 		return nil, 0, err

@@ -2,7 +2,6 @@ package tickets
 
 import (
 	"bytes"
-	"fmt"
 	"io"
 	"mime"
 	"net/mail"
@@ -258,4 +257,3 @@ func HTMLToText(h string) string {
 	return strings.TrimSpace(r.Replace(h))
 }
 
-func (p *Parsed) String() string { return fmt.Sprintf("%s %q", p.MessageID, p.Subject) }
