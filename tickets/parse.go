@@ -256,4 +256,3 @@ func HTMLToText(h string) string {
 	r := strings.NewReplacer("&nbsp;", " ", "&amp;", "&", "&lt;", "<", "&gt;", ">", "&quot;", `"`, "&#39;", "'")
 	return strings.TrimSpace(r.Replace(h))
 }
-
