@@ -250,9 +250,16 @@ func equalAddr(a, b string) bool { return strings.EqualFold(a, b) }
 
 // HTMLToText is a last-resort plain rendering of an HTML-only mail for the text field.
 func HTMLToText(h string) string {
-	h = regexp.MustCompile(`(?is)<(script|style)[^>]*>.*?</(script|style)>`).ReplaceAllString(h, "")
-	h = regexp.MustCompile(`(?i)<br\s*/?>|</p>|</div>|</tr>`).ReplaceAllString(h, "\n")
-	h = regexp.MustCompile(`<[^>]*>`).ReplaceAllString(h, "")
-	r := strings.NewReplacer("&nbsp;", " ", "&amp;", "&", "&lt;", "<", "&gt;", ">", "&quot;", `"`, "&#39;", "'")
-	return strings.TrimSpace(r.Replace(h))
+	h = scriptRe.ReplaceAllString(h, "")
+	h = breakRe.ReplaceAllString(h, "\n")
+	h = htmlTagRe.ReplaceAllString(h, "")
+	return strings.TrimSpace(entities.Replace(h))
 }
+
+// Compiled once: HTMLToText runs on the ingest path for HTML-only mail.
+var (
+	scriptRe = regexp.MustCompile(`(?is)<(script|style)[^>]*>.*?</(script|style)>`)
+	breakRe  = regexp.MustCompile(`(?i)<br\s*/?>|</p>|</div>|</tr>`)
+	htmlTagRe   = regexp.MustCompile(`<[^>]*>`)
+	entities = strings.NewReplacer("&nbsp;", " ", "&amp;", "&", "&lt;", "<", "&gt;", ">", "&quot;", `"`, "&#39;", "'")
+)
