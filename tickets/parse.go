@@ -258,8 +258,8 @@ func HTMLToText(h string) string {
 
 // Compiled once: HTMLToText runs on the ingest path for HTML-only mail.
 var (
-	scriptRe = regexp.MustCompile(`(?is)<(script|style)[^>]*>.*?</(script|style)>`)
-	breakRe  = regexp.MustCompile(`(?i)<br\s*/?>|</p>|</div>|</tr>`)
-	htmlTagRe   = regexp.MustCompile(`<[^>]*>`)
-	entities = strings.NewReplacer("&nbsp;", " ", "&amp;", "&", "&lt;", "<", "&gt;", ">", "&quot;", `"`, "&#39;", "'")
+	scriptRe  = regexp.MustCompile(`(?is)<(script|style)[^>]*>.*?</(script|style)>`)
+	breakRe   = regexp.MustCompile(`(?i)<br\s*/?>|</p>|</div>|</tr>`)
+	htmlTagRe = regexp.MustCompile(`<[^>]*>`)
+	entities  = strings.NewReplacer("&nbsp;", " ", "&amp;", "&", "&lt;", "<", "&gt;", ">", "&quot;", `"`, "&#39;", "'")
 )
