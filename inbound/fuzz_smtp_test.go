@@ -332,7 +332,8 @@ func (c *memConn) SetWriteDeadline(time.Time) error { return nil }
 // go-smtp v0.25.1 goes on handling pipelined commands already buffered after it closed a
 // connection for too many errors; with its Session gone, RCPT or DATA then panic, answered
 // with a 421 to nobody. The client can neither see nor use that, and it is upstream's to fix,
-// so a panic whose 421 was written after the close is tolerated. Any other panic is reported.
+// so a panic whose 421 was written after the close, or that came after the close at all (BDAT's
+// goroutine), is tolerated. Any other panic is reported.
 type panicWatch struct {
 	mu    sync.Mutex
 	conns map[int]*memConn
@@ -367,6 +368,14 @@ func (p *panicWatch) Handle(_ context.Context, r slog.Record) error {
 		if c != nil {
 			if _, late := c.written(); strings.Contains(late, "421 4.0.0 Internal server error") {
 				return nil
+			}
+			// The same upstream bug through BDAT: the chunk reader's goroutine calls the
+			// Session after the connection ended and the Session is gone. Nothing can reach
+			// a client whose connection is closed, and nothing is stored without a 250.
+			select {
+			case <-c.closed:
+				return nil
+			default:
 			}
 		}
 	}
