@@ -76,7 +76,7 @@ func FuzzSMTPConversation(f *testing.F) {
 	})
 }
 
-// fuzzMalformed returns up to n files of ../shared/testdata/malformed.
+// fuzzMalformed returns up to n files of testdata/malformed.
 func fuzzMalformed(f *testing.F, n int) [][]byte {
 	var out [][]byte
 	root := testutil.Testdata(f, "malformed")
@@ -91,7 +91,7 @@ func fuzzMalformed(f *testing.F, n int) [][]byte {
 		return err
 	})
 	if len(out) == 0 {
-		f.Fatal("no malformed mail in the shared testdata")
+		f.Fatal("no malformed mail in testdata")
 	}
 	return out
 }

@@ -17,7 +17,7 @@ import (
 
 const notmuchFP = "9A3AFE6C60065A148FD4B58A7E6ABE924645CC60"
 
-// notmuchExpect is what each sample of ../shared/testdata/pgp-mime/notmuch yields when the
+// notmuchExpect is what each sample of testdata/pgp-mime/notmuch yields when the
 // notmuch test key is both the gateway key and the sender's known key.
 var notmuchExpect = map[string]struct {
 	err      error  // nil: decrypts

@@ -24,7 +24,7 @@ import (
 //	go test ./tickets -run '^$' -fuzz FuzzParseMessage -fuzztime 60s
 //	go test ./tickets -run '^$' -fuzz FuzzThreading -fuzztime 60s
 
-// fuzzSeedFiles returns the mail files under the shared testdata directories dirs (licence
+// fuzzSeedFiles returns the mail files under the testdata directories dirs (licence
 // and notes files skipped), mbox files split into their messages.
 func fuzzSeedFiles(f *testing.F, dirs ...string) [][]byte {
 	f.Helper()

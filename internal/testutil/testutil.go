@@ -1,5 +1,5 @@
 // Package testutil holds helpers shared by mailgate's tests: finding the third-party test data
-// that lives beside the project in ../shared/testdata.
+// kept in the repository's top-level testdata folder (sources and licences in its README).
 package testutil
 
 import (
@@ -8,7 +8,8 @@ import (
 	"testing"
 )
 
-// Testdata returns the path of rel inside ../shared/testdata (relative to the module root).
+// Testdata returns the path of rel inside the module root's testdata folder. Nothing outside
+// the repository is read, so a clone passes its tests on its own.
 // A missing file fails the test: the data is part of the build, never optional.
 func Testdata(t testing.TB, rel string) string {
 	t.Helper()
@@ -26,9 +27,9 @@ func Testdata(t testing.TB, rel string) string {
 		}
 		dir = parent
 	}
-	p := filepath.Join(dir, "..", "shared", "testdata", rel)
+	p := filepath.Join(dir, "testdata", rel)
 	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("testdata %s: %v (the shared test data must sit beside the project root)", rel, err)
+		t.Fatalf("testdata %s: %v (third-party test data belongs in <repo>/testdata, see its README)", rel, err)
 	}
 	return p
 }
