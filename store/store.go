@@ -4,6 +4,7 @@
 package store
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -110,7 +111,47 @@ func derive(master []byte, label string) []byte {
 	return out
 }
 
-var keyCheckPlain = []byte("mailgate key check v1")
+// The key check record proves the key opens this file. Version 2 also carries the anchor (see
+// Tx.Anchor) after this prefix; version 1 files get one when the audit log first opens them.
+var (
+	keyCheckPlain   = []byte("mailgate key check v1")
+	keyCheckPlainV2 = []byte("mailgate key check v2\n")
+)
+
+var keyCheckKey = []byte("keycheck")
+
+// ErrNoKeyCheck means the file holds data but not the record that ties it to its key: someone
+// deleted it (perhaps to make the file pass as new), or the file is damaged.
+var ErrNoKeyCheck = errors.New("the database holds data but its sealed key check record (meta/keycheck) is missing: the file was tampered with or is damaged; restore it from a backup")
+
+// openKeyCheck returns the anchor carried by a sealed key check record; v2 is false for a
+// version 1 record, which carries none.
+func (db *DB) openKeyCheck(sealed []byte) (anchor []byte, v2 bool, err error) {
+	plain, err := db.data.open(sealed, ad(metaBucket, keyCheckKey, 0))
+	switch {
+	case err != nil:
+		return nil, false, ErrWrongKey
+	case bytes.Equal(plain, keyCheckPlain):
+		return nil, false, nil
+	case bytes.HasPrefix(plain, keyCheckPlainV2):
+		return plain[len(keyCheckPlainV2):], true, nil
+	}
+	return nil, false, ErrWrongKey
+}
+
+// hasData reports whether the file holds anything besides an empty meta bucket.
+func hasData(btx *bolt.Tx) bool {
+	found := false
+	btx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		if string(name) != metaBucket {
+			found = true
+		} else if k, _ := b.Cursor().First(); k != nil {
+			found = true
+		}
+		return nil
+	})
+	return found
+}
 
 // init checks the key against the file's key check and runs migrations.
 func (db *DB) init(readOnly bool) error {
@@ -118,17 +159,21 @@ func (db *DB) init(readOnly bool) error {
 	var fresh bool
 	err := db.bolt.View(func(btx *bolt.Tx) error {
 		tx := &Tx{db: db, btx: btx}
-		check, err := tx.GetPlain(metaBucket, []byte("keycheck"))
+		check, err := tx.GetPlain(metaBucket, keyCheckKey)
 		if err != nil {
 			return err
 		}
 		if check == nil {
+			// Only a file with nothing in it is new: a file with data and no key check would
+			// otherwise be taken for new and get a fresh anchor, hiding what was removed.
+			if hasData(btx) {
+				return ErrNoKeyCheck
+			}
 			fresh = true
 			return nil
 		}
-		plain, err := db.data.open(check, ad(metaBucket, []byte("keycheck"), 0))
-		if err != nil || string(plain) != string(keyCheckPlain) {
-			return ErrWrongKey
+		if _, _, err := db.openKeyCheck(check); err != nil {
+			return err
 		}
 		v, _ := tx.GetPlain(metaBucket, []byte("schema"))
 		if v != nil {
@@ -156,7 +201,9 @@ func (db *DB) init(readOnly bool) error {
 	}
 	return db.Update(func(tx *Tx) error {
 		if fresh {
-			if err := tx.PutPlain(metaBucket, []byte("keycheck"), db.data.seal(keyCheckPlain, ad(metaBucket, []byte("keycheck"), 0))); err != nil {
+			// A new file starts with an empty anchor, so its users can tell "nothing recorded
+			// yet" from "the record of what was recorded is gone".
+			if err := tx.SetAnchor(nil); err != nil {
 				return err
 			}
 		}
