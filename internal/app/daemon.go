@@ -91,8 +91,41 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	defer a.Close()
+	if err := checkAudit(a, log); err != nil {
+		return err
+	}
 	d := &daemon{app: a, cfg: cfg, log: log, opts: o, level: levelVar, dev: dev}
 	return d.run(ctx)
+}
+
+// checkAudit checks the audit chain before the daemon appends to it: its end always (the
+// authenticated head and the sealed state, which show erasure, a cut tail and rolled-back
+// audit buckets), the whole chain with [audit] verify_at_start. A database that fails refuses
+// to start: running on would bury the evidence under new events. A mirror that is ahead of a
+// consistent database is also what restoring a backup looks like, so that only warns, loudly
+// and in the audit log itself.
+func checkAudit(a *App, log *slog.Logger) error {
+	check, how := a.Audit.CheckHead, "head"
+	if a.Cfg.Audit.VerifyAtStart {
+		check, how = a.Audit.Verify, "full"
+	}
+	n, err := check()
+	ce, broken := audit.IsChainError(err)
+	switch {
+	case broken && ce.Mirror:
+		log.Error("AUDIT MIRROR AHEAD OF THE DATABASE: the database lacks audit events the mirror has; if you did not restore a backup, the database was rolled back or replaced", "seq", ce.Seq, "reason", ce.Reason)
+		if aerr := a.Audit.Append(audit.Event{Actor: "mailgate", Action: "audit.check", Object: "audit", Result: audit.Failed,
+			Detail: clip(fmt.Sprintf("check=%s bad_seq=%d reason=%q", how, ce.Seq, ce.Reason), 500)}); aerr != nil {
+			return fmt.Errorf("audit: %w", aerr)
+		}
+		return nil
+	case broken:
+		return fmt.Errorf("not started: the audit log fails its check at start: %v. Run `mailgate audit verify` for details, and restore the database from a backup taken before the damage (README: Backup and restore)", err)
+	case err != nil:
+		return fmt.Errorf("audit check at start: %w", err)
+	}
+	log.Info("audit chain checked", "check", how, "events", n)
+	return nil
 }
 
 // applyListen applies the -listen-* overrides.
