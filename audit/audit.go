@@ -111,7 +111,7 @@ func (l *Log) upgrade() error {
 		if err != nil {
 			return nil // not anchored: Verify reports the break, serve refuses to start
 		}
-		if err := l.checkEnd(tx, false, nil, n, last); err != nil {
+		if err := l.checkEnd(tx, false, n, last); err != nil {
 			return nil
 		}
 		if n == 0 {
@@ -244,38 +244,54 @@ func (e *ChainError) Error() string {
 	return fmt.Sprintf("audit chain broken at seq %d: %s", e.Seq, e.Reason)
 }
 
-// Verify walks the whole chain and checks its end against the authenticated head, the sealed
-// anchor and the mirror file. It returns the number of good events, and a *ChainError for the
-// first deleted, edited, reordered or swapped event, for a cut, erased or rolled-back log, and
-// for a mirror that is ahead of the database.
+// Verify walks the whole chain and checks its end against the authenticated head and the
+// sealed anchor, then every line of the [audit] file mirror against the database. It returns
+// the number of good events, and a *ChainError for the first deleted, edited, reordered or
+// swapped event, for a cut, erased or rolled-back log, and for a mirror that is ahead of the
+// database or disagrees with it.
 func (l *Log) Verify() (int, error) {
 	return l.check(true)
 }
 
-// CheckHead is Verify without the walk: it reads only the last event, the head, the anchor
-// and the mirror's last line, so it costs the same for any length of log (serve runs it at
-// every start). It finds erasure, a cut tail and a rollback of the audit buckets; an event
-// edited in the middle needs Verify.
+// CheckHead is Verify without decrypting every event: it checks the last event, that the keys
+// run from 1 to it without a gap, the head, the anchor and the mirror's last megabyte. It finds
+// erasure, a cut tail, deleted events and rolled-back audit buckets at a cost that grows only
+// with the number of pages (serve runs it at every start); an event edited in the middle needs
+// Verify.
 func (l *Log) CheckHead() (int, error) {
 	return l.check(false)
 }
 
+// mirrorTailBytes is how much of the mirror CheckHead reads: a few thousand events.
+const mirrorTailBytes = 1 << 20
+
 func (l *Log) check(full bool) (int, error) {
-	m, err := l.mirrorTail()
-	if err != nil {
-		return 0, err
+	// Only what the mirror held before the read transaction began is compared: every line
+	// there was committed first, so a concurrent append cannot look like the mirror is ahead.
+	mirrorSize := int64(-1)
+	if l.mirrorPath != "" {
+		fi, err := os.Stat(l.mirrorPath)
+		switch {
+		case err == nil:
+			mirrorSize = fi.Size()
+		case !errors.Is(err, os.ErrNotExist): // moved away (shipped, rotated): nothing to compare
+			return 0, fmt.Errorf("audit mirror: %w", err)
+		}
 	}
 	var n uint64
-	err = l.db.View(func(tx *store.Tx) error {
+	err := l.db.View(func(tx *store.Tx) error {
 		anchor, anchored, err := tx.Anchor()
 		if err != nil {
 			return err
 		}
-		var last []byte
+		var last, prefixes []byte
 		if full {
-			n, last, err = l.walk(tx, m)
+			if mirrorSize >= 0 {
+				prefixes = []byte{}
+			}
+			n, last, err = l.walk(tx, &prefixes)
 		} else {
-			n, last, err = l.lastEvent(tx, m)
+			n, last, err = l.lastEvent(tx)
 		}
 		if err != nil {
 			return err
@@ -285,14 +301,28 @@ func (l *Log) check(full bool) (int, error) {
 				return err
 			}
 		}
-		return l.checkEnd(tx, anchored, m, n, last)
+		if err := l.checkEnd(tx, anchored, n, last); err != nil {
+			return err
+		}
+		if mirrorSize < 0 {
+			return nil
+		}
+		from := int64(0)
+		if !full {
+			from = max(mirrorSize-mirrorTailBytes, 0)
+		}
+		return l.checkMirror(tx, from, mirrorSize, n, prefixes)
 	})
 	return int(n), err
 }
 
+// prefixLen is how much of each event's hash Verify keeps to compare the mirror with: enough
+// to tell events apart, little enough for millions of them.
+const prefixLen = 8
+
 // walk checks every event from the first; it returns the count of good events and the last
-// one's hash. When m is set it also compares the mirror's last line with the same event.
-func (l *Log) walk(tx *store.Tx, m *mirrorLine) (uint64, []byte, error) {
+// one's hash. With prefixes it appends each event's hash prefix there, for the mirror.
+func (l *Log) walk(tx *store.Tx, prefixes *[]byte) (uint64, []byte, error) {
 	var prev string
 	var last []byte
 	want := uint64(1)
@@ -317,8 +347,8 @@ func (l *Log) walk(tx *store.Tx, m *mirrorLine) (uint64, []byte, error) {
 		if hex.EncodeToString(h) != rec.Hash {
 			return want - 1, last, &ChainError{Seq: seq, Reason: "hash does not match the event"}
 		}
-		if m != nil && m.Seq == seq && m.Hash != rec.Hash {
-			return want - 1, last, &ChainError{Seq: seq, Mirror: true, Reason: fmt.Sprintf("the mirror file %s has another event at this seq than the database (the database was replaced or rewritten)", l.mirrorPath)}
+		if prefixes != nil && *prefixes != nil {
+			*prefixes = append(*prefixes, h[:prefixLen]...)
 		}
 		prev, last = rec.Hash, h
 		want++
@@ -326,9 +356,9 @@ func (l *Log) walk(tx *store.Tx, m *mirrorLine) (uint64, []byte, error) {
 	return want - 1, last, nil
 }
 
-// lastEvent checks the last stored event on its own: it must open, carry its own seq and its
-// hash must match its content.
-func (l *Log) lastEvent(tx *store.Tx, m *mirrorLine) (uint64, []byte, error) {
+// lastEvent checks the last stored event on its own (it must open, carry its seq and match its
+// hash) and that the keys before it are exactly 1..seq-1, from the bucket's key count.
+func (l *Log) lastEvent(tx *store.Tx) (uint64, []byte, error) {
 	c := tx.Cursor(Bucket)
 	k := c.Last()
 	if k == nil {
@@ -338,6 +368,15 @@ func (l *Log) lastEvent(tx *store.Tx, m *mirrorLine) (uint64, []byte, error) {
 	if len(k) != 8 {
 		return 0, nil, &ChainError{Seq: seq, Reason: "event key malformed"}
 	}
+	if first := c.First(); len(first) != 8 || store.FromU64(first) != 1 {
+		if len(first) == 8 && store.FromU64(first) > 1 {
+			return 0, nil, &ChainError{Seq: 1, Reason: fmt.Sprintf("events 1..%d missing (deleted)", store.FromU64(first)-1)}
+		}
+		return 0, nil, &ChainError{Seq: 1, Reason: "event missing (deleted or reordered)"}
+	}
+	if count := uint64(tx.Count(Bucket)); count != seq {
+		return 0, nil, &ChainError{Seq: seq, Reason: fmt.Sprintf("%d events missing before seq %d (deleted; audit verify names the first)", seq-min(count, seq), seq)}
+	}
 	rec, err := readRecord(tx, seq)
 	if err != nil {
 		return 0, nil, err
@@ -345,12 +384,6 @@ func (l *Log) lastEvent(tx *store.Tx, m *mirrorLine) (uint64, []byte, error) {
 	h := chainHash(rec.Prev, rec.Event)
 	if hex.EncodeToString(h) != rec.Hash {
 		return 0, nil, &ChainError{Seq: seq, Reason: "hash does not match the event"}
-	}
-	if m != nil && m.Seq <= seq && m.Seq > 0 {
-		mrec, err := readRecord(tx, m.Seq)
-		if err == nil && mrec.Hash != m.Hash {
-			return 0, nil, &ChainError{Seq: m.Seq, Mirror: true, Reason: fmt.Sprintf("the mirror file %s has another event at this seq than the database (the database was replaced or rewritten)", l.mirrorPath)}
-		}
 	}
 	return seq, h, nil
 }
@@ -398,8 +431,8 @@ func (l *Log) checkAnchor(anchor []byte, n uint64, last []byte) error {
 	return nil
 }
 
-// checkEnd compares the chain's end with the head and the mirror.
-func (l *Log) checkEnd(tx *store.Tx, anchored bool, m *mirrorLine, n uint64, last []byte) error {
+// checkEnd compares the chain's end with the head.
+func (l *Log) checkEnd(tx *store.Tx, anchored bool, n uint64, last []byte) error {
 	head, err := tx.GetPlain(headBucket, headKey)
 	if err != nil {
 		return err
@@ -420,9 +453,6 @@ func (l *Log) checkEnd(tx *store.Tx, anchored bool, m *mirrorLine, n uint64, las
 	case anchored && !hmac.Equal(head[8+hashLen:], l.headMAC(n, last)):
 		return &ChainError{Seq: n, Reason: "chain head does not authenticate (forged or rewritten without the key)"}
 	}
-	if m != nil && m.Seq > n {
-		return &ChainError{Seq: n + 1, Mirror: true, Reason: fmt.Sprintf("the mirror file %s is ahead of the database: it has events up to seq %d, the database %d (the database was rolled back, replaced or restored from a backup)", l.mirrorPath, m.Seq, n)}
-	}
 	return nil
 }
 
@@ -431,38 +461,61 @@ type mirrorLine struct {
 	Hash string `json:"hash"`
 }
 
-// mirrorTail reads the mirror's last complete event. Only the tail is read, so a mirror of
-// any size costs the same; a torn last line (a crash while writing it) is skipped.
-func (l *Log) mirrorTail() (*mirrorLine, error) {
-	if l.mirrorPath == "" {
-		return nil, nil
-	}
+// checkMirror compares the mirror's lines in [from, to) with the database, whose chain has n
+// good events: a line beyond n means the database lost events the mirror saw committed; a line
+// whose hash differs means the database's history at that seq was replaced. prefixes, when
+// set, holds the hash prefixes of events 1..n; otherwise each line's event is read. Torn or
+// foreign lines are skipped: a crash can leave a half-written last line.
+func (l *Log) checkMirror(tx *store.Tx, from, to int64, n uint64, prefixes []byte) error {
 	f, err := os.Open(l.mirrorPath)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil // moved away (shipped or rotated): nothing to compare
+		return nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("audit mirror: %w", err)
+		return fmt.Errorf("audit mirror: %w", err)
 	}
 	defer f.Close()
-	const tail = 1 << 20
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("audit mirror: %w", err)
+	sc := bufio.NewScanner(io.NewSectionReader(f, from, to-from))
+	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
+	if from > 0 {
+		sc.Scan() // the first line is cut
 	}
-	off := max(fi.Size()-tail, 0)
-	buf := make([]byte, fi.Size()-off)
-	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-		return nil, fmt.Errorf("audit mirror: %w", err)
-	}
-	lines := bytes.Split(buf, []byte("\n"))
-	for i := len(lines) - 1; i >= 0; i-- {
+	var ahead uint64
+	var differs *ChainError
+	for sc.Scan() {
 		var m mirrorLine
-		if json.Unmarshal(lines[i], &m) == nil && m.Seq > 0 && len(m.Hash) == 2*hashLen {
-			return &m, nil
+		if json.Unmarshal(sc.Bytes(), &m) != nil || m.Seq == 0 || len(m.Hash) != 2*hashLen {
+			continue
+		}
+		if m.Seq > n {
+			ahead = max(ahead, m.Seq)
+			continue
+		}
+		if differs != nil {
+			continue
+		}
+		var same bool
+		if prefixes != nil {
+			p, err := hex.DecodeString(m.Hash[:2*prefixLen])
+			same = err == nil && bytes.Equal(p, prefixes[(m.Seq-1)*prefixLen:m.Seq*prefixLen])
+		} else {
+			rec, err := readRecord(tx, m.Seq)
+			same = err == nil && rec.Hash == m.Hash
+		}
+		if !same {
+			differs = &ChainError{Seq: m.Seq, Mirror: true, Reason: fmt.Sprintf("the mirror file %s has another event at seq %d than the database: the database's history was replaced from there (rolled back or restored, then written to)", l.mirrorPath, m.Seq)}
 		}
 	}
-	return nil, nil
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("audit mirror %s: %w", l.mirrorPath, err)
+	}
+	if ahead > 0 {
+		return &ChainError{Seq: n + 1, Mirror: true, Reason: fmt.Sprintf("the mirror file %s is ahead of the database: it has events up to seq %d, the database %d (the database was rolled back, replaced or restored from a backup)", l.mirrorPath, ahead, n)}
+	}
+	if differs != nil {
+		return differs
+	}
+	return nil
 }
 
 // Filter selects events for Export and Query.

@@ -100,10 +100,9 @@ func Serve(ctx context.Context, o ServeOptions) error {
 
 // checkAudit checks the audit chain before the daemon appends to it: its end always (the
 // authenticated head and the sealed state, which show erasure, a cut tail and rolled-back
-// audit buckets), the whole chain with [audit] verify_at_start. A database that fails refuses
-// to start: running on would bury the evidence under new events. A mirror that is ahead of a
-// consistent database is also what restoring a backup looks like, so that only warns, loudly
-// and in the audit log itself.
+// audit buckets; and the [audit] file mirror's tail, which shows the whole file rolled back),
+// the whole chain with [audit] verify_at_start. On a mismatch serve refuses to start: running
+// on would bury the evidence under new events.
 func checkAudit(a *App, log *slog.Logger) error {
 	check, how := a.Audit.CheckHead, "head"
 	if a.Cfg.Audit.VerifyAtStart {
@@ -113,12 +112,7 @@ func checkAudit(a *App, log *slog.Logger) error {
 	ce, broken := audit.IsChainError(err)
 	switch {
 	case broken && ce.Mirror:
-		log.Error("AUDIT MIRROR AHEAD OF THE DATABASE: the database lacks audit events the mirror has; if you did not restore a backup, the database was rolled back or replaced", "seq", ce.Seq, "reason", ce.Reason)
-		if aerr := a.Audit.Append(audit.Event{Actor: "mailgate", Action: "audit.check", Object: "audit", Result: audit.Failed,
-			Detail: clip(fmt.Sprintf("check=%s bad_seq=%d reason=%q", how, ce.Seq, ce.Reason), 500)}); aerr != nil {
-			return fmt.Errorf("audit: %w", aerr)
-		}
-		return nil
+		return fmt.Errorf("not started: the audit log in the database does not match the [audit] file mirror: %v. If the database was not restored from a backup on purpose, it was rolled back or replaced. After a deliberate restore, move the mirror file aside (keep it as a record) and start again (README: Backup and restore)", err)
 	case broken:
 		return fmt.Errorf("not started: the audit log fails its check at start: %v. Run `mailgate audit verify` for details, and restore the database from a backup taken before the damage (README: Backup and restore)", err)
 	case err != nil:
