@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"regexp"
 	"strconv"
@@ -133,7 +132,7 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	if owed {
 		go func() {
 			if err := s.sendAutoAck(res.Ticket); err != nil {
-				slog.Warn("auto-acknowledgement failed", "ticket", res.Ticket, "err", err)
+				s.opts.Logger.Warn("auto-acknowledgement failed", "ticket", res.Ticket, "err", err)
 			}
 		}()
 	}

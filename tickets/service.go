@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"strconv"
 	"strings"
@@ -92,6 +93,9 @@ type Options struct {
 	// Notify runs after a commit that added a message to queue (IMAP IDLE, metrics).
 	Notify func(queue string)
 	Now    func() time.Time
+	// Logger receives what goes wrong in the background (auto-acknowledgements); nil means
+	// slog.Default().
+	Logger *slog.Logger
 }
 
 // Service is the ticket system.
@@ -105,6 +109,9 @@ type Service struct {
 func New(db *store.DB, log *audit.Log, opts Options) *Service {
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
 	}
 	return &Service{db: db, log: log, opts: opts}
 }

@@ -426,7 +426,7 @@ func (d *daemon) start() error {
 			for _, q := range cfg.Queues {
 				addrs = append(addrs, q.Address)
 			}
-			wo.WKD = pgp.WKDHandler(a.Gateway, addrs)
+			wo.WKD = pgp.WKDHandler(a.Gateway, addrs, d.log)
 		}
 		d.web, err = web.New(wo)
 		if err != nil {
