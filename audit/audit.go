@@ -66,6 +66,7 @@ type record struct {
 type Log struct {
 	db         *store.DB
 	mirrorPath string
+	mac        func(parts ...[]byte) []byte // the head's HMAC
 
 	mu     sync.Mutex
 	mirror *os.File
@@ -81,7 +82,7 @@ type Log struct {
 // head here, but only after the whole chain verifies: a broken chain is left as it is, for
 // Verify to report.
 func New(db *store.DB, mirrorFile string) (*Log, error) {
-	l := &Log{db: db, mirrorPath: mirrorFile}
+	l := &Log{db: db, mirrorPath: mirrorFile, mac: db.MACFunc(macHead)}
 	if err := l.upgrade(); err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
@@ -134,7 +135,7 @@ func (l *Log) putState(tx *store.Tx, seq uint64, h []byte) error {
 }
 
 func (l *Log) headMAC(seq uint64, h []byte) []byte {
-	return l.db.MAC(macHead, store.U64(seq), h)
+	return l.mac(store.U64(seq), h)
 }
 
 // Close closes the mirror file.

@@ -276,14 +276,22 @@ func (db *DB) Index(kind, value string) []byte {
 // MAC returns an HMAC-SHA256 over parts under a key derived for purpose; used for tokens that
 // the server must later recognise as its own (Message-IDs it minted, for example).
 func (db *DB) MAC(purpose string, parts ...[]byte) []byte {
-	m := hmac.New(sha256.New, derive(db.idxKey, "mac "+purpose))
-	for _, p := range parts {
-		var n [4]byte
-		binary.BigEndian.PutUint32(n[:], uint32(len(p)))
-		m.Write(n[:])
-		m.Write(p)
+	return db.MACFunc(purpose)(parts...)
+}
+
+// MACFunc is MAC with the key for purpose derived once, for callers on a hot path.
+func (db *DB) MACFunc(purpose string) func(parts ...[]byte) []byte {
+	key := derive(db.idxKey, "mac "+purpose)
+	return func(parts ...[]byte) []byte {
+		m := hmac.New(sha256.New, key)
+		for _, p := range parts {
+			var n [4]byte
+			binary.BigEndian.PutUint32(n[:], uint32(len(p)))
+			m.Write(n[:])
+			m.Write(p)
+		}
+		return m.Sum(nil)
 	}
-	return m.Sum(nil)
 }
 
 // Backup writes a consistent copy of the database to path while writers go on, fsyncs it and
