@@ -93,6 +93,14 @@ func (in install) serveRefuses(t *testing.T, want string) {
 	}
 }
 
+// settle waits until the web listener serves: a SIGTERM between "ready" and that moment
+// leaves the web server running (web.Server.Serve after Shutdown), and serve never exits.
+func settle(t *testing.T, d *daemon) {
+	t.Helper()
+	d.waitReady(t)
+	waitFor(t, "the web listener", func() bool { return strings.Contains(d.logs(), "web listening") })
+}
+
 func (in install) countEvents(t *testing.T) int {
 	t.Helper()
 	n := 0
@@ -238,7 +246,7 @@ func TestAuditWholeFileRollbackMirrorAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := startServe(t, in.dir, "-config", in.cfg)
-	d.waitReady(t)
+	settle(t, d)
 	d.stop(t)
 	if r := mailgate(t, in.dir, "audit", "verify", "-config", in.cfg); r.code != 0 {
 		t.Fatalf("verify after the mirror was moved aside:\n%s", r)
@@ -271,7 +279,7 @@ func TestAuditIntactStartsAndVerifies(t *testing.T) {
 	b, _ := os.ReadFile(in.cfg)
 	os.WriteFile(in.cfg, bytes.Replace(b, []byte("verify_at_start = false"), []byte("verify_at_start = true"), 1), 0o640)
 	d := startServe(t, in.dir, "-config", in.cfg)
-	d.waitReady(t)
+	settle(t, d)
 	if !strings.Contains(d.logs(), "audit chain checked") || !strings.Contains(d.logs(), "check=full") {
 		t.Fatalf("no full check at start:\n%s", d.logs())
 	}
@@ -301,7 +309,7 @@ func TestAuditLegacyDatabaseUpgraded(t *testing.T) {
 		t.Fatalf("verify of the legacy database:\n%s", r)
 	}
 	d := startServe(t, in.dir, "-config", in.cfg)
-	d.waitReady(t)
+	settle(t, d)
 	d.stop(t)
 	n := in.countEvents(t)
 	in.attack(t, func(btx *bolt.Tx) error {

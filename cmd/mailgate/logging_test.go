@@ -26,7 +26,7 @@ func TestStartWarningsUseTheConfiguredLog(t *testing.T) {
 	os.WriteFile(cfg, []byte(text), 0o640)
 
 	d := startServe(t, dir, "-config", cfg)
-	d.waitReady(t)
+	settle(t, d)
 	d.stop(t)
 	found := false
 	for _, l := range strings.Split(strings.TrimSpace(d.logs()), "\n") {
