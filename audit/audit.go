@@ -109,11 +109,14 @@ func (l *Log) upgrade() error {
 			return err
 		}
 		n, last, err := l.walk(tx, nil)
-		if err != nil {
-			return nil // not anchored: Verify reports the break, serve refuses to start
+		if err == nil {
+			err = l.checkEnd(tx, false, n, last)
 		}
-		if err := l.checkEnd(tx, false, n, last); err != nil {
-			return nil
+		if _, broken := IsChainError(err); broken {
+			return nil // left without an anchor: Verify reports the break, serve refuses to start
+		}
+		if err != nil {
+			return err
 		}
 		if n == 0 {
 			return tx.SetAnchor(nil)

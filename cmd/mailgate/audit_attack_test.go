@@ -319,3 +319,28 @@ func TestAuditLegacyDatabaseUpgraded(t *testing.T) {
 	in.serveRefuses(t, "the audit log was erased")
 	in.verifyFails(t, "all "+strconv.Itoa(n)+" events are gone")
 }
+
+// An event edited in the middle (here by someone with the key, who did not rewrite the rest)
+// is past CheckHead's reach; [audit] verify_at_start walks the chain and refuses.
+func TestAuditVerifyAtStartFindsEditedEvent(t *testing.T) {
+	in := newInstall(t, 4)
+	db := openDB(t, filepath.Join(in.dir, "data.key"), in.db)
+	err := db.Update(func(tx *store.Tx) error {
+		v, err := tx.Get(audit.Bucket, store.U64(2))
+		if err != nil || v == nil {
+			t.Fatalf("event 2: %v", err)
+		}
+		var rec map[string]any
+		json.Unmarshal(v, &rec)
+		rec["detail"] = "edited"
+		b, _ := json.Marshal(rec)
+		return tx.Put(audit.Bucket, store.U64(2), b)
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(in.cfg)
+	os.WriteFile(in.cfg, bytes.Replace(b, []byte("verify_at_start = false"), []byte("verify_at_start = true"), 1), 0o640)
+	in.serveRefuses(t, "audit chain broken at seq 2: hash does not match the event")
+}
