@@ -58,6 +58,12 @@ func (r *renderer) render(queue string, ticket uint64, seq int, m *tickets.Messa
 	head := r.ourHeaders(m)
 	if raw != nil && !m.Encrypted {
 		if !tooComplex(raw) {
+			if m.IDTaken {
+				// An earlier message holds this Message-ID: a mail client's reply to this one
+				// must name this message (its view id), or it would land in the other ticket.
+				head = appendField(head, "Message-ID", "<"+r.viewID(m.Ticket, m.Seq)+">")
+				return &served{msg: m, date: date, body: append(head, stripFields(raw, true)...)}
+			}
 			return &served{msg: m, date: date, body: append(head, stripOurHeaders(raw)...)}
 		}
 		head = appendField(head, "X-Mailgate-Problem", "MIME structure too deep or too wide to serve as is: this is its text; the original is kept on the ticket")
@@ -142,7 +148,9 @@ func (r *renderer) rendered(queue string, m *tickets.Message, head []byte) []byt
 	}
 	b = appendField(b, "Subject", mime.QEncoding.Encode("utf-8", cleanOneLine(subj)))
 	id := m.MessageID
-	if !msgIDOK(id) {
+	// A message whose Message-ID an earlier one holds gets a view id: a mail client's reply
+	// to it must reach its own ticket, not the one the index names.
+	if !msgIDOK(id) || m.IDTaken {
 		id = r.viewID(m.Ticket, m.Seq)
 	}
 	b = appendField(b, "Message-ID", "<"+id+">")
@@ -257,7 +265,10 @@ func appendField(b []byte, name, value string) []byte {
 // The line ends matter: fetched mail may end its header with a bare LF, and after our CRLF
 // headers a strict client would read on past it and take body lines for header fields (a
 // forged X-Mailgate-Verified among them).
-func stripOurHeaders(raw []byte) []byte {
+func stripOurHeaders(raw []byte) []byte { return stripFields(raw, false) }
+
+// stripFields is stripOurHeaders that also drops the Message-ID field when msgID is set.
+func stripFields(raw []byte, msgID bool) []byte {
 	out := make([]byte, 0, len(raw)+64)
 	skipping := false
 	i := 0
@@ -273,7 +284,8 @@ func stripOurHeaders(raw []byte) []byte {
 			return append(append(out, "\r\n"...), raw[end:]...)
 		}
 		if line[0] != ' ' && line[0] != '\t' {
-			skipping = len(line) >= len(headerPrefix) && strings.EqualFold(string(line[:len(headerPrefix)]), headerPrefix)
+			skipping = len(line) >= len(headerPrefix) && strings.EqualFold(string(line[:len(headerPrefix)]), headerPrefix) ||
+				msgID && len(line) >= len("Message-ID:") && strings.EqualFold(string(line[:len("Message-ID:")]), "Message-ID:")
 		}
 		if !skipping {
 			out = append(append(out, content...), "\r\n"...)

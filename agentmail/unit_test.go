@@ -230,3 +230,22 @@ func TestRenderGone(t *testing.T) {
 		t.Fatalf("gone message:\n%s", sv.body)
 	}
 }
+
+// A message whose Message-ID an earlier message holds (issue 11.2) is served under its view
+// id, so that a mail client's reply to it finds this ticket, not the one the index names.
+func TestRenderIDTakenGetsViewID(t *testing.T) {
+	r := &renderer{hostname: testHost, queueAddr: func(string) string { return "support@example.com" }}
+	raw := []byte("From: mallory@evil.example\r\nMessage-ID: <c1@customer.example>\r\nmessage-id:\r\n <c1@customer.example>\r\nSubject: hi\r\n\r\nMessage-ID: <body@stays>\r\n")
+	m := &tickets.Message{Ticket: 7, Seq: 1, Direction: tickets.In, From: "mallory@evil.example", MessageID: "c1@customer.example", IDTaken: true}
+	sv := r.render("support", 7, 1, m, raw)
+	if contains(sv.body, "<c1@customer.example>") || !contains(sv.body, "Message-ID: <mailgate-view.7.1@"+testHost+">\r\n") || !contains(sv.body, "<body@stays>") {
+		t.Fatalf("served:\n%s", sv.body)
+	}
+	if got, ok := r.parseViewID(envelope(sv.body).MessageID); !ok || got != 7 {
+		t.Fatalf("envelope Message-ID names ticket %d (%v)", got, ok)
+	}
+	m.IDTaken = false
+	if sv := r.render("support", 7, 1, m, raw); !contains(sv.body, "Message-ID: <c1@customer.example>") {
+		t.Fatalf("the holder of an id lost it:\n%s", sv.body)
+	}
+}

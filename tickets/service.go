@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -197,7 +198,7 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 		}
 	}
 	if m.MessageID != "" {
-		if err := tx.PutPlain(bMsgID, s.db.Index("msgid", normID(m.MessageID)), mkey(t.ID, m.Seq)); err != nil {
+		if err := s.claimID(tx, t, m); err != nil {
 			return err
 		}
 	}
@@ -214,6 +215,35 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 	}
 	t.Updated = s.opts.Now().UTC()
 	return saveTicket(tx, t)
+}
+
+// claimID points m's Message-ID at m, unless a message that still exists holds it already:
+// the first writer keeps its id. Otherwise whoever sends new mail quoting a customer's
+// Message-ID would take over the index, and the customer's genuine follow-up would thread into
+// the sender's ticket (or, when the sender cannot pass as the customer, open a new one).
+func (s *Service) claimID(tx *store.Tx, t *Ticket, m *Message) error {
+	k := s.db.Index("msgid", normID(m.MessageID))
+	v, err := tx.GetPlain(bMsgID, k)
+	if err != nil {
+		return err
+	}
+	if len(v) == 12 {
+		id, seq := store.FromU64(v), int(binary.BigEndian.Uint32(v[8:]))
+		if id == t.ID && seq == m.Seq {
+			return nil
+		}
+		// A purged or destroyed ticket no longer holds anything: its id is free again.
+		if _, err := loadMessage(tx, id, seq); err == nil {
+			m.IDTaken = true
+			if m.Direction == In && m.Problem == "" {
+				m.Problem = "an earlier message already uses this Message-ID: replies that quote it thread to that message, not to this one"
+			}
+			return nil
+		} else if !errors.Is(err, ErrNotFound) && !errors.Is(err, store.ErrScopeDestroyed) {
+			return err
+		}
+	}
+	return tx.PutPlain(bMsgID, k, mkey(t.ID, m.Seq))
 }
 
 // nextUID hands out the queue mailbox's next IMAP UID; UIDVALIDITY is fixed when the mailbox

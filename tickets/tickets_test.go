@@ -168,6 +168,16 @@ func TestDuplicateStoredOnce(t *testing.T) {
 	if r.Outcome == OutcomeDuplicate {
 		t.Fatal("foreign mail suppressed as duplicate")
 	}
+	// Same sender, subject and Message-ID but another text: its own message, and the index
+	// keeps naming the first one.
+	other := bytes.Replace(raw, []byte("my order is late"), []byte("pay to this account"), 1)
+	r = e.ingest(t, other, false)
+	if r.Outcome == OutcomeDuplicate || r.Ticket == 1 {
+		t.Fatalf("a different message with the same Message-ID: %+v", r)
+	}
+	if id, seq, ok := e.svc.FindMessage("dup@customer.example"); !ok || id != 1 || seq != 1 {
+		t.Fatalf("index moved to %d/%d", id, seq)
+	}
 }
 
 func TestAccessAndAudit(t *testing.T) {
