@@ -537,3 +537,24 @@ func TestBounceOfOurReplyBecomesANote(t *testing.T) {
 		t.Fatalf("unmatched bounce: %+v", r)
 	}
 }
+
+// TestSafeFilenameDropsHiddenCharacters (issue 11.5): no bidi control, invisible format
+// character or separator survives, so the extension shown is the real one.
+func TestSafeFilenameDropsHiddenCharacters(t *testing.T) {
+	for _, r := range []rune{0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069,
+		0x200E, 0x200F, 0x061C, 0x200B, 0x2060, 0xFEFF, 0x00AD, 0x2028, 0x2029, 0xE0001, 0x01, 0x1B, 0x7F, 0x85, 0x9B} {
+		name := "invoice" + string(r) + "fdp.exe"
+		if got := SafeFilename(name, "application/octet-stream"); got != "invoicefdp.exe" {
+			t.Errorf("U+%04X: %q", r, got)
+		}
+	}
+	// Letters of right-to-left scripts and the joiners Persian needs stay.
+	for _, name := range []string{"חשבונית.pdf", "نامه\u200cها.pdf", "क्\u200dष.txt"} {
+		if got := SafeFilename(name, "application/pdf"); got != name {
+			t.Errorf("%q became %q", name, got)
+		}
+	}
+	if got := SafeFilename("\u202E\u2066", "application/pdf"); got != "attachment.pdf" {
+		t.Errorf("a name of controls only: %q", got)
+	}
+}
