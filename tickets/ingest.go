@@ -198,7 +198,7 @@ func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incomi
 	}
 	if in.Kind == "bounce" {
 		for _, id := range in.BounceOf {
-			t, seq, err := s.lookupID(tx, id)
+			t, seq, err := s.lookupID(tx, q.Name, id)
 			if err != nil {
 				return Result{}, nil, err
 			}
@@ -217,7 +217,7 @@ func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incomi
 	var linked []uint64
 	refs := append(append([]string(nil), m.InReplyTo...), m.References...)
 	for i := len(refs) - 1; i >= 0; i-- { // nearest ancestor first
-		t, _, err := s.lookupID(tx, refs[i])
+		t, _, err := s.lookupID(tx, q.Name, refs[i])
 		if err != nil {
 			return Result{}, nil, err
 		}
@@ -317,7 +317,7 @@ func (s *Service) newTicket(tx *store.Tx, q Queue, m *Message) (*Ticket, error) 
 // never takes the id over (addMessage), so nobody can steal a customer's thread by quoting
 // its Message-ID in new mail.
 func (s *Service) duplicate(tx *store.Tx, q Queue, m *Message) (uint64, bool, error) {
-	v, err := tx.GetPlain(bMsgID, s.db.Index("msgid", normID(m.MessageID)))
+	v, err := s.idEntry(tx, q.Name, m.MessageID)
 	if err != nil || len(v) != 12 {
 		return 0, false, err
 	}
@@ -370,11 +370,12 @@ func digest(p *Parsed) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// lookupID finds the ticket that holds the message with Message-ID id. An id in mailgate's own
+// lookupID finds the ticket that holds the message with Message-ID id, as queue's index
+// entry names it. An id in mailgate's own
 // form must carry a MAC that verifies for one of the ticket's participants; a forged one (a
 // guessed ticket number) is ignored.
-func (s *Service) lookupID(tx *store.Tx, id string) (*Ticket, int, error) {
-	v, err := tx.GetPlain(bMsgID, s.db.Index("msgid", normID(id)))
+func (s *Service) lookupID(tx *store.Tx, queue, id string) (*Ticket, int, error) {
+	v, err := s.idEntry(tx, queue, id)
 	if err != nil {
 		return nil, 0, err
 	}

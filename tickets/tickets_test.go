@@ -558,3 +558,55 @@ func TestSafeFilenameDropsHiddenCharacters(t *testing.T) {
 		t.Errorf("a name of controls only: %q", got)
 	}
 }
+
+func (e *env) ingestTo(t *testing.T, queue string, raw []byte) Result {
+	t.Helper()
+	r, err := e.svc.Ingest(Incoming{Queue: queue, Raw: raw, Via: "smtp", Remote: "127.0.0.1",
+		Auth: Auth{SPF: "pass", DKIM: "pass", DMARC: "pass", Verified: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// A message sent to two queues is the first writer of its Message-ID in both: neither copy is
+// marked, a retransmission is a duplicate in both, and a follow-up threads in each queue.
+func TestMessageIDPerQueue(t *testing.T) {
+	e := newEnv(t)
+	raw := msgText("carol@customer.example", "Both", "both@customer.example")
+	var first [2]Result
+	for i, q := range []string{"support", "sales"} {
+		first[i] = e.ingestTo(t, q, raw)
+		_, msgs, err := e.svc.Get(access.Actor{Name: "t", Role: access.RoleAdmin}, first[i].Ticket)
+		if err != nil || msgs[0].IDTaken || msgs[0].Problem != "" {
+			t.Fatalf("%s: %v %+v", q, err, msgs)
+		}
+	}
+	for i, q := range []string{"support", "sales"} {
+		if r := e.ingestTo(t, q, raw); r.Outcome != OutcomeDuplicate || r.Ticket != first[i].Ticket {
+			t.Errorf("%s: retransmission %+v", q, r)
+		}
+		follow := msgText("carol@customer.example", "Re: Both", "both2."+q+"@customer.example", "In-Reply-To: <both@customer.example>")
+		if r := e.ingestTo(t, q, follow); r.Outcome != OutcomeThreaded || r.Ticket != first[i].Ticket {
+			t.Errorf("%s: follow-up %+v, want ticket %d", q, r, first[i].Ticket)
+		}
+	}
+}
+
+// Mail stored before per-queue entries has only the store-wide one: it still holds its id
+// against a newcomer in its queue.
+func TestMessageIDLegacyEntryHolds(t *testing.T) {
+	e := newEnv(t)
+	first := e.ingest(t, msgText("carol@customer.example", "Order", "old@customer.example"), true)
+	e.db.Update(func(tx *store.Tx) error {
+		return tx.Delete(bMsgID, queueIDKey(e.db, "support", "old@customer.example"))
+	})
+	other := e.ingest(t, msgText("carol@customer.example", "Invoice update", "old@customer.example"), false)
+	if other.Ticket == first.Ticket || other.Outcome == OutcomeDuplicate {
+		t.Fatalf("newcomer %+v", other)
+	}
+	r := e.ingest(t, msgText("carol@customer.example", "Re: Order", "old2@customer.example", "In-Reply-To: <old@customer.example>"), true)
+	if r.Ticket != first.Ticket {
+		t.Fatalf("follow-up went to ticket %d, want %d", r.Ticket, first.Ticket)
+	}
+}
