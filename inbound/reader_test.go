@@ -91,6 +91,9 @@ func FuzzStrictReader(f *testing.F) {
 		if sr.bare != want {
 			t.Fatalf("%q: bare=%v want %v", in, sr.bare, want)
 		}
+		if sr.nul != bytes.Contains(in, []byte{0}) {
+			t.Fatalf("%q: nul=%v", in, sr.nul)
+		}
 	})
 }
 
