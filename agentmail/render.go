@@ -308,8 +308,8 @@ func tooComplex(raw []byte) bool {
 	return deep
 }
 
-// inspectServed is tooComplex that also reports whether a part's file name holds a character that
-// tickets.SafeFilename drops (bidi controls and other invisible ones), in the same walk.
+// inspectServed is tooComplex that also reports, in the same walk, whether a part's file name
+// holds a character tickets.SafeFilename drops (bidi controls and other invisible ones).
 func inspectServed(raw []byte) (deep, hidden bool) {
 	br := bufio.NewReader(bytes.NewReader(raw))
 	h, err := textproto.ReadHeader(br)

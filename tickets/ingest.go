@@ -370,10 +370,9 @@ func digest(p *Parsed) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// lookupID finds the ticket that holds the message with Message-ID id, as queue's index
-// entry names it. An id in mailgate's own
-// form must carry a MAC that verifies for one of the ticket's participants; a forged one (a
-// guessed ticket number) is ignored.
+// lookupID finds the ticket that holds the message with Message-ID id, as queue's index entry
+// names it. An id in mailgate's own form must carry a MAC that verifies for one of the
+// ticket's participants; a forged one (a guessed ticket number) is ignored.
 func (s *Service) lookupID(tx *store.Tx, queue, id string) (*Ticket, int, error) {
 	v, err := s.idEntry(tx, queue, id)
 	if err != nil {
