@@ -56,6 +56,8 @@ type Outgoing struct {
 	Encrypt bool
 	// AutoReply marks an automatic acknowledgement (RFC 3834).
 	AutoReply bool
+	// Attachments go after the text in a multipart/mixed body (inside the encryption).
+	Attachments []ParsedAttachment
 }
 
 // Mailer builds and queues outbound mail. outbound implements it; tickets only decides what to say.
