@@ -26,10 +26,12 @@ type SubmissionOptions struct {
 	Tickets *tickets.Service
 	Access  *access.Service
 	Audit   *audit.Log
-	// TLSConfig carries the [smtp] certificate. With it, port 465 speaks TLS from the first byte
-	// and other ports offer STARTTLS; AUTH is offered only over TLS. Without it only loopback
-	// listeners are served (AUTH in plain text is allowed there).
+	// TLSConfig carries the [smtp] certificate; AUTH is offered only over TLS. Without it only
+	// loopback listeners are served (AUTH in plain text is allowed there).
 	TLSConfig *tls.Config
+	// TLSMode is TLSAuto (""; implicit TLS on port 465, STARTTLS elsewhere), TLSImplicit or
+	// TLSStartTLS, for every listener ([smtp] submission_tls).
+	TLSMode string
 	Hostname  string // greeting name (cfg.Hostname)
 	Logger    *slog.Logger
 	// Limits; zero means the default in brackets.
@@ -109,14 +111,19 @@ func NewSubmission(opts SubmissionOptions) *Submission {
 }
 
 // Serve answers SMTP submission on l until Close. A loopback listener allows AUTH in plain
-// text; any other needs the TLS certificate (port 465: implicit TLS; others: STARTTLS).
-func (s *Submission) Serve(l net.Listener) error { return s.serve(l, false) }
+// text; any other needs the TLS certificate (implicit TLS or STARTTLS by TLSMode).
+func (s *Submission) Serve(l net.Listener) error { return s.serve(l, s.opts.TLSMode) }
 
-// ServeTLS is Serve with TLS from the first byte whatever the port.
-func (s *Submission) ServeTLS(l net.Listener) error { return s.serve(l, true) }
+// ServeTLS is Serve with TLS from the first byte whatever the port and mode.
+func (s *Submission) ServeTLS(l net.Listener) error { return s.serve(l, TLSImplicit) }
 
-func (s *Submission) serve(l net.Listener, implicit bool) error {
-	pl, ll, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSSubmission, implicit, s.opts.MaxConnsPerIP)
+// TLSMode describes what a listener on addr speaks: "implicit TLS", "STARTTLS", or why neither.
+func (s *Submission) TLSMode(addr net.Addr) string {
+	return describeTLS(s.opts.TLSConfig, s.opts.TLSMode, addr, implicitTLSSubmission)
+}
+
+func (s *Submission) serve(l net.Listener, mode string) error {
+	pl, ll, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSSubmission, mode, s.opts.MaxConnsPerIP)
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("submission: %w", err)
@@ -239,7 +246,7 @@ func (ss *subSession) Auth(mech string) (sasl.Server, error) {
 	}
 	return sasl.NewPlainServer(func(identity, user, pass string) error {
 		if !ss.tls && !ss.loop { // go-smtp already hides AUTH here; this holds if a listener is misfiled
-			return &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "TLS is required to log in: use STARTTLS or port 465"}
+			return &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "TLS is required to log in: use STARTTLS"}
 		}
 		if identity != "" && identity != user {
 			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "the authorization identity must be empty or your user name"}

@@ -43,6 +43,9 @@ type Config struct {
 type SMTP struct {
 	Listen           []string `toml:"listen"`
 	SubmissionListen []string `toml:"submission_listen"`
+	// SubmissionTLS is how submission_listen speaks TLS: implicit (TLS from the first byte),
+	// starttls, or auto (implicit on port 465, STARTTLS elsewhere: the behaviour before the key).
+	SubmissionTLS string `toml:"submission_tls"`
 	TLSCert          string   `toml:"tls_cert"`
 	TLSKey           string   `toml:"tls_key"`
 
@@ -117,7 +120,10 @@ type Web struct {
 
 // IMAP is the [imap] table: agents' mail clients.
 type IMAP struct {
-	Listen  []string `toml:"listen"`
+	Listen []string `toml:"listen"`
+	// TLS is how listen speaks TLS: implicit, starttls, or auto (implicit on port 993,
+	// STARTTLS elsewhere: the behaviour before the key).
+	TLS     string `toml:"tls"`
 	TLSCert string   `toml:"tls_cert"`
 	TLSKey  string   `toml:"tls_key"`
 }
@@ -209,6 +215,7 @@ func Default() *Config {
 		SMTP: SMTP{
 			Listen:                 []string{"0.0.0.0:25"}, // public MX
 			SubmissionListen:       []string{},             // off until asked for
+			SubmissionTLS:          "auto",                 // implicit on :465, STARTTLS elsewhere
 			MaxMessageBytes:        26214400,               // 25 MiB
 			MaxRecipients:          50,                     //
 			MaxLineLength:          4096,                   // RFC 5321 asks for at least 1000
@@ -247,6 +254,7 @@ func Default() *Config {
 		},
 		IMAP: IMAP{
 			Listen: []string{}, // off until asked for
+			TLS:    "auto",     // implicit on :993, STARTTLS elsewhere
 		},
 		Audit:     Audit{File: ""},                    // no mirror
 		Retention: Retention{ClosedAfter: Duration{}}, // keep closed tickets until an admin purges them
