@@ -20,8 +20,8 @@ type inspection struct {
 	attachments []tickets.ParsedAttachment
 	broken      []string // structure mailgate will not take apart (too deep, too many parts)
 	encrypted   bool
-	flowed    bool // the text part is format=flowed (RFC 3676)
-	delSp     bool
+	flowed      bool // the text part is format=flowed (RFC 3676)
+	delSp       bool
 }
 
 // Parts a text reply may leave out without loss: signatures and keys the agent's client adds.

@@ -31,9 +31,9 @@ type SubmissionOptions struct {
 	TLSConfig *tls.Config
 	// TLSMode is TLSAuto (""; implicit TLS on port 465, STARTTLS elsewhere), TLSImplicit or
 	// TLSStartTLS, for every listener ([smtp] submission_tls).
-	TLSMode string
-	Hostname  string // greeting name (cfg.Hostname)
-	Logger    *slog.Logger
+	TLSMode  string
+	Hostname string // greeting name (cfg.Hostname)
+	Logger   *slog.Logger
 	// Limits; zero means the default in brackets.
 	MaxMessageBytes int64         // [25 MiB] a reply with its attachments, as submitted (base64 grows them by a third)
 	MaxRecipients   int           // [20]

@@ -46,8 +46,8 @@ type SMTP struct {
 	// SubmissionTLS is how submission_listen speaks TLS: implicit (TLS from the first byte),
 	// starttls, or auto (implicit on port 465, STARTTLS elsewhere: the behaviour before the key).
 	SubmissionTLS string `toml:"submission_tls"`
-	TLSCert          string   `toml:"tls_cert"`
-	TLSKey           string   `toml:"tls_key"`
+	TLSCert       string `toml:"tls_cert"`
+	TLSKey        string `toml:"tls_key"`
 
 	// Limits go-smtp leaves open (STYLE.md "set every limit").
 	MaxMessageBytes        int64    `toml:"max_message_bytes"`
@@ -124,8 +124,8 @@ type IMAP struct {
 	// TLS is how listen speaks TLS: implicit, starttls, or auto (implicit on port 993,
 	// STARTTLS elsewhere: the behaviour before the key).
 	TLS     string `toml:"tls"`
-	TLSCert string   `toml:"tls_cert"`
-	TLSKey  string   `toml:"tls_key"`
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
 }
 
 // Fetch is the [fetch] table.
