@@ -43,11 +43,12 @@ type Config struct {
 type SMTP struct {
 	Listen           []string `toml:"listen"`
 	SubmissionListen []string `toml:"submission_listen"`
+	TLSCert          string   `toml:"tls_cert"`
+	TLSKey           string   `toml:"tls_key"`
+
 	// SubmissionTLS is how submission_listen speaks TLS: implicit (TLS from the first byte),
 	// starttls, or auto (implicit on port 465, STARTTLS elsewhere: the behaviour before the key).
 	SubmissionTLS string `toml:"submission_tls"`
-	TLSCert       string `toml:"tls_cert"`
-	TLSKey        string `toml:"tls_key"`
 
 	// Limits go-smtp leaves open (STYLE.md "set every limit").
 	MaxMessageBytes        int64    `toml:"max_message_bytes"`
@@ -120,12 +121,13 @@ type Web struct {
 
 // IMAP is the [imap] table: agents' mail clients.
 type IMAP struct {
-	Listen []string `toml:"listen"`
+	Listen  []string `toml:"listen"`
+	TLSCert string   `toml:"tls_cert"`
+	TLSKey  string   `toml:"tls_key"`
+
 	// TLS is how listen speaks TLS: implicit, starttls, or auto (implicit on port 993,
 	// STARTTLS elsewhere: the behaviour before the key).
-	TLS     string `toml:"tls"`
-	TLSCert string `toml:"tls_cert"`
-	TLSKey  string `toml:"tls_key"`
+	TLS string `toml:"tls"`
 }
 
 // Fetch is the [fetch] table.
