@@ -365,7 +365,7 @@ func (ss *subSession) file(raw []byte) error {
 	}
 	var pl plan
 	if !note {
-		ad, err := ss.srv.opts.Tickets.Addressing(ss.actor, id)
+		ad, err := ss.srv.opts.Tickets.Addressing(ss.actor, id, "ticket.reply")
 		if errors.Is(err, tickets.ErrNotFound) {
 			return permanent(550, 7, 1, fmt.Sprintf("ticket #%d is not in your queues (or no longer exists)", id))
 		}

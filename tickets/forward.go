@@ -19,9 +19,10 @@ type Addressing struct {
 }
 
 // Addressing returns the addressing of ticket id when a may see it; otherwise ErrNotFound,
-// audited as denied like every other refused access. It returns addresses only, no content,
-// so a successful call is not audited: the reply or forward that follows is.
-func (s *Service) Addressing(a access.Actor, id uint64) (*Addressing, error) {
+// audited as a denied action (the one the caller is about to attempt, e.g. "ticket.reply")
+// like every other refused access. It returns addresses only, no content, so a successful
+// call is not audited: the reply or forward that follows is.
+func (s *Service) Addressing(a access.Actor, id uint64, action string) (*Addressing, error) {
 	var t *Ticket
 	err := s.db.View(func(tx *store.Tx) error {
 		var err error
@@ -29,7 +30,7 @@ func (s *Service) Addressing(a access.Actor, id uint64) (*Addressing, error) {
 		return err
 	})
 	if errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrScopeDestroyed) || (err == nil && !a.InQueue(t.Queue)) {
-		s.denied(a, "ticket.addressing", id, "not found or not in the actor's queues")
+		s.denied(a, action, id, "not found or not in the actor's queues")
 		return nil, ErrNotFound
 	}
 	if err != nil {
