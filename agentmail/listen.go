@@ -43,7 +43,7 @@ func implicitFor(mode string, addr net.Addr, implicitPort int) bool {
 func describeTLS(cfg *tls.Config, mode string, addr net.Addr, implicitPort int) string {
 	switch {
 	case cfg == nil && isLoopback(addr):
-		return "no TLS (loopback only; no certificate configured)"
+		return "plain text: loopback only, no certificate"
 	case cfg == nil:
 		return "refused: no certificate for a non-loopback address"
 	case implicitFor(mode, addr, implicitPort):
