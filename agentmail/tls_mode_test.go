@@ -19,7 +19,9 @@ type portListener struct {
 	port int
 }
 
-func (l portListener) Addr() net.Addr { return &net.TCPAddr{IP: net.ParseIP("192.0.2.1"), Port: l.port} }
+func (l portListener) Addr() net.Addr {
+	return &net.TCPAddr{IP: net.ParseIP("192.0.2.1"), Port: l.port}
+}
 
 func listenAs(t *testing.T, port int) (net.Listener, string) {
 	t.Helper()
