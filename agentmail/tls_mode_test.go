@@ -130,3 +130,82 @@ func TestListenerTLSModes(t *testing.T) {
 		t.Fatalf("unknown mode: %v", err)
 	}
 }
+
+// TestMsmtpAsREADME sends a reply with msmtp configured as the README's example (implicit TLS,
+// tls_starttls off, AUTH PLAIN, recipients from the header with -t) to an implicit-TLS
+// submission listener on a public-looking address.
+func TestMsmtpAsREADME(t *testing.T) {
+	msmtp := tool(t, "msmtp")
+	e := newEnv(t)
+	id := e.ingest("support", customer, "Order late", "o1@example.net", "Hello, my order is late.\r\n")
+	s := NewSubmission(SubmissionOptions{Tickets: e.tk, Access: e.acc, Audit: e.log, TLSConfig: e.tlsCfg, TLSMode: TLSImplicit, Hostname: testHost, Logger: quiet})
+	t.Cleanup(func() { s.Close() })
+	l, addr := listenAs(t, 2465)
+	go s.Serve(l)
+	host, port, _ := strings.Cut(addr, ":")
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.tlsCfg.Certificates[0].Certificate[0]}), 0o600)
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte(e.users["alice"]), 0o600)
+	rc := filepath.Join(dir, "msmtprc")
+	conf := "account mailgate\nhost " + host + "\nport " + port + "\ntls on\ntls_starttls off\ntls_trust_file " + ca +
+		"\nauth plain\nuser alice\npasswordeval \"cat " + pw + "\"\nfrom alice@example.com\naccount default : mailgate\n"
+	if err := os.WriteFile(rc, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(msmtp, "-C", rc, "-t")
+	cmd.Stdin = strings.NewReader(agentReply("alice@example.com", customer, "o1@example.net", "m1@example.com", "Sent with msmtp over implicit TLS.\r\n"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("msmtp: %v\n%s", err, out)
+	}
+	if out := e.delivered(id, 2); !contains(decodedBody(t, out), "Sent with msmtp over implicit TLS.") {
+		t.Fatalf("delivered:\n%s", out)
+	}
+}
+
+// TestMbsyncAsREADME pulls the queues into a Maildir with mbsync (isync) configured as the
+// README's example, over implicit TLS: the ticket's message arrives with mailgate's headers.
+func TestMbsyncAsREADME(t *testing.T) {
+	mbsync := tool(t, "mbsync")
+	e := newEnv(t)
+	e.ingest("support", customer, "Order late", "o1@example.net", "Hello, my order is late.\r\n")
+	s := NewIMAP(IMAPOptions{Tickets: e.tk, Access: e.acc, Audit: e.log, TLSConfig: e.tlsCfg, TLSMode: TLSImplicit, Hostname: testHost, Logger: quiet})
+	t.Cleanup(func() { s.Close() })
+	l, addr := listenAs(t, 1993)
+	go s.Serve(l)
+	_, port, _ := strings.Cut(addr, ":")
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.tlsCfg.Certificates[0].Certificate[0]}), 0o600)
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte(e.users["alice"]), 0o600)
+	mail := filepath.Join(dir, "Mail") + "/"
+	if err := os.MkdirAll(mail, 0o700); err != nil { // mbsync creates folders, not the store
+		t.Fatal(err)
+	}
+	rc := filepath.Join(dir, "mbsyncrc")
+	conf := "IMAPAccount mailgate\nHost localhost\nPort " + port + "\nSSLType IMAPS\nCertificateFile " + ca + "\nUser alice\nPassCmd \"cat " + pw + "\"\n\n" +
+		"IMAPStore mailgate-remote\nAccount mailgate\n\n" +
+		"MaildirStore mailgate-local\nPath " + mail + "\nInbox " + mail + "INBOX\nSubFolders Verbatim\n\n" +
+		"Channel mailgate\nFar :mailgate-remote:\nNear :mailgate-local:\nPatterns *\nSync Pull\nCreate Near\n"
+	if err := os.WriteFile(rc, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(mbsync, "-c", rc, "mailgate")
+	cmd.Env = append(os.Environ(), "HOME="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("mbsync: %v\n%s", err, out)
+	}
+	files, _ := filepath.Glob(filepath.Join(mail, "support", "*", "*"))
+	if len(files) != 1 {
+		t.Fatalf("Maildir support holds %v, want one message", files)
+	}
+	b, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !contains(b, "X-Mailgate-Ticket: 1") || !contains(b, "Hello, my order is late.") {
+		t.Fatalf("pulled message:\n%s", b)
+	}
+}
