@@ -16,6 +16,7 @@ import (
 
 	"mailgate/access"
 	"mailgate/audit"
+	"mailgate/outbound"
 	"mailgate/tickets"
 )
 
@@ -180,6 +181,11 @@ func TestSubmissionForwardToColleagueAndQueue(t *testing.T) {
 	}
 	if to := m.Header.Get("To"); to != "bob@example.com" {
 		t.Errorf("To %q", to)
+	}
+	// Neither the billing queue's acknowledgement nor an out-of-office reply comes back.
+	if outbound.AutoAckAllowed(tickets.Parse(s.data), tickets.Incoming{Via: "smtp", MailFrom: "support@example.com",
+		Auth: tickets.Auth{SPF: "pass", DKIM: "pass", DMARC: "pass", Verified: true}}) {
+		t.Errorf("the forward would be auto-acknowledged by the queue it reaches:\n%s", s.data)
 	}
 	for _, want := range []string{"billing question", "Hello, my order is late.", "X-Mailgate-Verified: yes"} {
 		if !contains(s.data, want) {

@@ -111,6 +111,8 @@ func (o *Outbound) Compose(og tickets.Outgoing) (raw []byte, encrypted bool, err
 		// RFC 3834 5: mark it, and ask Exchange-style responders not to answer it.
 		h.add("Auto-Submitted", "auto-replied")
 		h.add("X-Auto-Response-Suppress", "All")
+	} else if og.Forward {
+		h.add("X-Auto-Response-Suppress", "All")
 	}
 	h.add("MIME-Version", "1.0")
 

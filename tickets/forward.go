@@ -202,6 +202,7 @@ func (s *Service) Forward(a access.Actor, id uint64, text string, to []string, a
 	}
 	o.To, o.Cc = to[0], to[1:]
 	o.Attachments = atts
+	o.Forward = true
 	o.Queue.Name = a.Name + " via " + o.Queue.Name
 	subj := strings.TrimSpace(strings.TrimPrefix(t.Subject, "Re: "))
 	o.Subject = fmt.Sprintf("Fwd: %s [#%d]", subj, t.ID)

@@ -58,6 +58,9 @@ type Outgoing struct {
 	AutoReply bool
 	// Attachments go after the text in a multipart/mixed body (inside the encryption).
 	Attachments []ParsedAttachment
+	// Forward marks a forward to colleagues or queues: their auto-responders (out-of-office,
+	// a queue's acknowledgement) are asked not to answer, so no reply lands in a queue.
+	Forward bool
 }
 
 // Mailer builds and queues outbound mail. outbound implements it; tickets only decides what to say.
