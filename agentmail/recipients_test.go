@@ -2,6 +2,7 @@ package agentmail
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/mail"
@@ -345,5 +346,33 @@ func TestReplyWithCcRules(t *testing.T) {
 	out := e.delivered(id, 2)
 	if !contains(out, "Cc: boss@customer.test\r\n") {
 		t.Fatalf("delivered:\n%s", out)
+	}
+}
+
+// TestForwardRefusesTicketParticipants: tickets.Forward itself never sends to the customer or
+// a participant, whatever its caller decided.
+func TestForwardRefusesTicketParticipants(t *testing.T) {
+	e := newEnv(t)
+	id := e.ingest("support", customer, "Order late", "o1@example.net", "Hello\r\n")
+	alice, _ := e.acc.Get("alice")
+	a := alice.Actor("test")
+	if _, err := e.tk.ReplyWith(a, id, "Copying your manager.", tickets.ReplyOptions{Cc: []string{"boss@customer.test"}}); err != nil {
+		t.Fatal(err)
+	}
+	e.delivered(id, 2)
+	for _, to := range [][]string{{customer}, {"bob@example.com", "BOSS@customer.test"}, {}} {
+		if _, err := e.tk.Forward(a, id, "internal", to, nil); !errors.Is(err, tickets.ErrInvalid) {
+			t.Errorf("Forward to %v: %v, want ErrInvalid", to, err)
+		}
+	}
+	bob, _ := e.acc.Get("bob")
+	if _, err := e.tk.Forward(bob.Actor("test"), id, "not my queue", []string{"carol@example.com"}, nil); !errors.Is(err, tickets.ErrNotFound) {
+		t.Errorf("Forward by an agent of another queue: %v", err)
+	}
+	if n := e.ob.Queued(); n != 0 {
+		t.Fatalf("%d queued", n)
+	}
+	if n := len(e.thread(id)); n != 2 {
+		t.Fatalf("thread has %d messages", n)
 	}
 }
