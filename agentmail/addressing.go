@@ -106,7 +106,7 @@ func (ss *subSession) plan(p *tickets.Parsed, ad *tickets.Addressing, id uint64)
 		seen[a] = true
 		switch {
 		case a == customer:
-			return plan{}, permanent(550, 5, 1, fmt.Sprintf("the customer of ticket #%d is a recipient but is not in To or Cc: a reply must name the customer in To (blind copies are not supported)", id)),
+			return plan{}, permanent(550, 7, 1, fmt.Sprintf("the customer of ticket #%d is a recipient but is not in To or Cc: a reply must name the customer in To (blind copies are not supported)", id)),
 				"customer as a blind copy"
 		case slicesContains(ad.Participants, a):
 			return plan{}, permanent(550, 7, 1, fmt.Sprintf("<%s> takes part in ticket #%d, but the message is not addressed to the ticket's customer: a reply goes to the customer and every participant, so put the customer in To", a, id)),
