@@ -15,7 +15,8 @@ import (
 //
 // The rule (README "Mail clients"): a message whose To or Cc names the ticket's customer or
 // its queue address is a reply; it goes to the customer and every participant, and the other
-// addresses in To/Cc join the ticket as participants. Any other message is a forward to
+// addresses in To/Cc join the ticket as participants (never colleagues' or queues' addresses,
+// which are refused: the customer's answers must not flow to them). Any other message is a forward to
 // colleagues: every recipient must then be an agent's address or a queue address, and the
 // copy goes to them alone, never to the customer. Other addresses are refused (5.7.1):
 // mailgate is not a relay for agents' private mail, and a message meant for a colleague must
@@ -67,6 +68,11 @@ func (ss *subSession) plan(p *tickets.Parsed, ad *tickets.Addressing, id uint64)
 	for _, r := range ss.rcpts {
 		env = append(env, lowerAddr(r))
 	}
+	locals, err := ss.localAddresses()
+	if err != nil {
+		ss.srv.log.Error("list agents", "err", err)
+		return plan{}, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary problem; try again"}, "agents unreadable"
+	}
 	if reply {
 		var pl plan
 		for _, r := range env {
@@ -83,6 +89,12 @@ func (ss *subSession) plan(p *tickets.Parsed, ad *tickets.Addressing, id uint64)
 			case ss.srv.opts.Tickets.IsQueueAddress(a):
 				return plan{}, permanent(550, 5, 1, fmt.Sprintf("<%s> is a queue address: a reply to the customer cannot be copied to a queue; forward the ticket to it in a separate message", a)),
 					"queue address in a reply"
+			case locals[a]:
+				// A reply-all to a forward seen in the IMAP view names the queue and the
+				// colleague: copying them would send the customer's answer (and every later
+				// one) to the colleague and show the customer their address.
+				return plan{}, permanent(550, 7, 1, fmt.Sprintf("<%s> is a colleague: a reply to the customer cannot copy agents; write to them in a separate message (a forward)", a)),
+					"agent address in a reply"
 			default:
 				pl.cc = append(pl.cc, a)
 			}
@@ -91,11 +103,6 @@ func (ss *subSession) plan(p *tickets.Parsed, ad *tickets.Addressing, id uint64)
 	}
 
 	// Not addressed to the customer: a forward to colleagues, or nothing.
-	locals, err := ss.localAddresses()
-	if err != nil {
-		ss.srv.log.Error("list agents", "err", err)
-		return plan{}, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary problem; try again"}, "agents unreadable"
-	}
 	var pl plan
 	pl.forward = true
 	seen := map[string]bool{}

@@ -126,6 +126,8 @@ func TestSubmissionAddressedElsewhereNeverReachesCustomer(t *testing.T) {
 			agentMail("alice@example.com", customer, "", "o1@example.net", "f5@example.com", "Re: x", "Fine.\r\n"), "blind copies of a reply are not supported"},
 		{"reply copied to another queue", []string{customer, "billing@example.com"},
 			agentMail("alice@example.com", customer, "billing@example.com", "o1@example.net", "f6@example.com", "Re: x", "Fine.\r\n"), "is a queue address"},
+		{"reply-all to a forward", []string{"support@example.com", "bob@example.com"},
+			agentMail("alice@example.com", "support@example.com", "bob@example.com", "o1@example.net", "f7@example.com", "Re: Fwd: x", "Thanks Bob.\r\n"), "<bob@example.com> is a colleague"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := e.submit("alice", e.users["alice"], "alice@example.com", tc.env, tc.msg)
@@ -144,7 +146,7 @@ func TestSubmissionAddressedElsewhereNeverReachesCustomer(t *testing.T) {
 		t.Fatalf("the relay got %d messages", len(got))
 	}
 	evs := e.refusals()
-	if len(evs) != 6 || evs[0].Result != audit.Denied || !strings.Contains(evs[0].Detail, "dev@example.com") {
+	if len(evs) != 7 || evs[0].Result != audit.Denied || !strings.Contains(evs[0].Detail, "dev@example.com") {
 		t.Fatalf("refusal events %+v", evs)
 	}
 }
