@@ -16,9 +16,9 @@ import (
 // The rule (README "Mail clients"): a message whose To or Cc names the ticket's customer or
 // its queue address is a reply; it goes to the customer and every participant, and the other
 // addresses in To/Cc join the ticket as participants (never colleagues' or queues' addresses,
-// which are refused: the customer's answers must not flow to them). Any other message is a forward to
-// colleagues: every recipient must then be an agent's address or a queue address, and the
-// copy goes to them alone, never to the customer. Other addresses are refused (5.7.1):
+// which are refused: the customer's answers must not flow to them). Any other message is a
+// forward to colleagues: every recipient must then be an agent's address or a queue address,
+// and the copy goes to them alone, never to the customer. Other addresses are refused (5.7.1):
 // mailgate is not a relay for agents' private mail, and a message meant for a colleague must
 // never reach the customer because it happens to quote a ticket.
 type plan struct {
