@@ -130,7 +130,7 @@ func forwardText(p *tickets.Parsed, in inspection) string {
 // ourFieldRe matches a header line the IMAP view adds (X-Mailgate-*) or that inbound wrote
 // (Authentication-Results), as it appears in a forwarded or quoted message's text, possibly
 // behind quote marks.
-var ourFieldRe = regexp.MustCompile(`(?i)^((?:>\s?)*)(x-mailgate-[a-z0-9-]*|authentication-results)\s*:`)
+var ourFieldRe = regexp.MustCompile(`(?i)^([ \t]*(?:>[ \t]?)*)(x-mailgate-[a-z0-9-]*|authentication-results)[ \t]*:`)
 
 // stripOurFields removes those header lines and their continuation lines from text: a
 // customer must not get mailgate's verdicts on their own or anybody's mail, nor ticket
