@@ -349,6 +349,11 @@ func TestReplyWithCcRules(t *testing.T) {
 	if !contains(out, "Cc: boss@customer.test\r\n") {
 		t.Fatalf("delivered:\n%s", out)
 	}
+	// The boss answers the reply: it threads into the ticket.
+	if got := e.ingest("support", "boss@customer.test", "Re: Order late [#1]", "b1@customer.test", "Please hurry.\r\n",
+		"In-Reply-To: <"+m.MessageID+">"); got != id {
+		t.Fatalf("the boss's answer opened ticket %d, want %d", got, id)
+	}
 }
 
 // TestForwardRefusesTicketParticipants: tickets.Forward itself never sends to the customer or
