@@ -278,3 +278,24 @@ func TestRenderHidesBidiAttachmentNames(t *testing.T) {
 		t.Fatalf("plain name not served raw:\n%s", sv.body)
 	}
 }
+
+func TestStripOurFields(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"Hi\nX-Mailgate-Ticket: 7\nBye", "Hi\nBye"},
+		{"Hi\nx-mailgate-verified:yes\n", "Hi\n"},
+		{"> X-Mailgate-Author: carol\n> Hello", "> Hello"},
+		{"> > X-Mailgate-Auth: spf=pass\n> > Hello", "> > Hello"},
+		{"   X-Mailgate-Direction: in\nkept", "kept"},
+		{"Authentication-Results: mx; spf=pass\n dkim=pass;\n\tdmarc=pass\nFrom: a@b\n", "From: a@b\n"},
+		{"> Authentication-Results: mx;\n>  dkim=pass\n> body", "> body"},
+		// A continuation ends at a line that is not indented under the same prefix.
+		{"Authentication-Results: mx;\n\nSee above.", "\nSee above."},
+		// Not ours, or not a field: kept.
+		{"X-Mailer: Thunderbird\nThe Authentication-Results header says: pass", "X-Mailer: Thunderbird\nThe Authentication-Results header says: pass"},
+		{"X-Mailgate is our product name.", "X-Mailgate is our product name."},
+	} {
+		if got := stripOurFields(tc.in); got != tc.want {
+			t.Errorf("stripOurFields(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

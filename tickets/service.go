@@ -57,6 +57,11 @@ type Outgoing struct {
 	Encrypt bool
 	// AutoReply marks an automatic acknowledgement (RFC 3834).
 	AutoReply bool
+	// Attachments go after the text in a multipart/mixed body (inside the encryption).
+	Attachments []ParsedAttachment
+	// Forward marks a forward to colleagues or queues: their auto-responders (out-of-office,
+	// a queue's acknowledgement) are asked not to answer, so no reply lands in a queue.
+	Forward bool
 }
 
 // Mailer builds and queues outbound mail. outbound implements it; tickets only decides what to say.
