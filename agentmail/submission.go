@@ -17,6 +17,7 @@ import (
 
 	"mailgate/access"
 	"mailgate/audit"
+	"mailgate/internal/connlimit"
 	"mailgate/store"
 	"mailgate/tickets"
 )
@@ -37,7 +38,8 @@ type SubmissionOptions struct {
 	MaxRecipients   int           // [20]
 	ReadTimeout     time.Duration // [5m] covers a whole DATA transfer (go-smtp sets it once)
 	WriteTimeout    time.Duration // [1m]
-	MaxConnsPerIP   int           // [10]
+	MaxConnsPerIP   int           // [10] one IPv4 address or IPv6 /64; a /48 gets three times this
+	MaxConns        int           // [no cap] all listeners together ([smtp] submission_max_conns)
 }
 
 // Submission is the SMTP submission server for agents' mail clients (RFC 6409). It accepts an
@@ -52,6 +54,9 @@ type Submission struct {
 
 	secure *smtp.Server // non-loopback listeners: AUTH only over TLS
 	local  *smtp.Server // loopback listeners: AUTH in plain text allowed
+
+	conns   *connlimit.Limiter
+	refused func(connlimit.Reason)
 
 	mu        sync.Mutex
 	closed    bool
@@ -88,6 +93,8 @@ func NewSubmission(opts SubmissionOptions) *Submission {
 	}
 	opts.TLSConfig = tlsConfig(opts.TLSConfig)
 	s := &Submission{opts: opts, log: opts.Logger.With("component", "submission")}
+	s.conns = connlimit.New(limits(opts.MaxConns, opts.MaxConnsPerIP))
+	s.refused = refusalLog(s.log, s.conns)
 	s.render = &renderer{hostname: opts.Hostname}
 	mk := func(insecure bool) *smtp.Server {
 		srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
@@ -114,7 +121,8 @@ func (s *Submission) Serve(l net.Listener) error { return s.serve(l, false) }
 func (s *Submission) ServeTLS(l net.Listener) error { return s.serve(l, true) }
 
 func (s *Submission) serve(l net.Listener, implicit bool) error {
-	pl, ll, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSSubmission, implicit, s.opts.MaxConnsPerIP)
+	pl, ll, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSSubmission, implicit, s.conns,
+		"421 4.7.0 too many connections, try later", s.refused)
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("submission: %w", err)
@@ -140,6 +148,9 @@ func (s *Submission) serve(l net.Listener, implicit bool) error {
 	}
 	return nil
 }
+
+// Conns returns the connection limiter of the submission listeners (metrics, tests).
+func (s *Submission) Conns() *connlimit.Limiter { return s.conns }
 
 // Close stops the listeners and ends every connection now. A reply is committed before its
 // 250, so an interrupted client sends again, and the second copy is recognised, not re-sent.
