@@ -168,8 +168,8 @@ write_timeout = {{WRITE_TIMEOUT}}	# time allowed for each reply to reach a clien
 max_conns_per_ip = {{MAX_CONNS_PER_IP}}	# simultaneous connections from one IPv4 address or IPv6 /64
 messages_per_minute_per_ip = {{MESSAGES_PER_MINUTE}}	# accepted messages per minute from one address
 max_dkim_signatures = {{MAX_DKIM_SIGNATURES}}	# DKIM signatures verified per message; more are ignored
-max_conns = 0	# connections to the listen addresses together; 0 = 40% of the open-file limit, at most 2000
-submission_max_conns = 0	# the same for submission_listen; 0 = 10% of the open-file limit, at most 200
+max_conns = 0	# connections to the listen addresses together; 0 = 40% of the open-file limit after a reserve, at most 2000
+submission_max_conns = 0	# the same for submission_listen; 0 = 10% of the open-file limit after a reserve, at most 200
 max_conns_per_ipv6_48 = {{MAX_CONNS_PER_48}}	# simultaneous connections from one IPv6 /48
 idle_timeout = {{IDLE_TIMEOUT}}	# time a client may take to send its next command
 busy_idle_timeout = {{BUSY_IDLE_TIMEOUT}}	# idle_timeout outside a transaction once 3/4 of max_conns are taken
@@ -214,14 +214,14 @@ wkd_url = ""	# "" = standard WKD; a base URL overrides it (tests)
 listen = {{WEB_LISTEN}}	# agents' pages; plain HTTP only on a loopback address
 tls_cert = {{TLS_CERT}}	# PEM certificate; "" = plain HTTP (loopback only)
 tls_key = {{TLS_KEY}}	# PEM private key, mode 0600
-max_conns = 0	# connections to the page; 0 = 20% of the open-file limit, at most 500
+max_conns = 0	# connections to the page; 0 = 20% of the open-file limit after a reserve, at most 500
 allowed_hosts = []	# names besides hostname the page is reached by; other Host headers get 421
 
 [imap]
 listen = []	# e.g. ["0.0.0.0:993"]: agents' mail clients, one folder per queue
 tls_cert = {{TLS_CERT}}	# PEM certificate; required unless listen is loopback
 tls_key = {{TLS_KEY}}	# PEM private key, mode 0600
-max_conns = 0	# connections to the IMAP listeners together; 0 = 20% of the open-file limit, at most 500
+max_conns = 0	# connections to the IMAP listeners together; 0 = 20% of the open-file limit after a reserve, at most 500
 
 # Optional: pull mail from an existing mailbox, beside or instead of SMTP.
 [fetch]
