@@ -136,3 +136,44 @@ func TestServeMaxConns(t *testing.T) {
 		t.Fatalf("after a slot freed: %d", r2.StatusCode)
 	}
 }
+
+// TestServeBusyClosesIdle: once 3/4 of [web] max_conns are taken, keep-alive connections parked
+// between requests are closed instead of holding their slot for the idle timeout.
+func TestServeBusyClosesIdle(t *testing.T) {
+	e := newEnv(t)
+	e.cfg.Web.MaxConns = 4
+	var err error
+	e.srv, err = New(e.srv.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go e.srv.Serve(l)
+	defer e.srv.Shutdown(context.Background())
+	parked, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer parked.Close()
+	parked.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(parked)
+	io.WriteString(parked, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 || resp.Close {
+		t.Fatalf("first request: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	for range 2 { // 3 of 4: busy
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("the parked keep-alive connection is still open while busy: %v", err)
+	}
+}

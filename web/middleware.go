@@ -92,7 +92,7 @@ func (s *Server) checkHost(next http.Handler) http.Handler {
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusMisdirectedRequest)
-		fmt.Fprint(w, "this server does not answer to that host name\n")
+		fmt.Fprint(w, "this server does not answer to that host name; an administrator can add it to [web] allowed_hosts\n")
 	})
 }
 

@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/microcosm-cc/bluemonday"
@@ -208,17 +207,26 @@ func (s *Server) Serve(l net.Listener) error {
 	l = &connlimit.Listener{Listener: l, Limiter: s.conns, Refuse: refuse}
 	// While 3/4 of max_conns are taken, keep-alive is off: idle connections are closed and
 	// every answer closes its connection, so a flood cannot park connections between requests.
-	var busy, stopping atomic.Bool
+	var (
+		mu             sync.Mutex
+		busy, stopping bool
+	)
 	srv.ConnState = func(_ net.Conn, st http.ConnState) {
 		if st != http.StateNew && st != http.StateClosed && st != http.StateHijacked {
 			return
 		}
-		b := s.conns.Busy()
-		if busy.Swap(b) != b && !stopping.Load() {
+		mu.Lock()
+		defer mu.Unlock()
+		if b := s.conns.Busy(); b != busy && !stopping {
+			busy = b
 			srv.SetKeepAlivesEnabled(!b)
 		}
 	}
-	srv.RegisterOnShutdown(func() { stopping.Store(true) })
+	srv.RegisterOnShutdown(func() {
+		mu.Lock()
+		stopping = true
+		mu.Unlock()
+	})
 	s.mu.Lock()
 	s.servers = append(s.servers, srv)
 	s.mu.Unlock()

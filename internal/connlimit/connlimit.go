@@ -39,6 +39,7 @@ type Limiter struct {
 	total  int
 	client map[netip.Prefix]int
 	net48  map[netip.Prefix]int
+	open   atomic.Int64 // total, readable without the lock (Busy runs before every SMTP command)
 
 	refused [3]atomic.Uint64 // Full, Client, Net48
 }
@@ -89,6 +90,7 @@ func (l *Limiter) Acquire(ip net.IP) (release func(), why Reason) {
 		return nil, why
 	}
 	l.total++
+	l.open.Store(int64(l.total))
 	l.client[c]++
 	if v6 {
 		l.net48[n]++
@@ -102,6 +104,7 @@ func (l *Limiter) release(c, n netip.Prefix, v6 bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
+	l.open.Store(int64(l.total))
 	dec(l.client, c)
 	if v6 {
 		dec(l.net48, n)
@@ -127,11 +130,7 @@ func reasonIndex(r Reason) int {
 }
 
 // Open returns the number of connections holding a slot.
-func (l *Limiter) Open() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.total
-}
+func (l *Limiter) Open() int { return int(l.open.Load()) }
 
 // Busy reports whether the service holds three quarters of Total or more: the point from which
 // idle connections get a shorter timeout, so a flood of idle connections drains quickly while
