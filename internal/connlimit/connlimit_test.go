@@ -286,3 +286,17 @@ func TestReplyHTTP(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAcquire measures a slot taken and given back, as every accepted connection does,
+// from many goroutines and addresses.
+func BenchmarkAcquire(b *testing.B) {
+	l := New(Limits{Total: 1 << 20, PerClient: 1 << 20, PerNet48: 1 << 20})
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			i++
+			r, _ := l.Acquire(net.IPv4(127, 0, byte(i>>8), byte(i)))
+			r()
+		}
+	})
+}
