@@ -197,10 +197,6 @@ func (c *Config) checkSMTP(r *reporter) {
 	r.maxConns("smtp.max_conns", "max_conns in [smtp]", s.MaxConns)
 	r.maxConns("smtp.submission_max_conns", "submission_max_conns in [smtp]", s.SubmissionMaxConns)
 	r.positive("smtp.max_conns_per_ipv6_48", "max_conns_per_ipv6_48 in [smtp]", int64(s.MaxConnsPerIPv6Net48), "max_conns_per_ipv6_48 = 50")
-	if s.MaxConnsPerIPv6Net48 > 0 && s.MaxConnsPerIPv6Net48 < s.MaxConnsPerIP {
-		r.at("smtp.max_conns_per_ipv6_48", "max_conns_per_ipv6_48 in [smtp] (%d) is below max_conns_per_ip (%d), so one IPv6 host could never reach its own limit; write e.g. max_conns_per_ipv6_48 = %d",
-			s.MaxConnsPerIPv6Net48, s.MaxConnsPerIP, max(50, s.MaxConnsPerIP))
-	}
 	if s.MaxConns > 0 && s.MaxConns < s.MaxConnsPerIP {
 		r.at("smtp.max_conns", "max_conns in [smtp] (%d) is below max_conns_per_ip (%d); raise max_conns, or write 0 for a share of the open-file limit", s.MaxConns, s.MaxConnsPerIP)
 	}

@@ -67,7 +67,6 @@ func TestValueRules(t *testing.T) {
 		{"smtp max_conns below per ip", minimal("[smtp]\nmax_conns = 5\n"), minimal("[smtp]\nmax_conns = 20\n"), "max_conns", []string{"below max_conns_per_ip (20)"}},
 		{"submission_max_conns", minimal("[smtp]\nsubmission_max_conns = -2\n"), minimal("[smtp]\nsubmission_max_conns = 50\n"), "submission_max_conns", []string{"must not be negative"}},
 		{"max_conns_per_ipv6_48", minimal("[smtp]\nmax_conns_per_ipv6_48 = 0\n"), minimal("[smtp]\nmax_conns_per_ipv6_48 = 20\n"), "max_conns_per_ipv6_48", []string{"must be positive"}},
-		{"max_conns_per_ipv6_48 below per ip", minimal("[smtp]\nmax_conns_per_ipv6_48 = 10\n"), minimal("[smtp]\nmax_conns_per_ipv6_48 = 10\nmax_conns_per_ip = 10\n"), "max_conns_per_ipv6_48", []string{"below max_conns_per_ip (20)"}},
 		{"idle_timeout", minimal("[smtp]\nidle_timeout = \"0s\"\n"), minimal("[smtp]\nidle_timeout = \"1m\"\n"), "idle_timeout", []string{"must be a positive duration"}},
 		{"busy_idle_timeout", minimal("[smtp]\nbusy_idle_timeout = \"0s\"\n"), minimal("[smtp]\nbusy_idle_timeout = \"5s\"\n"), "busy_idle_timeout", []string{"must be a positive duration"}},
 		{"busy_idle_timeout above idle", minimal("[smtp]\nbusy_idle_timeout = \"10m\"\n"), minimal("[smtp]\nbusy_idle_timeout = \"5m\"\n"), "busy_idle_timeout", []string{"longer than idle_timeout (5m)"}},

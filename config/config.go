@@ -241,7 +241,7 @@ func Default() *Config {
 			MaxDKIMSignatures:      5,                      // verify at most this many per message
 			MaxConns:               0,                      // a share of the open-file limit
 			SubmissionMaxConns:     0,                      // a share of the open-file limit
-			MaxConnsPerIPv6Net48:   50,                     // a site's /48 holds 65536 /64s
+			MaxConnsPerIPv6Net48:   50,                     // a site's /48 holds 65536 /64s; at least MaxConnsPerIP
 			IdleTimeout:            dur(5 * time.Minute),   // RFC 5321 4.5.3.2.7
 			BusyIdleTimeout:        dur(10 * time.Second),  // as postfix under stress
 		},

@@ -170,7 +170,7 @@ messages_per_minute_per_ip = {{MESSAGES_PER_MINUTE}}	# accepted messages per min
 max_dkim_signatures = {{MAX_DKIM_SIGNATURES}}	# DKIM signatures verified per message; more are ignored
 max_conns = 0	# connections to the listen addresses together; 0 = 40% of the open-file limit after a reserve, at most 2000
 submission_max_conns = 0	# the same for submission_listen; 0 = 10% of the open-file limit after a reserve, at most 200
-max_conns_per_ipv6_48 = {{MAX_CONNS_PER_48}}	# simultaneous connections from one IPv6 /48
+max_conns_per_ipv6_48 = {{MAX_CONNS_PER_48}}	# simultaneous connections from one IPv6 /48 (never below max_conns_per_ip)
 idle_timeout = {{IDLE_TIMEOUT}}	# time a client may take to send its next command
 busy_idle_timeout = {{BUSY_IDLE_TIMEOUT}}	# idle_timeout outside a transaction once 3/4 of max_conns are taken
 

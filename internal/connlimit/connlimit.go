@@ -44,8 +44,12 @@ type Limiter struct {
 	refused [3]atomic.Uint64 // Full, Client, Net48
 }
 
-// New returns a Limiter enforcing l.
+// New returns a Limiter enforcing l. A PerNet48 below PerClient is raised to it: a /48 always
+// has room for one whole client (a config that raised max_conns_per_ip keeps working).
 func New(l Limits) *Limiter {
+	if l.PerNet48 > 0 && l.PerNet48 < l.PerClient {
+		l.PerNet48 = l.PerClient
+	}
 	return &Limiter{lim: l, client: map[netip.Prefix]int{}, net48: map[netip.Prefix]int{}}
 }
 

@@ -74,6 +74,13 @@ func TestPerIPv6Net48(t *testing.T) {
 	}
 	take(t, l, "2001:db8:ab::1", 2, 2, "") // another /48
 	take(t, l, "192.0.2.1", 2, 2, "")      // IPv4 has no /48
+
+	// A /48 cap below the per-client one is raised to it: one whole client always fits.
+	low := New(Limits{PerClient: 4, PerNet48: 2})
+	take(t, low, "2001:db8:cc::1", 5, 4, Client)
+	if got := low.Limits().PerNet48; got != 4 {
+		t.Fatalf("PerNet48 %d, want raised to 4", got)
+	}
 }
 
 func TestTotal(t *testing.T) {
