@@ -47,6 +47,10 @@ type SMTP struct {
 	TLSCert          string   `toml:"tls_cert"`
 	TLSKey           string   `toml:"tls_key"`
 
+	// SubmissionTLS is how submission_listen speaks TLS: implicit (TLS from the first byte),
+	// starttls, or auto (implicit on port 465, STARTTLS elsewhere: the behaviour before the key).
+	SubmissionTLS string `toml:"submission_tls"`
+
 	// Limits go-smtp leaves open (STYLE.md "set every limit").
 	MaxMessageBytes        int64    `toml:"max_message_bytes"`
 	MaxRecipients          int      `toml:"max_recipients"`
@@ -131,10 +135,15 @@ type Web struct {
 
 // IMAP is the [imap] table: agents' mail clients.
 type IMAP struct {
-	Listen   []string `toml:"listen"`
-	TLSCert  string   `toml:"tls_cert"`
-	TLSKey   string   `toml:"tls_key"`
-	MaxConns int      `toml:"max_conns"` // 0 = a share of the open-file limit
+	Listen  []string `toml:"listen"`
+	TLSCert string   `toml:"tls_cert"`
+	TLSKey  string   `toml:"tls_key"`
+
+	// TLS is how listen speaks TLS: implicit, starttls, or auto (implicit on port 993,
+	// STARTTLS elsewhere: the behaviour before the key).
+	TLS string `toml:"tls"`
+
+	MaxConns int `toml:"max_conns"` // 0 = a share of the open-file limit
 }
 
 // Fetch is the [fetch] table.
@@ -231,6 +240,7 @@ func Default() *Config {
 		SMTP: SMTP{
 			Listen:                 []string{"0.0.0.0:25"}, // public MX
 			SubmissionListen:       []string{},             // off until asked for
+			SubmissionTLS:          "auto",                 // implicit on :465, STARTTLS elsewhere
 			MaxMessageBytes:        26214400,               // 25 MiB
 			MaxRecipients:          50,                     //
 			MaxLineLength:          4096,                   // RFC 5321 asks for at least 1000
@@ -276,6 +286,7 @@ func Default() *Config {
 		},
 		IMAP: IMAP{
 			Listen:   []string{}, // off until asked for
+			TLS:      "auto",     // implicit on :993, STARTTLS elsewhere
 			MaxConns: 0,          // a share of the open-file limit
 		},
 		Audit:     Audit{File: ""},                    // no mirror

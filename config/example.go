@@ -158,6 +158,7 @@ key_file = {{KEY_FILE}}	# 32-byte data key, mode 0600; back it up apart from dat
 [smtp]
 listen = [{{SMTP_LISTEN}}]	# where customers' mail servers connect (MX)
 submission_listen = []	# e.g. ["0.0.0.0:587"]: agents' mail clients, AUTH required
+submission_tls = "auto"	# implicit (TLS from the first byte) | starttls | auto (implicit on :465, else STARTTLS)
 tls_cert = {{TLS_CERT}}	# PEM certificate; STARTTLS is offered when set
 tls_key = {{TLS_KEY}}	# PEM private key, mode 0600
 max_message_bytes = {{MAX_MESSAGE_BYTES}}	# larger messages are refused (552)
@@ -219,6 +220,7 @@ allowed_hosts = []	# names besides hostname the page is reached by; other Host h
 
 [imap]
 listen = []	# e.g. ["0.0.0.0:993"]: agents' mail clients, one folder per queue
+tls = "auto"	# implicit (TLS from the first byte) | starttls | auto (implicit on :993, else STARTTLS)
 tls_cert = {{TLS_CERT}}	# PEM certificate; required unless listen is loopback
 tls_key = {{TLS_KEY}}	# PEM private key, mode 0600
 max_conns = 0	# connections to the IMAP listeners together; 0 = 20% of the open-file limit after a reserve, at most 500
