@@ -222,7 +222,7 @@ func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incomi
 		if t.Queue == q.Name && m.From != "" {
 			if pp, ok := t.Participant(m.From); ok {
 				s.joinParticipant(pp, m)
-				return Result{Ticket: t.ID, Outcome: OutcomeThreaded}, reopen(t), nil
+				return Result{Ticket: t.ID, Outcome: OutcomeThreaded}, reopen(t, in.Kind), nil
 			}
 		}
 		linked = appendUnique(linked, t.ID)
@@ -236,7 +236,7 @@ func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incomi
 			if t != nil && t.Queue == q.Name {
 				if pp, ok := t.Participant(m.From); ok && m.Verified {
 					s.joinParticipant(pp, m)
-					return Result{Ticket: t.ID, Outcome: OutcomeTagged}, reopen(t), nil
+					return Result{Ticket: t.ID, Outcome: OutcomeTagged}, reopen(t, in.Kind), nil
 				}
 				linked = appendUnique(linked, t.ID)
 			}
@@ -278,9 +278,11 @@ func (s *Service) joinParticipant(p *Participant, m *Message) {
 	}
 }
 
-// reopen moves a ticket the customer wrote to again back to open.
-func reopen(t *Ticket) *Ticket {
-	if t.Status != StatusNew {
+// reopen moves a ticket the customer wrote to again back to open. Automatic mail (an out-of-
+// office answer, a bounce) is no word from the customer: it joins the thread but leaves the
+// status as the agents set it.
+func reopen(t *Ticket, kind string) *Ticket {
+	if kind == "" && t.Status != StatusNew {
 		t.Status = StatusOpen
 	}
 	return t

@@ -59,6 +59,22 @@ type Ticket struct {
 	// Encrypted is set once the customer wrote PGP-encrypted mail: replies are then encrypted
 	// whenever a key is known.
 	Encrypted bool `json:"encrypted,omitempty"`
+
+	// Work-queue fields, derived from the thread as messages join it (noteMessage).
+
+	// Waiting is when the oldest customer message without an agent's answer arrived; zero
+	// when the agents have answered (or only automatic mail came).
+	Waiting time.Time `json:"waiting,omitzero"`
+	// Unverified: the newest customer message had no DMARC-aligned pass (it may be spoofed).
+	Unverified bool `json:"unverified,omitempty"`
+	// Quarantined: the newest customer message failed DMARC under a quarantine policy.
+	Quarantined bool `json:"quarantined,omitempty"`
+	// AutoReply: the newest inbound mail was automatic (out of office, RFC 3834).
+	AutoReply bool `json:"auto_reply,omitempty"`
+	// Bounced: a reply bounced or could not be delivered, and no reply was sent since.
+	Bounced bool `json:"bounced,omitempty"`
+	// Derived is the version of these fields; older tickets are brought up to date at start.
+	Derived int `json:"derived,omitempty"`
 }
 
 // Participant returns the participant with address addr.

@@ -311,7 +311,18 @@ func (s *Service) SetDelivery(tx *store.Tx, id uint64, seq int, state string) er
 		return err
 	}
 	m.Delivery = state
-	return saveMessage(tx, m)
+	if err := saveMessage(tx, m); err != nil {
+		return err
+	}
+	if (state == "failed" || state == "bounced") && m.Kind == "" { // not the acknowledgement
+		t, err := loadTicket(tx, id)
+		if err != nil {
+			return err
+		}
+		t.Bounced = true
+		return saveTicket(tx, t)
+	}
+	return nil
 }
 
 // Link links two tickets of the same queue (an agent's merge hint) both ways.

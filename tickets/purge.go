@@ -81,6 +81,7 @@ func (s *Service) purgeTx(tx *store.Tx, t *Ticket) error {
 	if err := tx.Delete(bTickets, tkey(t.ID)); err != nil {
 		return err
 	}
+	forget(tx, t.ID)
 	return tx.DestroyScope(t.ID)
 }
 

@@ -96,9 +96,10 @@ type Options struct {
 
 // Service is the ticket system.
 type Service struct {
-	db   *store.DB
-	log  *audit.Log
-	opts Options
+	db    *store.DB
+	log   *audit.Log
+	opts  Options
+	skeys map[string][]byte // search index key per queue
 }
 
 // New returns a Service.
@@ -106,7 +107,11 @@ func New(db *store.DB, log *audit.Log, opts Options) *Service {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Service{db: db, log: log, opts: opts}
+	skeys := map[string][]byte{}
+	for _, q := range opts.Queues {
+		skeys[q.Name] = db.MAC("search queue key", []byte(q.Name))
+	}
+	return &Service{db: db, log: log, opts: opts, skeys: skeys}
 }
 
 // Queues returns the configured queues.
@@ -156,7 +161,11 @@ func saveTicket(tx *store.Tx, t *Ticket) error {
 	if err != nil {
 		return err
 	}
-	return tx.PutScoped(t.ID, bTickets, tkey(t.ID), b)
+	if err := tx.PutScoped(t.ID, bTickets, tkey(t.ID), b); err != nil {
+		return err
+	}
+	remember(tx, t)
+	return nil
 }
 
 func loadMessage(tx *store.Tx, id uint64, seq int) (*Message, error) {
@@ -213,6 +222,10 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 		return err
 	}
 	t.Updated = s.opts.Now().UTC()
+	t.noteMessage(m, t.Updated)
+	if err := s.indexMessage(tx, t, m); err != nil {
+		return err
+	}
 	return saveTicket(tx, t)
 }
 

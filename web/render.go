@@ -31,6 +31,25 @@ var funcs = template.FuncMap{
 		return fmt.Sprintf("%d bytes", n)
 	},
 	"join": strings.Join,
+	"ago":  ago,
+}
+
+// ago says how long before now t was, the way a person would: "3 min ago", "2 h ago", "4 days ago".
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	d := now.Sub(t)
+	switch {
+	case d < time.Minute:
+		return "just now"
+	case d < time.Hour:
+		return fmt.Sprintf("%d min ago", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%d h ago", int(d/time.Hour))
+	default:
+		return fmt.Sprintf("%d days ago", int(d/(24*time.Hour)))
+	}
 }
 
 func parsePages() (map[string]*template.Template, error) {

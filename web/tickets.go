@@ -9,7 +9,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"mailgate/access"
 	"mailgate/audit"
@@ -80,12 +82,36 @@ type listView struct {
 	Tickets  []tickets.Ticket
 	Queues   []string
 	Statuses []tickets.Status
+	Views    []viewTab
+	Sorts    []viewTab
 	Queue    string
 	Status   string
 	Assignee string
+	Search   string
+	View     string
+	Sort     string
+	Now      time.Time
+	Total    int
 	Page     int
+	Pages    int
+	First    string
 	Prev     string
 	Next     string
+	Last     string
+}
+
+// viewTab is one link of the view or sort bar.
+type viewTab struct {
+	Name, Label, URL string
+	Count            int
+	Current          bool
+}
+
+var viewLabels = map[string]string{tickets.ViewOpen: "All open", tickets.ViewMine: "Mine", tickets.ViewUnassigned: "Unassigned",
+	tickets.ViewAttention: "Attention", tickets.ViewAll: "All"}
+
+var sortLabels = []struct{ name, label string }{
+	{tickets.SortWaiting, "waiting longest"}, {tickets.SortActivity, "last activity"}, {tickets.SortNumber, "number"},
 }
 
 // visibleQueues are the configured queues a may see, in config order.
@@ -110,7 +136,8 @@ func (s *Server) ticketList(w http.ResponseWriter, r *http.Request) {
 	a := info(r).actor
 	q := r.URL.Query()
 	v := &listView{base: s.base(r, "Tickets"), Queues: s.visibleQueues(a), Statuses: statuses,
-		Queue: q.Get("queue"), Status: q.Get("status"), Assignee: q.Get("assignee"), Page: 1}
+		Queue: q.Get("queue"), Status: q.Get("status"), Assignee: q.Get("assignee"), Search: strings.TrimSpace(q.Get("q")),
+		View: q.Get("view"), Sort: q.Get("sort"), Page: 1, Now: s.opts.Now()}
 	if v.Queue != "" && !slices.Contains(v.Queues, v.Queue) {
 		s.webEvent(r, a.Name, "ticket.list", audit.Denied, "queue "+strconv.QuoteToASCII(clip(v.Queue, 64))+" is not among the agent's queues")
 		s.errorPage(w, r, http.StatusNotFound, "There is no such queue among yours.")
@@ -124,6 +151,23 @@ func (s *Server) ticketList(w http.ResponseWriter, r *http.Request) {
 		s.errorPage(w, r, http.StatusBadRequest, "Unknown assignee: use an agent's user name.")
 		return
 	}
+	if !tickets.ValidView(v.View) || !tickets.ValidSort(v.Sort) {
+		s.errorPage(w, r, http.StatusBadRequest, "Unknown view or sort: use the links above the list.")
+		return
+	}
+	if len(v.Search) > 200 || !utf8.ValidString(v.Search) {
+		s.errorPage(w, r, http.StatusBadRequest, "The search is too long: use at most 200 characters.")
+		return
+	}
+	if v.View == "" {
+		v.View = tickets.ViewOpen
+		if v.Status != "" || v.Search != "" {
+			v.View = tickets.ViewAll // a status or a search asks for tickets in any state
+		}
+	}
+	if v.Sort == "" {
+		v.Sort = tickets.SortWaiting
+	}
 	if p := q.Get("page"); p != "" {
 		n, ok := parseIndex(p, 1)
 		if !ok || n > 100000 {
@@ -132,23 +176,36 @@ func (s *Server) ticketList(w http.ResponseWriter, r *http.Request) {
 		}
 		v.Page = n
 	}
-	list, err := s.opts.Tickets.List(a, tickets.Filter{Queue: v.Queue, Status: tickets.Status(v.Status),
-		Assignee: v.Assignee, Offset: (v.Page - 1) * pageSize, Limit: pageSize + 1})
+	res, err := s.opts.Tickets.Work(a, tickets.ListQuery{View: v.View, Queue: v.Queue, Status: tickets.Status(v.Status),
+		Assignee: v.Assignee, Search: v.Search, Sort: v.Sort, Offset: (v.Page - 1) * pageSize, Limit: pageSize})
 	if err != nil {
 		s.ticketError(w, r, "list tickets", err)
 		return
 	}
-	link := func(page int) string {
-		return pageLink("/tickets", map[string]string{"queue": v.Queue, "status": v.Status, "assignee": v.Assignee}, page)
+	link := func(view, sort string, page int) string {
+		if view == tickets.ViewOpen && v.Status == "" && v.Search == "" {
+			view = "" // the default
+		}
+		if sort == tickets.SortWaiting {
+			sort = ""
+		}
+		return pageLink("/tickets", map[string]string{"view": view, "sort": sort, "queue": v.Queue, "status": v.Status,
+			"assignee": v.Assignee, "q": v.Search}, page)
 	}
-	if len(list) > pageSize {
-		list = list[:pageSize]
-		v.Next = link(v.Page + 1)
+	for _, name := range tickets.Views {
+		v.Views = append(v.Views, viewTab{Name: name, Label: viewLabels[name], URL: link(name, v.Sort, 1), Count: res.Counts[name], Current: name == v.View})
 	}
+	for _, so := range sortLabels {
+		v.Sorts = append(v.Sorts, viewTab{Name: so.name, Label: so.label, URL: link(v.View, so.name, 1), Current: so.name == v.Sort})
+	}
+	v.Tickets, v.Total = res.Tickets, res.Total
+	v.Pages = max(1, (res.Total+pageSize-1)/pageSize)
 	if v.Page > 1 {
-		v.Prev = link(v.Page - 1)
+		v.First, v.Prev = link(v.View, v.Sort, 1), link(v.View, v.Sort, min(v.Page-1, v.Pages))
 	}
-	v.Tickets = list
+	if v.Page < v.Pages {
+		v.Next, v.Last = link(v.View, v.Sort, v.Page+1), link(v.View, v.Sort, v.Pages)
+	}
 	s.render(w, r, http.StatusOK, "tickets", v)
 }
 

@@ -1,0 +1,307 @@
+package tickets
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"mailgate/store"
+)
+
+// The search index. For every word of a message (subject, addresses, names, text) it keeps the
+// ids of the tickets holding it, under a token HMAC(queue key, word): the queue key is derived
+// from the master key per queue, so equal words in two queues give unrelated tokens and a file
+// without the key shows no word. The id lists are sealed under the data key. What the file
+// still shows is how many chunks a token has (roughly how common an unknown word is).
+const (
+	bSearch      = "search"       // token(16)|U32(chunk) → sealed U64 ticket ids
+	bSearchState = "search_state" // "upto" → U64(last ticket id the start-up migration must index), "done" → U64(done up to)
+	chunkIDs     = 256            // ids per sealed chunk: small enough to reseal on each append
+	maxWords     = 2000           // unique words indexed per message
+	maxScan      = 64 << 10       // bytes of a message's text that are indexed
+	maxWordLen   = 64
+)
+
+func (s *Service) searchKey(queue string) []byte {
+	if k, ok := s.skeys[queue]; ok {
+		return k
+	}
+	return s.db.MAC("search queue key", []byte(queue))
+}
+
+func token(key []byte, word string) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(word))
+	return m.Sum(nil)[:16]
+}
+
+// splitPieces cuts text into address-or-word pieces, lower-cased.
+func splitPieces(text string, fn func(piece string) bool) {
+	isPart := func(r rune) bool {
+		return unicode.IsLetter(r) || unicode.IsDigit(r) || r == '@' || r == '.' || r == '-' || r == '_' || r == '+'
+	}
+	start := -1
+	for i, r := range text + " " {
+		if isPart(r) {
+			if start < 0 {
+				start = i
+			}
+			continue
+		}
+		if start >= 0 {
+			p := strings.Trim(text[start:i], ".-_+@")
+			start = -1
+			if p != "" && !fn(strings.ToLower(p)) {
+				return
+			}
+		}
+	}
+}
+
+// wordsOf splits a piece into its words: letters or digits only.
+func wordsOf(piece string) []string {
+	return strings.FieldsFunc(piece, func(r rune) bool { return !unicode.IsLetter(r) && !unicode.IsDigit(r) })
+}
+
+func keepWord(w string) bool {
+	if len(w) > maxWordLen {
+		return false
+	}
+	if len(w) >= 2 {
+		return true
+	}
+	return w != "" && w[0] >= '0' && w[0] <= '9'
+}
+
+// indexWords are the words a message is found by: each word, and each address whole.
+func indexWords(t *Ticket, m *Message) map[string]bool {
+	out := map[string]bool{}
+	add := func(text string) {
+		if len(text) > maxScan {
+			text = text[:maxScan]
+		}
+		splitPieces(text, func(p string) bool {
+			if strings.Contains(p, "@") && len(p) <= 254 {
+				out[p] = true
+			}
+			for _, w := range wordsOf(p) {
+				if keepWord(w) {
+					out[w] = true
+				}
+			}
+			return len(out) < maxWords
+		})
+	}
+	if m.Seq == 1 {
+		add(t.Subject)
+	}
+	add(m.Subject)
+	add(m.From)
+	add(m.FromName)
+	add(m.To)
+	add(strings.Join(m.Cc, " "))
+	add(m.Text)
+	return out
+}
+
+// queryWords are the words a query must all match: an address is matched whole.
+func queryWords(q string) []string {
+	var out []string
+	seen := map[string]bool{}
+	splitPieces(q, func(p string) bool {
+		var ws []string
+		if strings.Contains(p, "@") {
+			ws = []string{p}
+		} else {
+			ws = wordsOf(p)
+		}
+		for _, w := range ws {
+			if keepWord(w) && !seen[w] {
+				seen[w] = true
+				out = append(out, w)
+			}
+		}
+		return len(out) < 16
+	})
+	return out
+}
+
+// indexMessage adds m's words to the index inside the caller's transaction.
+func (s *Service) indexMessage(tx *store.Tx, t *Ticket, m *Message) error {
+	key := s.searchKey(t.Queue)
+	for w := range indexWords(t, m) {
+		if err := appendPosting(tx, token(key, w), t.ID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func appendPosting(tx *store.Tx, tok []byte, id uint64) error {
+	c := tx.Cursor(bSearch)
+	end := binary.BigEndian.AppendUint32(append([]byte(nil), tok...), 0xffffffff)
+	k := c.Seek(end)
+	if k == nil {
+		k = c.Last()
+	} else {
+		k = c.Prev()
+	}
+	var n uint32
+	var ids []byte
+	if len(k) == 20 && string(k[:16]) == string(tok) {
+		n = binary.BigEndian.Uint32(k[16:])
+		v, err := tx.Get(bSearch, k)
+		if err != nil {
+			return err
+		}
+		for i := 0; i+8 <= len(v); i += 8 {
+			if store.FromU64(v[i:]) == id {
+				return nil // already there: another message of the same ticket
+			}
+		}
+		if len(v)/8 >= chunkIDs {
+			n++
+		} else {
+			ids = v
+		}
+	}
+	return tx.Put(bSearch, binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), append(ids, store.U64(id)...))
+}
+
+func postings(tx *store.Tx, tok []byte, into func(id uint64)) error {
+	c := tx.Cursor(bSearch)
+	for k := c.Seek(tok); len(k) == 20 && string(k[:16]) == string(tok); k = c.Next() {
+		v, err := tx.Get(bSearch, k)
+		if err != nil {
+			return err
+		}
+		for i := 0; i+8 <= len(v); i += 8 {
+			into(store.FromU64(v[i:]))
+		}
+	}
+	return nil
+}
+
+// searchIDs returns the ids of the tickets in queues holding every word of q. A query that is
+// a ticket number ("123" or "#123") also finds that ticket.
+func (s *Service) searchIDs(queues []string, q string) (map[uint64]bool, error) {
+	out := map[uint64]bool{}
+	if n, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSpace(q), "#"), 10, 64); err == nil && n > 0 {
+		out[n] = true // the caller keeps it only if it is in the agent's queues
+	}
+	words := queryWords(q)
+	if len(words) == 0 {
+		return out, nil
+	}
+	err := s.db.View(func(tx *store.Tx) error {
+		for _, queue := range queues {
+			key := s.searchKey(queue)
+			var have map[uint64]bool
+			for _, w := range words {
+				next := map[uint64]bool{}
+				err := postings(tx, token(key, w), func(id uint64) {
+					if have == nil || have[id] {
+						next[id] = true
+					}
+				})
+				if err != nil {
+					return err
+				}
+				have = next
+				if len(have) == 0 {
+					break
+				}
+			}
+			for id := range have {
+				out[id] = true
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Prepare brings tickets stored by an older mailgate up to date before serving: the derived
+// work-queue fields and the search index. It remembers how far it got, so an interrupted run
+// goes on where it stopped; tickets created meanwhile are indexed as they arrive.
+func (s *Service) Prepare() (migrated int, err error) {
+	var upto, done uint64
+	err = s.db.Batch(func(tx *store.Tx) error {
+		v, err := tx.GetPlain(bSearchState, []byte("upto"))
+		if err != nil {
+			return err
+		}
+		if len(v) == 8 {
+			upto = store.FromU64(v)
+			d, err := tx.GetPlain(bSearchState, []byte("done"))
+			if err != nil {
+				return err
+			}
+			if len(d) == 8 {
+				done = store.FromU64(d)
+			}
+			return nil
+		}
+		upto = tx.Seq(bTicketID)
+		return tx.PutPlain(bSearchState, []byte("upto"), store.U64(upto))
+	})
+	if err != nil {
+		return 0, err
+	}
+	const step = 100
+	for done < upto {
+		last := min(done+step, upto)
+		err := s.db.Update(func(tx *store.Tx) error {
+			for id := done + 1; id <= last; id++ {
+				ok, err := s.migrateTicket(tx, id)
+				if err != nil {
+					return fmt.Errorf("ticket %d: %w", id, err)
+				}
+				if ok {
+					migrated++
+				}
+			}
+			return tx.PutPlain(bSearchState, []byte("done"), store.U64(last))
+		})
+		if err != nil {
+			return migrated, fmt.Errorf("migrate tickets to the search index: %w", err)
+		}
+		done = last
+	}
+	return migrated, nil
+}
+
+func (s *Service) migrateTicket(tx *store.Tx, id uint64) (bool, error) {
+	t, err := loadTicket(tx, id)
+	if errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrScopeDestroyed) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	t.Waiting, t.Unverified, t.Quarantined, t.AutoReply, t.Bounced = time.Time{}, false, false, false, false
+	for seq := 1; seq <= t.Messages; seq++ {
+		m, err := loadMessage(tx, id, seq)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		t.noteMessage(m, m.Received)
+		if m.Direction == Out && (m.Delivery == "failed" || m.Delivery == "bounced") && m.Kind == "" {
+			t.Bounced = true
+		}
+		if err := s.indexMessage(tx, t, m); err != nil {
+			return false, err
+		}
+	}
+	t.Derived = derivedVersion
+	return true, saveTicket(tx, t)
+}
