@@ -75,6 +75,27 @@ type Ticket struct {
 	Bounced bool `json:"bounced,omitempty"`
 	// Derived is the version of these fields; older tickets are brought up to date at start.
 	Derived int `json:"derived,omitempty"`
+	// Events are the agents' changes (status, assignment, links), shown in the thread; the
+	// audit log has them too, with everything else.
+	Events []Event `json:"events,omitempty"`
+}
+
+// Event is one change an agent made to a ticket.
+type Event struct {
+	Time  time.Time `json:"time"`
+	Actor string    `json:"actor"`
+	What  string    `json:"what"` // "status", "assign", "link"
+	Value string    `json:"value"`
+}
+
+// maxEvents bounds the events a ticket keeps (older ones stay in the audit log).
+const maxEvents = 200
+
+func (t *Ticket) addEvent(e Event) {
+	t.Events = append(t.Events, e)
+	if len(t.Events) > maxEvents {
+		t.Events = t.Events[len(t.Events)-maxEvents:]
+	}
 }
 
 // Participant returns the participant with address addr.

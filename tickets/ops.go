@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -259,6 +260,7 @@ func (s *Service) SetStatus(a access.Actor, id uint64, st Status) error {
 	return s.write(a, id, "ticket.status", "status="+string(st), func(tx *store.Tx, t *Ticket) error {
 		t.Status = st
 		t.Updated = s.opts.Now().UTC()
+		t.addEvent(Event{Time: t.Updated, Actor: a.Name, What: "status", Value: string(st)})
 		return nil
 	})
 }
@@ -269,6 +271,7 @@ func (s *Service) Assign(a access.Actor, id uint64, agent string) error {
 	return s.write(a, id, "ticket.assign", "assignee="+agent, func(tx *store.Tx, t *Ticket) error {
 		t.Assignee = agent
 		t.Updated = s.opts.Now().UTC()
+		t.addEvent(Event{Time: t.Updated, Actor: a.Name, What: "assign", Value: agent})
 		return nil
 	})
 }
@@ -337,6 +340,9 @@ func (s *Service) Link(a access.Actor, id, other uint64) error {
 		}
 		t.Links = appendUnique(t.Links, other)
 		o.Links = appendUnique(o.Links, id)
+		now := s.opts.Now().UTC()
+		t.addEvent(Event{Time: now, Actor: a.Name, What: "link", Value: strconv.FormatUint(other, 10)})
+		o.addEvent(Event{Time: now, Actor: a.Name, What: "link", Value: strconv.FormatUint(id, 10)})
 		return saveTicket(tx, o)
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,28 +58,8 @@ type ListResult struct {
 	Counts  map[string]int // per view, within the same queue filter and search
 }
 
-// open reports whether t still needs work.
-func (t *Ticket) open() bool {
-	return t.Status == StatusNew || t.Status == StatusOpen || t.Status == StatusPending
-}
-
 // Attention reports whether an agent must look at t: a reply bounced or could not be delivered.
 func (t *Ticket) Attention() bool { return t.Bounced && t.Status != StatusClosed }
-
-func inView(t *Ticket, view, me string) bool {
-	switch view {
-	case ViewMine:
-		return t.open() && t.Assignee == me
-	case ViewUnassigned:
-		return t.open() && t.Assignee == ""
-	case ViewAttention:
-		return t.Attention()
-	case ViewAll:
-		return true
-	default:
-		return t.open()
-	}
-}
 
 // ValidView and ValidSort check list parameters.
 func ValidView(v string) bool { return v == "" || slices.Contains(Views, v) }
@@ -89,16 +70,99 @@ func ValidSort(s string) bool {
 }
 
 // headers is the in-memory copy of every ticket's header, shared by all Services on one DB.
+// Listing walks heads, a contiguous slice of small values (the fields views and sorts need,
+// names interned): 100,000 tickets are scanned in about a millisecond, where chasing 100,000
+// pointers to full tickets took a hundred.
 type headers struct {
 	mu     sync.RWMutex
 	loaded bool
 	byID   map[uint64]*Ticket
+	pos    map[uint64]int // index in heads
+	heads  []head
+	names  map[string]uint32 // interned queue and agent names; 0 is ""
+	list   []string
+	// byCustomer: lower-cased customer address → ticket ids, for "their other tickets".
+	byCustomer map[string][]uint64
+}
+
+type head struct {
+	waiting, updated int64 // unix nanoseconds; waiting 0: answered
+	id               uint64
+	assignee         uint32
+	queue            uint32
+	status           uint8
+	bounced          bool
+}
+
+var statusCodes = map[Status]uint8{StatusNew: 1, StatusOpen: 2, StatusPending: 3, StatusSolved: 4, StatusClosed: 5}
+
+func (h *headers) intern(s string) uint32 {
+	if s == "" {
+		return 0
+	}
+	if n, ok := h.names[s]; ok {
+		return n
+	}
+	h.list = append(h.list, s)
+	n := uint32(len(h.list))
+	h.names[s] = n
+	return n
+}
+
+// lookup is intern without adding: a name no ticket has gets a number no head carries.
+func (h *headers) lookup(s string) uint32 {
+	if s == "" {
+		return 0
+	}
+	if n, ok := h.names[s]; ok {
+		return n
+	}
+	return ^uint32(0)
+}
+
+func (h *headers) set(t *Ticket) {
+	hd := head{id: t.ID, updated: t.Updated.UnixNano(), assignee: h.intern(t.Assignee), queue: h.intern(t.Queue),
+		status: statusCodes[t.Status], bounced: t.Bounced}
+	if !t.Waiting.IsZero() {
+		hd.waiting = t.Waiting.UnixNano()
+	}
+	h.byID[t.ID] = t
+	if i, ok := h.pos[t.ID]; ok {
+		h.heads[i] = hd
+		return
+	}
+	h.pos[t.ID] = len(h.heads)
+	h.heads = append(h.heads, hd)
+	if t.Customer != "" {
+		c := strings.ToLower(t.Customer)
+		h.byCustomer[c] = append(h.byCustomer[c], t.ID)
+	}
+}
+
+func (h *headers) del(id uint64) {
+	i, ok := h.pos[id]
+	if !ok {
+		return
+	}
+	last := len(h.heads) - 1
+	h.heads[i] = h.heads[last]
+	h.pos[h.heads[i].id] = i
+	h.heads = h.heads[:last]
+	if t := h.byID[id]; t != nil && t.Customer != "" {
+		c := strings.ToLower(t.Customer)
+		h.byCustomer[c] = slices.DeleteFunc(h.byCustomer[c], func(x uint64) bool { return x == id })
+		if len(h.byCustomer[c]) == 0 {
+			delete(h.byCustomer, c)
+		}
+	}
+	delete(h.pos, id)
+	delete(h.byID, id)
 }
 
 var headerCaches sync.Map // *store.DB → *headers
 
 func headersOf(db *store.DB) *headers {
-	h, _ := headerCaches.LoadOrStore(db, &headers{byID: map[uint64]*Ticket{}})
+	h, _ := headerCaches.LoadOrStore(db, &headers{byID: map[uint64]*Ticket{}, pos: map[uint64]int{}, names: map[string]uint32{}, byCustomer: map[string][]uint64{}})
 	return h.(*headers)
 }
 
@@ -108,11 +172,12 @@ func remember(tx *store.Tx, t *Ticket) {
 	c := *t
 	c.Participants = slices.Clone(t.Participants)
 	c.Links = slices.Clone(t.Links)
+	c.Events = slices.Clone(t.Events)
 	h := headersOf(tx.DB())
 	tx.OnCommit(func() {
 		h.mu.Lock()
 		if h.loaded {
-			h.byID[c.ID] = &c
+			h.set(&c)
 		}
 		h.mu.Unlock()
 	})
@@ -122,7 +187,7 @@ func forget(tx *store.Tx, id uint64) {
 	h := headersOf(tx.DB())
 	tx.OnCommit(func() {
 		h.mu.Lock()
-		delete(h.byID, id)
+		h.del(id)
 		h.mu.Unlock()
 	})
 }
@@ -156,25 +221,45 @@ func (s *Service) loadHeaders() (*headers, error) {
 			if err != nil {
 				return err
 			}
-			h.byID[id] = t
+			h.set(t)
 		}
 		return nil
 	})
 	if err != nil {
 		clear(h.byID)
+		clear(h.pos)
+		clear(h.byCustomer)
+		h.heads = nil
 		return nil, err
 	}
 	h.loaded = true
 	return h, nil
 }
 
+func (hd *head) open() bool { return hd.status >= 1 && hd.status <= 3 }
+
+func (hd *head) inView(view string, me uint32) bool {
+	switch view {
+	case ViewMine:
+		return hd.open() && hd.assignee == me
+	case ViewUnassigned:
+		return hd.open() && hd.assignee == 0
+	case ViewAttention:
+		return hd.bounced && hd.status != 5
+	case ViewAll:
+		return true
+	default:
+		return hd.open()
+	}
+}
+
 // waitingFirst orders by waiting time: tickets whose customer waits come first, the oldest
 // wait first; then the rest by last activity, newest first; the ticket number breaks ties.
-func waitingFirst(a, b *Ticket) int {
-	aw, bw := !a.Waiting.IsZero(), !b.Waiting.IsZero()
+func waitingFirst(a, b *head) int {
+	aw, bw := a.waiting != 0, b.waiting != 0
 	switch {
 	case aw && bw:
-		if c := a.Waiting.Compare(b.Waiting); c != 0 {
+		if c := cmp.Compare(a.waiting, b.waiting); c != 0 {
 			return c
 		}
 	case aw:
@@ -182,21 +267,21 @@ func waitingFirst(a, b *Ticket) int {
 	case bw:
 		return 1
 	default:
-		if c := b.Updated.Compare(a.Updated); c != 0 {
+		if c := cmp.Compare(b.updated, a.updated); c != 0 {
 			return c
 		}
 	}
-	return cmp.Compare(a.ID, b.ID)
+	return cmp.Compare(a.id, b.id)
 }
 
-func byActivity(a, b *Ticket) int {
-	if c := b.Updated.Compare(a.Updated); c != 0 {
+func byActivity(a, b *head) int {
+	if c := cmp.Compare(b.updated, a.updated); c != 0 {
 		return c
 	}
-	return cmp.Compare(b.ID, a.ID)
+	return cmp.Compare(b.id, a.id)
 }
 
-func byNumber(a, b *Ticket) int { return cmp.Compare(b.ID, a.ID) }
+func byNumber(a, b *head) int { return cmp.Compare(b.id, a.id) }
 
 // Work returns one page of the work queue for a: the tickets of a's queues in the view, sorted,
 // with the total and the count per view. The listing (and any search in it) is audited.
@@ -227,35 +312,8 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 			return ListResult{}, err
 		}
 	}
-	res := ListResult{Counts: map[string]int{}}
-	var sel []*Ticket
-	h.mu.RLock()
-	consider := func(t *Ticket) {
-		if !slices.Contains(queues, t.Queue) {
-			return
-		}
-		for _, v := range Views {
-			if inView(t, v, a.Name) {
-				res.Counts[v]++
-			}
-		}
-		if !inView(t, q.View, a.Name) || (q.Status != "" && t.Status != q.Status) || (q.Assignee != "" && t.Assignee != q.Assignee) {
-			return
-		}
-		sel = append(sel, t)
-	}
-	if searching {
-		for id := range hits {
-			if t, ok := h.byID[id]; ok {
-				consider(t)
-			}
-		}
-	} else {
-		for _, t := range h.byID {
-			consider(t)
-		}
-	}
-	h.mu.RUnlock()
+	var counts [5]int
+	var sel []int32
 	order := waitingFirst
 	switch q.Sort {
 	case SortActivity:
@@ -263,16 +321,58 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 	case SortNumber:
 		order = byNumber
 	}
+	res := ListResult{Counts: map[string]int{}}
+	h.mu.RLock()
+	var qids []uint32
+	for _, name := range queues {
+		if n := h.lookup(name); n != ^uint32(0) {
+			qids = append(qids, n)
+		}
+	}
+	me, who := h.lookup(a.Name), h.lookup(q.Assignee)
+	st := statusCodes[q.Status]
+	view := cmp.Or(q.View, ViewOpen)
+	consider := func(i int) {
+		hd := &h.heads[i]
+		if !slices.Contains(qids, hd.queue) {
+			return
+		}
+		for vi, v := range Views {
+			if hd.inView(v, me) {
+				counts[vi]++
+			}
+		}
+		if !hd.inView(view, me) || (st != 0 && hd.status != st) || (q.Assignee != "" && hd.assignee != who) {
+			return
+		}
+		sel = append(sel, int32(i))
+	}
+	if searching {
+		for id := range hits {
+			if i, ok := h.pos[id]; ok {
+				consider(i)
+			}
+		}
+	} else {
+		sel = make([]int32, 0, len(h.heads))
+		for i := range h.heads {
+			consider(i)
+		}
+	}
 	res.Total = len(sel)
 	end := min(q.Offset+q.Limit, len(sel))
 	if q.Offset < len(sel) {
-		topK(sel, end, order)
-		for _, t := range sel[q.Offset:end] {
-			c := *t
-			res.Tickets = append(res.Tickets, c)
+		topK(sel, end, func(x, y int32) int { return order(&h.heads[x], &h.heads[y]) })
+		for _, i := range sel[q.Offset:end] {
+			t := h.byID[h.heads[i].id]
+			res.Tickets = append(res.Tickets, *t)
 		}
 	}
-	detail := fmt.Sprintf("view=%s queue=%s status=%s sort=%s count=%d total=%d", cmp.Or(q.View, ViewOpen), q.Queue, q.Status, cmp.Or(q.Sort, SortWaiting), len(res.Tickets), res.Total)
+	h.mu.RUnlock()
+	for vi, v := range Views {
+		res.Counts[v] = counts[vi]
+	}
+	detail := fmt.Sprintf("view=%s queue=%s status=%s sort=%s count=%d total=%d", view, q.Queue, q.Status, cmp.Or(q.Sort, SortWaiting), len(res.Tickets), res.Total)
 	action := "ticket.list"
 	if searching {
 		action = "ticket.search"
@@ -287,7 +387,7 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 
 // topK puts the k first tickets in order at the front of sel. A full sort of 100,000 tickets
 // for one page of 50 is most of a request's time; a bounded heap is not.
-func topK(sel []*Ticket, k int, order func(a, b *Ticket) int) {
+func topK(sel []int32, k int, order func(a, b int32) int) {
 	if k >= len(sel)/4 {
 		slices.SortFunc(sel, order)
 		return
@@ -339,16 +439,17 @@ func (s *Service) CustomerTickets(a access.Actor, t *Ticket, limit int) ([]Ticke
 	}
 	var out []Ticket
 	h.mu.RLock()
-	for _, o := range h.byID {
-		if o.ID != t.ID && equalAddr(o.Customer, t.Customer) && t.Customer != "" && a.InQueue(o.Queue) {
+	ids := slices.Clone(h.byCustomer[strings.ToLower(t.Customer)])
+	slices.SortFunc(ids, func(x, y uint64) int { return cmp.Compare(y, x) })
+	for _, id := range ids {
+		if len(out) >= limit {
+			break
+		}
+		if o := h.byID[id]; o != nil && o.ID != t.ID && t.Customer != "" && a.InQueue(o.Queue) {
 			out = append(out, *o)
 		}
 	}
 	h.mu.RUnlock()
-	slices.SortFunc(out, func(x, y Ticket) int { return cmp.Compare(y.ID, x.ID) })
-	if len(out) > limit {
-		out = out[:limit]
-	}
 	return out, nil
 }
 
@@ -384,3 +485,42 @@ func (t *Ticket) noteMessage(m *Message, now time.Time) {
 // derivedVersion is the version of the derived fields; tickets stored before have 0 and are
 // brought up to date at start (Prepare).
 const derivedVersion = 1
+
+// MessageCount is how many messages ticket id has, for a who may see it: a page compares it
+// with the count it was loaded with to tell that something arrived meanwhile. It reveals no
+// content, so it is not audited as a view.
+func (s *Service) MessageCount(a access.Actor, id uint64) (int, bool) {
+	h, err := s.loadHeaders()
+	if err != nil {
+		return 0, false
+	}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	t, ok := h.byID[id]
+	if !ok || !a.InQueue(t.Queue) {
+		return 0, false
+	}
+	return t.Messages, true
+}
+
+// Since says what joined ticket id after message seen that an agent about to reply must know:
+// customer mail and other agents' replies (not notes, not automatic mail). The look is audited.
+func (s *Service) Since(a access.Actor, id uint64, seen int) ([]string, error) {
+	var out []string
+	err := s.readVisible(a, id, "ticket.view", func(tx *store.Tx, t *Ticket) (string, error) {
+		for seq := seen + 1; seq <= t.Messages; seq++ {
+			m, err := loadMessage(tx, id, seq)
+			if err != nil {
+				return "", err
+			}
+			switch {
+			case m.Direction == In && m.Kind == "":
+				out = append(out, "a new message from "+m.From)
+			case m.Direction == Out && m.Kind == "" && m.Author != a.Name && m.Author != "mailgate":
+				out = append(out, m.Author+" replied")
+			}
+		}
+		return fmt.Sprintf("changes since message %d", seen), nil
+	})
+	return out, err
+}

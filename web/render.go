@@ -30,8 +30,9 @@ var funcs = template.FuncMap{
 		}
 		return fmt.Sprintf("%d bytes", n)
 	},
-	"join": strings.Join,
-	"ago":  ago,
+	"join":     strings.Join,
+	"ago":      ago,
+	"mailtext": mailText,
 }
 
 // ago says how long before now t was, the way a person would: "3 min ago", "2 h ago", "4 days ago".

@@ -65,6 +65,7 @@ type Server struct {
 	mu       sync.Mutex
 	servers  []*http.Server
 	verified verifyCache
+	viewers  viewTracker
 	anon     anonLimit
 }
 

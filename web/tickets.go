@@ -233,13 +233,30 @@ type ticketView struct {
 	base
 	Ticket    *tickets.Ticket
 	Messages  []msgView
+	Thread    []threadItem
 	Statuses  []tickets.Status
 	Assignees []string
 	CanWrite  bool
+	Now       time.Time
+	// Seen is the message count the page shows: a reply posted from it is checked against it.
+	Seen         int
+	Draft        string
+	Conflict     []string // what happened since the agent loaded the page, when a reply was held back
+	Viewers      []viewer
+	CustomerName string
+	Others       []tickets.Ticket // the customer's other tickets
+	AuditURL     string
+	Sent         int // the message just sent, for the notice
+}
+
+// threadItem is a message or an agent's change, in time order.
+type threadItem struct {
+	Msg   *msgView
+	Event *tickets.Event
+	New   bool // arrived after the page the agent replied from was loaded
 }
 
 func (s *Server) ticketPage(w http.ResponseWriter, r *http.Request) {
-	a := info(r).actor
 	id, ok := parseID(r.PathValue("id"), 1)
 	if !ok {
 		s.errorPage(w, r, http.StatusNotFound, "There is no such ticket: ticket numbers are whole numbers from 1.")
@@ -254,23 +271,92 @@ func (s *Server) ticketPage(w http.ResponseWriter, r *http.Request) {
 		}
 		showHTML = n
 	}
+	sent := 0
+	if v := r.URL.Query().Get("sent"); v != "" {
+		sent, _ = parseIndex(v, 1)
+	}
+	s.showTicket(w, r, http.StatusOK, id, showHTML, sent, nil)
+}
+
+// heldReply is a reply the page did not send because the ticket changed under the agent.
+type heldReply struct {
+	seen  int
+	draft string
+	then  string
+	what  []string
+}
+
+func (s *Server) showTicket(w http.ResponseWriter, r *http.Request, status int, id uint64, showHTML, sent int, held *heldReply) {
+	a := info(r).actor
 	t, msgs, err := s.opts.Tickets.Get(a, id)
 	if err != nil {
 		s.ticketError(w, r, "show ticket", err)
 		return
 	}
-	v := &ticketView{base: s.base(r, fmt.Sprintf("#%d %s", t.ID, t.Subject)), Ticket: t, Statuses: statuses, CanWrite: a.CanWrite(t.Queue)}
+	now := s.opts.Now()
+	v := &ticketView{base: s.base(r, fmt.Sprintf("#%d %s", t.ID, t.Subject)), Ticket: t, Statuses: statuses, CanWrite: a.CanWrite(t.Queue),
+		Now: now, Seen: t.Messages, Sent: sent}
 	v.Messages = make([]msgView, len(msgs))
 	for i := range msgs {
 		v.Messages[i] = s.messageView(t.ID, &msgs[i], msgs[i].Seq == showHTML)
 	}
+	v.Thread = thread(v.Messages, t.Events)
+	if held != nil {
+		v.Draft, v.Conflict = held.draft, held.what
+		for i := range v.Thread {
+			if m := v.Thread[i].Msg; m != nil && m.M.Seq > held.seen {
+				v.Thread[i].New = true
+			}
+		}
+	}
+	if p, ok := t.Participant(t.Customer); ok && p.Verified {
+		v.CustomerName = p.Name // an unverified sender's display name is theirs to choose: not shown as the customer's
+	}
+	if v.Others, err = s.opts.Tickets.CustomerTickets(a, t, 10); err != nil {
+		s.internalError(w, r, "customer's tickets", err)
+		return
+	}
+	if a.CanAudit() {
+		v.AuditURL = "/audit?object=" + url.QueryEscape(fmt.Sprintf("ticket/%d", t.ID))
+	}
+	v.Viewers = s.viewers.seen(t.ID, a.Name, now)
 	if v.CanWrite {
 		if v.Assignees, err = s.assignees(t.Queue); err != nil {
 			s.internalError(w, r, "list agents", err)
 			return
 		}
 	}
-	s.render(w, r, http.StatusOK, "ticket", v)
+	switch {
+	case sent > 0:
+		v.Notice = "Your reply is queued for delivery."
+		if sent <= len(v.Messages) && v.Messages[sent-1].M.Direction == tickets.Note {
+			v.Notice = "Your note is added."
+		}
+	case held != nil:
+		v.Error = "Not sent: the ticket changed since you opened it. Read what is new below, then send again."
+	}
+	s.render(w, r, status, "ticket", v)
+}
+
+// thread interleaves messages and events by time; events after the last message go last.
+func thread(msgs []msgView, events []tickets.Event) []threadItem {
+	out := make([]threadItem, 0, len(msgs)+len(events))
+	j := 0
+	for i := range msgs {
+		at := msgs[i].M.Received
+		if at.IsZero() {
+			at = msgs[i].M.Date
+		}
+		for j < len(events) && events[j].Time.Before(at) {
+			out = append(out, threadItem{Event: &events[j]})
+			j++
+		}
+		out = append(out, threadItem{Msg: &msgs[i]})
+	}
+	for ; j < len(events); j++ {
+		out = append(out, threadItem{Event: &events[j]})
+	}
+	return out
 }
 
 func (s *Server) messageView(id uint64, m *tickets.Message, showHTML bool) msgView {
@@ -323,11 +409,23 @@ func (s *Server) ticketPost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var err error
+	var m *tickets.Message
+	then := r.PostForm.Get("then")
+	if then != "" && !tickets.ValidStatus(tickets.Status(then)) {
+		s.errorPage(w, r, http.StatusBadRequest, "Unknown status: use new, open, pending, solved or closed.")
+		return
+	}
 	switch action {
 	case "reply":
-		_, err = s.opts.Tickets.Reply(a, id, r.PostForm.Get("body"))
+		if held := s.heldBack(a, id, r.PostForm.Get("seen"), r.PostForm.Get("body"), then); held != nil {
+			s.showTicket(w, r, http.StatusConflict, id, -1, 0, held)
+			return
+		}
+		if m, err = s.opts.Tickets.Reply(a, id, r.PostForm.Get("body")); err == nil && then != "" {
+			err = s.opts.Tickets.SetStatus(a, id, tickets.Status(then))
+		}
 	case "note":
-		_, err = s.opts.Tickets.AddNote(a, id, r.PostForm.Get("body"))
+		m, err = s.opts.Tickets.AddNote(a, id, r.PostForm.Get("body"))
 	case "status":
 		err = s.opts.Tickets.SetStatus(a, id, tickets.Status(r.PostForm.Get("status")))
 	case "assign":
@@ -347,7 +445,31 @@ func (s *Server) ticketPost(w http.ResponseWriter, r *http.Request) {
 		s.ticketError(w, r, "ticket "+action, err)
 		return
 	}
+	if m != nil {
+		// The page jumps to the new message and says it went.
+		http.Redirect(w, r, fmt.Sprintf("/tickets/%d?sent=%d#m%d", id, m.Seq, m.Seq), http.StatusSeeOther)
+		return
+	}
 	http.Redirect(w, r, fmt.Sprintf("/tickets/%d", id), http.StatusSeeOther)
+}
+
+// heldBack decides whether a reply must wait for the agent to see what changed since the page
+// was loaded (seen is the message count the page showed): a new customer message, or another
+// agent's reply. nil means send.
+func (s *Server) heldBack(a access.Actor, id uint64, seenField, draft, then string) *heldReply {
+	seen, ok := parseIndex(seenField, 0)
+	if !ok {
+		return nil // a form without the field (a script, an old page): nothing to compare with
+	}
+	n, ok := s.opts.Tickets.MessageCount(a, id)
+	if !ok || n <= seen {
+		return nil
+	}
+	what, err := s.opts.Tickets.Since(a, id, seen)
+	if err != nil || len(what) == 0 {
+		return nil
+	}
+	return &heldReply{seen: seen, draft: draft, then: then, what: what}
 }
 
 // assign checks against access that the new assignee may work the ticket's queue (tickets
