@@ -305,7 +305,7 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 	if err != nil {
 		return ListResult{}, err
 	}
-	var hits map[uint64]bool
+	var hits []uint64
 	searching := q.Search != ""
 	if searching {
 		if hits, err = s.searchIDs(queues, q.Search); err != nil {
@@ -337,19 +337,40 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 		if !slices.Contains(qids, hd.queue) {
 			return
 		}
-		for vi, v := range Views {
-			if hd.inView(v, me) {
-				counts[vi]++
+		// The counts, in the order of Views, without a call per view.
+		if hd.open() {
+			counts[0]++
+			if hd.assignee == me {
+				counts[1]++
+			}
+			if hd.assignee == 0 {
+				counts[2]++
 			}
 		}
+		if hd.bounced && hd.status != 5 {
+			counts[3]++
+		}
+		counts[4]++
 		if !hd.inView(view, me) || (st != 0 && hd.status != st) || (q.Assignee != "" && hd.assignee != who) {
 			return
 		}
 		sel = append(sel, int32(i))
 	}
-	if searching {
-		for id := range hits {
+	if searching && len(hits) < 4096 {
+		for _, id := range hits {
 			if i, ok := h.pos[id]; ok {
+				consider(i)
+			}
+		}
+	} else if searching {
+		// Many hits: a bitmap of them, and one pass over the heads, beats a map lookup per hit.
+		bits := make([]uint64, hits[len(hits)-1]/64+1)
+		for _, id := range hits {
+			bits[id/64] |= 1 << (id % 64)
+		}
+		sel = make([]int32, 0, len(hits))
+		for i := range h.heads {
+			if id := h.heads[i].id; id/64 < uint64(len(bits)) && bits[id/64]&(1<<(id%64)) != 0 {
 				consider(i)
 			}
 		}
