@@ -758,17 +758,17 @@ func TestAdminPage(t *testing.T) {
 	if ag, _ := e.acc.Get("carl"); strings.Join(ag.Queues, ",") != "billing" {
 		t.Errorf("queues now %v", ag.Queues)
 	}
-	w = c.post("/admin/agents", url.Values{"action": {"reset-mfa"}, "name": {"carl"}})
+	w = c.post("/admin/agents", url.Values{"action": {"reset-mfa"}, "name": {"carl"}, "confirm": {"carl"}})
 	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "otpauth://") || strings.Contains(w.Body.String(), uri[1]) {
 		t.Errorf("reset MFA: %d", w.Code)
 	}
-	if w := c.post("/admin/agents", url.Values{"action": {"disable"}, "name": {"carl"}}); w.Code != http.StatusOK {
+	if w := c.post("/admin/agents", url.Values{"action": {"disable"}, "name": {"carl"}, "confirm": {"carl"}}); w.Code != http.StatusOK {
 		t.Fatalf("disable: %d", w.Code)
 	}
 	if ag, _ := e.acc.Get("carl"); !ag.Disabled {
 		t.Error("not disabled")
 	}
-	if w := c.post("/admin/agents", url.Values{"action": {"disable"}, "name": {"root"}}); w.Code != http.StatusBadRequest {
+	if w := c.post("/admin/agents", url.Values{"action": {"disable"}, "name": {"root"}, "confirm": {"root"}}); w.Code != http.StatusBadRequest {
 		t.Errorf("disabling the last admin: %d", w.Code)
 	}
 	for _, a := range []string{"agent.add", "agent.queues", "mfa.reset", "agent.disable"} {
