@@ -79,6 +79,9 @@ type Queue struct {
 	// AutoAckText is the acknowledgement's body; {ticket} becomes the ticket number.
 	// "" uses a short built-in text.
 	AutoAckText string `toml:"auto_ack_text"`
+	// AutoAckTexts are acknowledgements per language ("de", "fr-ch"…), chosen by the customer's
+	// Content-Language or Accept-Language; a language without one gets AutoAckText. Default: none.
+	AutoAckTexts map[string]string `toml:"auto_ack_texts"`
 }
 
 // Outbound is the [outbound] table: relay and DKIM signing.

@@ -180,6 +180,7 @@ name = "support"	# lower-case letters, digits and '-'
 address = {{QUEUE_ADDR}}
 auto_ack = true	# answer new tickets with an automatic acknowledgement
 auto_ack_text = ""	# its body; {ticket} is the ticket number; "" = a short built-in text
+auto_ack_texts = {}	# per language, by the customer's Content-Language/Accept-Language, e.g. { de = "Danke: #{ticket}" }; default: none
 
 [outbound]
 relay = ""	# "" = write .eml files to <data_dir>/outbox; e.g. "smtp.example.com:587"

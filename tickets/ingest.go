@@ -66,6 +66,7 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 		Subject: p.Subject, MessageID: p.MessageID, InReplyTo: p.InReplyTo, References: p.References,
 		Date: p.Date.UTC(), Received: s.opts.Now().UTC(), Text: p.Text, HTML: p.HTML, Problem: p.Problem, Kind: in.Kind,
 	}
+	m.Language = mailLanguage(p)
 	if m.Text == "" && m.HTML != "" {
 		m.Text = HTMLToText(m.HTML)
 	}
@@ -379,4 +380,21 @@ func appendUnique(list []uint64, id uint64) []uint64 {
 		}
 	}
 	return append(list, id)
+}
+
+var langRe = regexp.MustCompile(`^[a-z]{2,3}(-[a-z0-9]{2,8})?$`)
+
+// mailLanguage reads the language the customer writes in from Content-Language, else from the
+// first entry of Accept-Language (some clients send it); anything not a plain tag is ignored.
+func mailLanguage(p *Parsed) string {
+	for _, h := range []string{"Content-Language", "Accept-Language"} {
+		v := p.Header.Get(h)
+		first, _, _ := strings.Cut(v, ",")
+		first, _, _ = strings.Cut(first, ";")
+		tag := strings.ToLower(strings.TrimSpace(first))
+		if langRe.MatchString(tag) {
+			return tag
+		}
+	}
+	return ""
 }

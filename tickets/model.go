@@ -160,6 +160,9 @@ type Message struct {
 	Problem string `json:"problem,omitempty"`
 	// Kind marks special inbound mail: "bounce", "auto-reply".
 	Kind string `json:"kind,omitempty"`
+	// Language is the customer's language as the mail says it (Content-Language, else the first
+	// of Accept-Language), a lower-case tag; "" when it says none.
+	Language string `json:"language,omitempty"`
 	// UID is the message's IMAP UID in its queue's mailbox.
 	UID uint32 `json:"uid,omitempty"`
 }

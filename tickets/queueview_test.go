@@ -3,6 +3,7 @@ package tickets
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -244,5 +245,48 @@ func TestPrepareMigratesExistingTickets(t *testing.T) {
 	// Done is done: a second start does not walk the store again.
 	if n, err := svc.Prepare(); err != nil || n != 0 {
 		t.Fatalf("second Prepare: %d %v", n, err)
+	}
+}
+
+func TestAutoAckInTheCustomersLanguage(t *testing.T) {
+	e := newEnv(t)
+	e.svc.opts.Queues[0].AutoAck = true
+	e.svc.opts.Queues[0].AutoAckText = "Got it: {ticket}.\n"
+	e.svc.opts.Queues[0].AutoAckTexts = map[string]string{"de": "Erhalten: {ticket}.\n", "fr-ch": "Reçu (CH): {ticket}.\n"}
+	e.svc.opts.AutoAck = func(p *Parsed, in Incoming) bool { return true }
+	cases := []struct{ header, want string }{
+		{"Content-Language: de-AT", "Erhalten: 1.\n"},
+		{"Accept-Language: fr-CH, fr;q=0.9", "Reçu (CH): 2.\n"},
+		{"Content-Language: sv", "Got it: 3.\n"},
+		{"", "Got it: 4.\n"},
+	}
+	for i, c := range cases {
+		var extra []string
+		if c.header != "" {
+			extra = append(extra, c.header)
+		}
+		e.ingest(t, msgText(fmt.Sprintf("c%d@customer.example", i), "Hi", fmt.Sprintf("l%d@customer.example", i), extra...), true)
+	}
+	e.svc.SendAutoAcks()
+	for i, c := range cases {
+		id := uint64(i + 1)
+		var got string
+		for try := 0; try < 500 && got == ""; try++ {
+			_, msgs, err := e.svc.Get(agentA, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range msgs {
+				if m.Kind == "auto-reply" {
+					got = m.Text
+				}
+			}
+			if got == "" {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		if got != c.want {
+			t.Errorf("%q: acknowledgement %q, want %q", c.header, got, c.want)
+		}
 	}
 }

@@ -38,6 +38,23 @@ type Queue struct {
 	AutoAck bool
 	// AutoAckText is the acknowledgement's body; {ticket} becomes the ticket number.
 	AutoAckText string
+	// AutoAckTexts are acknowledgements per language tag (lower case: "de", "fr-ch").
+	AutoAckTexts map[string]string
+}
+
+// ackText picks the acknowledgement for a customer writing in lang (a tag, maybe empty): the
+// exact tag, then its primary language, then the queue's default.
+func (q Queue) ackText(lang string) string {
+	lang = strings.ToLower(lang)
+	if t, ok := q.AutoAckTexts[lang]; ok && lang != "" {
+		return t
+	}
+	if primary, _, ok := strings.Cut(lang, "-"); ok {
+		if t, ok := q.AutoAckTexts[primary]; ok {
+			return t
+		}
+	}
+	return q.AutoAckText
 }
 
 // Outgoing is what tickets asks the mail composer to build for a reply.
