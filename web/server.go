@@ -66,6 +66,7 @@ type Server struct {
 	servers  []*http.Server
 	verified verifyCache
 	viewers  viewTracker
+	prefs    prefCache
 	anon     anonLimit
 }
 
@@ -135,6 +136,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /tickets/{id}/messages/{seq}/attachments/{i}", s.authed(s.attachment))
 	mux.HandleFunc("GET /account", s.authed(s.accountPage))
 	mux.HandleFunc("POST /account", s.checkOrigin(s.authed(s.accountPost)))
+	mux.HandleFunc("POST /account/timezone", s.checkOrigin(s.authed(s.timezonePost)))
 	mux.HandleFunc("GET /admin/agents", s.authed(s.adminPage))
 	mux.HandleFunc("POST /admin/agents", s.checkOrigin(s.authed(s.adminPost)))
 	mux.HandleFunc("GET /audit", s.authed(s.auditPage))
