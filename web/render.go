@@ -12,7 +12,7 @@ import (
 )
 
 // pageNames are the templates under templates/, each rendered inside layout.html.
-var pageNames = []string{"login", "code", "tickets", "ticket", "account", "admin", "audit", "error"}
+var pageNames = []string{"login", "code", "tickets", "ticket", "account", "admin", "audit", "error", "canned"}
 
 var funcs = template.FuncMap{
 	"when": func(t time.Time) string {

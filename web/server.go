@@ -139,6 +139,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /account/timezone", s.checkOrigin(s.authed(s.timezonePost)))
 	mux.HandleFunc("GET /admin/agents", s.authed(s.adminPage))
 	mux.HandleFunc("POST /admin/agents", s.checkOrigin(s.authed(s.adminPost)))
+	mux.HandleFunc("GET /admin/canned", s.authed(s.cannedPage))
+	mux.HandleFunc("POST /admin/canned", s.checkOrigin(s.authed(s.cannedPost)))
 	mux.HandleFunc("GET /audit", s.authed(s.auditPage))
 	mux.HandleFunc("/", s.notFound)
 	return s.observe(secure(mux))

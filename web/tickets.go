@@ -247,6 +247,7 @@ type ticketView struct {
 	Others       []tickets.Ticket // the customer's other tickets
 	AuditURL     string
 	Sent         int // the message just sent, for the notice
+	Canned       []cannedReply
 }
 
 // threadItem is a message or an agent's change, in time order.
@@ -275,7 +276,16 @@ func (s *Server) ticketPage(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("sent"); v != "" {
 		sent, _ = parseIndex(v, 1)
 	}
-	s.showTicket(w, r, http.StatusOK, id, showHTML, sent, nil)
+	var held *heldReply
+	if c := r.URL.Query().Get("canned"); c != "" {
+		n, ok := parseID(c, 1)
+		if !ok {
+			s.errorPage(w, r, http.StatusBadRequest, "canned= takes the number of a canned reply.")
+			return
+		}
+		held = &heldReply{canned: n}
+	}
+	s.showTicket(w, r, http.StatusOK, id, showHTML, sent, held)
 }
 
 // heldReply is a reply the page did not send because the ticket changed under the agent.
@@ -284,6 +294,8 @@ type heldReply struct {
 	draft string
 	then  string
 	what  []string
+	// canned asks for a canned reply as the draft instead (nothing was held back).
+	canned uint64
 }
 
 func (s *Server) showTicket(w http.ResponseWriter, r *http.Request, status int, id uint64, showHTML, sent int, held *heldReply) {
@@ -301,6 +313,22 @@ func (s *Server) showTicket(w http.ResponseWriter, r *http.Request, status int, 
 		v.Messages[i] = s.messageView(t.ID, &msgs[i], msgs[i].Seq == showHTML)
 	}
 	v.Thread = thread(v.Messages, t.Events)
+	if v.CanWrite {
+		if v.Canned, err = s.cannedList(t.Queue); err != nil {
+			s.internalError(w, r, "list canned replies", err)
+			return
+		}
+	}
+	if held != nil && held.canned != 0 {
+		c, ok := s.canned(held.canned, t.Queue)
+		if !ok || !v.CanWrite {
+			s.errorPage(w, r, http.StatusNotFound, "There is no such canned reply for this queue.")
+			return
+		}
+		v.Draft = fillCanned(c.Text, t, a.Name)
+		s.webEvent(r, a.Name, "canned.use", audit.OK, fmt.Sprintf("ticket=%d canned=%d", t.ID, c.ID))
+		held = nil
+	}
 	if held != nil {
 		v.Draft, v.Conflict = held.draft, held.what
 		for i := range v.Thread {
