@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -248,6 +249,7 @@ type ticketView struct {
 	AuditURL     string
 	Sent         int // the message just sent, for the notice
 	Canned       []cannedReply
+	DraftCc      string
 }
 
 // threadItem is a message or an agent's change, in time order.
@@ -296,6 +298,33 @@ type heldReply struct {
 	what  []string
 	// canned asks for a canned reply as the draft instead (nothing was held back).
 	canned uint64
+	cc     string
+	files  bool // the held reply had attachments, which a page cannot put back
+}
+
+// replyOptions reads the reply form's copies (comma- or space-separated) and attachments.
+func replyOptions(r *http.Request) (tickets.ReplyOptions, error) {
+	var ro tickets.ReplyOptions
+	ro.Cc = strings.FieldsFunc(r.PostForm.Get("cc"), func(c rune) bool { return c == ',' || c == ';' || unicode.IsSpace(c) })
+	if r.MultipartForm == nil {
+		return ro, nil
+	}
+	for _, fh := range r.MultipartForm.File["attach"] {
+		if fh.Filename == "" && fh.Size == 0 {
+			continue // the empty file input of a form sent without a file
+		}
+		f, err := fh.Open()
+		if err != nil {
+			return ro, err
+		}
+		data, err := io.ReadAll(io.LimitReader(f, tickets.MaxAttachmentBytes+1))
+		f.Close()
+		if err != nil {
+			return ro, err
+		}
+		ro.Attachments = append(ro.Attachments, tickets.ParsedAttachment{Name: fh.Filename, ContentType: fh.Header.Get("Content-Type"), Data: data})
+	}
+	return ro, nil
 }
 
 func (s *Server) showTicket(w http.ResponseWriter, r *http.Request, status int, id uint64, showHTML, sent int, held *heldReply) {
@@ -330,7 +359,10 @@ func (s *Server) showTicket(w http.ResponseWriter, r *http.Request, status int, 
 		held = nil
 	}
 	if held != nil {
-		v.Draft, v.Conflict = held.draft, held.what
+		v.Draft, v.Conflict, v.DraftCc = held.draft, held.what, held.cc
+		if held.files {
+			v.Conflict = append(v.Conflict, "(attach your files again: a page cannot keep them)")
+		}
 		for i := range v.Thread {
 			if m := v.Thread[i].Msg; m != nil && m.M.Seq > held.seen {
 				v.Thread[i].New = true
@@ -447,10 +479,16 @@ func (s *Server) ticketPost(w http.ResponseWriter, r *http.Request) {
 	switch action {
 	case "reply":
 		if held := s.heldBack(a, id, r.PostForm.Get("seen"), r.PostForm.Get("body"), then); held != nil {
+			held.cc = r.PostForm.Get("cc")
+			held.files = r.MultipartForm != nil && len(r.MultipartForm.File["attach"]) > 0
 			s.showTicket(w, r, http.StatusConflict, id, -1, 0, held)
 			return
 		}
-		if m, err = s.opts.Tickets.Reply(a, id, r.PostForm.Get("body")); err == nil && then != "" {
+		var ro tickets.ReplyOptions
+		if ro, err = replyOptions(r); err != nil {
+			break
+		}
+		if m, err = s.opts.Tickets.ReplyWith(a, id, r.PostForm.Get("body"), ro); err == nil && then != "" {
 			err = s.opts.Tickets.SetStatus(a, id, tickets.Status(then))
 		}
 	case "note":
