@@ -238,21 +238,6 @@ func (s *Service) loadHeaders() (*headers, error) {
 
 func (hd *head) open() bool { return hd.status >= 1 && hd.status <= 3 }
 
-func (hd *head) inView(view string, me uint32) bool {
-	switch view {
-	case ViewMine:
-		return hd.open() && hd.assignee == me
-	case ViewUnassigned:
-		return hd.open() && hd.assignee == 0
-	case ViewAttention:
-		return hd.bounced && hd.status != 5
-	case ViewAll:
-		return true
-	default:
-		return hd.open()
-	}
-}
-
 // waitingFirst orders by waiting time: tickets whose customer waits come first, the oldest
 // wait first; then the rest by last activity, newest first; the ticket number breaks ties.
 func waitingFirst(a, b *head) int {
@@ -313,7 +298,6 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 		}
 	}
 	var counts [5]int
-	var sel []int32
 	order := waitingFirst
 	switch q.Sort {
 	case SortActivity:
@@ -322,6 +306,8 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 		order = byNumber
 	}
 	res := ListResult{Counts: map[string]int{}}
+	view := cmp.Or(q.View, ViewOpen)
+	vcode := slices.Index(Views, view)
 	h.mu.RLock()
 	var qids []uint32
 	for _, name := range queues {
@@ -331,14 +317,37 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 	}
 	me, who := h.lookup(a.Name), h.lookup(q.Assignee)
 	st := statusCodes[q.Status]
-	view := cmp.Or(q.View, ViewOpen)
+	// The page is the best Offset+Limit of the matches, kept in a max-heap while scanning (its
+	// root is the worst kept): most tickets cost one comparison, and nothing of size 100,000
+	// is allocated or sorted.
+	k := q.Offset + q.Limit
+	best := make([]int32, 0, min(k, 4096))
+	worse := func(x, y int32) bool { return order(&h.heads[x], &h.heads[y]) > 0 }
+	down := func(i int) {
+		for n := len(best); ; {
+			l := 2*i + 1
+			if l >= n {
+				return
+			}
+			m := l
+			if r := l + 1; r < n && worse(best[r], best[l]) {
+				m = r
+			}
+			if !worse(best[m], best[i]) {
+				return
+			}
+			best[i], best[m] = best[m], best[i]
+			i = m
+		}
+	}
 	consider := func(i int) {
 		hd := &h.heads[i]
 		if !slices.Contains(qids, hd.queue) {
 			return
 		}
 		// The counts, in the order of Views, without a call per view.
-		if hd.open() {
+		open := hd.open()
+		if open {
 			counts[0]++
 			if hd.assignee == me {
 				counts[1]++
@@ -347,14 +356,45 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 				counts[2]++
 			}
 		}
-		if hd.bounced && hd.status != 5 {
+		attention := hd.bounced && hd.status != 5
+		if attention {
 			counts[3]++
 		}
 		counts[4]++
-		if !hd.inView(view, me) || (st != 0 && hd.status != st) || (q.Assignee != "" && hd.assignee != who) {
+		var in bool
+		switch vcode {
+		case 0:
+			in = open
+		case 1:
+			in = open && hd.assignee == me
+		case 2:
+			in = open && hd.assignee == 0
+		case 3:
+			in = attention
+		default:
+			in = true
+		}
+		if !in || (st != 0 && hd.status != st) || (q.Assignee != "" && hd.assignee != who) {
 			return
 		}
-		sel = append(sel, int32(i))
+		res.Total++
+		x := int32(i)
+		if len(best) < k {
+			best = append(best, x)
+			for j := len(best) - 1; j > 0; { // sift up
+				p := (j - 1) / 2
+				if !worse(best[j], best[p]) {
+					break
+				}
+				best[j], best[p] = best[p], best[j]
+				j = p
+			}
+			return
+		}
+		if worse(best[0], x) {
+			best[0] = x
+			down(0)
+		}
 	}
 	if searching && len(hits) < 4096 {
 		for _, id := range hits {
@@ -368,25 +408,20 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 		for _, id := range hits {
 			bits[id/64] |= 1 << (id % 64)
 		}
-		sel = make([]int32, 0, len(hits))
 		for i := range h.heads {
 			if id := h.heads[i].id; id/64 < uint64(len(bits)) && bits[id/64]&(1<<(id%64)) != 0 {
 				consider(i)
 			}
 		}
 	} else {
-		sel = make([]int32, 0, len(h.heads))
 		for i := range h.heads {
 			consider(i)
 		}
 	}
-	res.Total = len(sel)
-	end := min(q.Offset+q.Limit, len(sel))
-	if q.Offset < len(sel) {
-		topK(sel, end, func(x, y int32) int { return order(&h.heads[x], &h.heads[y]) })
-		for _, i := range sel[q.Offset:end] {
-			t := h.byID[h.heads[i].id]
-			res.Tickets = append(res.Tickets, *t)
+	slices.SortFunc(best, func(x, y int32) int { return order(&h.heads[x], &h.heads[y]) })
+	if q.Offset < len(best) {
+		for _, i := range best[q.Offset:] {
+			res.Tickets = append(res.Tickets, *h.byID[h.heads[i].id])
 		}
 	}
 	h.mu.RUnlock()
@@ -404,44 +439,6 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 		return ListResult{}, err
 	}
 	return res, nil
-}
-
-// topK puts the k first tickets in order at the front of sel. A full sort of 100,000 tickets
-// for one page of 50 is most of a request's time; a bounded heap is not.
-func topK(sel []int32, k int, order func(a, b int32) int) {
-	if k >= len(sel)/4 {
-		slices.SortFunc(sel, order)
-		return
-	}
-	// Max-heap of the k best so far at sel[:k]: the root is the worst of them.
-	less := func(i, j int) bool { return order(sel[i], sel[j]) > 0 }
-	down := func(i, n int) {
-		for {
-			l := 2*i + 1
-			if l >= n {
-				return
-			}
-			m := l
-			if r := l + 1; r < n && less(r, l) {
-				m = r
-			}
-			if !less(m, i) {
-				return
-			}
-			sel[i], sel[m] = sel[m], sel[i]
-			i = m
-		}
-	}
-	for i := k/2 - 1; i >= 0; i-- {
-		down(i, k)
-	}
-	for i := k; i < len(sel); i++ {
-		if order(sel[i], sel[0]) < 0 {
-			sel[0], sel[i] = sel[i], sel[0]
-			down(0, k)
-		}
-	}
-	slices.SortFunc(sel[:k], order)
 }
 
 func clipQuery(s string) string {
