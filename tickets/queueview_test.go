@@ -290,3 +290,42 @@ func TestAutoAckInTheCustomersLanguage(t *testing.T) {
 		}
 	}
 }
+
+// A common word's ids are cached in memory; a ticket that adds the word must still be found.
+func TestSearchCacheSeesNewTickets(t *testing.T) {
+	e := newEnv(t)
+	h := headersOf(e.db)
+	h.mu.Lock()
+	h.loaded = true
+	h.mu.Unlock()
+	err := e.db.Update(func(tx *store.Tx) error {
+		for i := 1; i <= cacheMinIDs+10; i++ {
+			tk := &Ticket{ID: uint64(1000000 + i), Queue: "support", Status: StatusNew, Subject: "s"}
+			h.mu.Lock()
+			h.set(tk)
+			h.mu.Unlock()
+			if err := e.svc.indexMessage(tx, tk, &Message{Seq: 1, Text: "marmalade"}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := e.work(t, ListQuery{Search: "marmalade"})
+	if r.Total != cacheMinIDs+10 {
+		t.Fatalf("first search: %d", r.Total)
+	}
+	if _, ok := postingCacheOf(e.db).get(token(e.svc.searchKey("support"), "marmalade")); !ok {
+		t.Fatal("the common word's list was not cached (the test would prove nothing)")
+	}
+	raw := []byte("From: new@customer.example\r\nTo: support@example.com\r\nSubject: jam\r\nMessage-ID: <m1@customer.example>\r\n\r\nMore marmalade please.\r\n")
+	res := e.ingest(t, raw, true)
+	if r = e.work(t, ListQuery{Search: "marmalade"}); r.Total != cacheMinIDs+11 {
+		t.Fatalf("after a new ticket: total %d, want %d", r.Total, cacheMinIDs+11)
+	}
+	if r = e.work(t, ListQuery{Search: "marmalade please"}); !slices.Equal(ids(r.Tickets), []uint64{res.Ticket}) {
+		t.Fatalf("marmalade please: %v, want [%d]", ids(r.Tickets), res.Ticket)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -172,7 +173,74 @@ func appendPosting(tx *store.Tx, tok []byte, id uint64) error {
 			ids = v
 		}
 	}
+	pc := postingCacheOf(tx.DB())
+	tx.OnCommit(func() { pc.drop(tok) })
 	return tx.Put(bSearch, binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), append(ids, store.U64(id)...))
+}
+
+// postingCache keeps the opened, sorted id lists of common words in memory (never on disk),
+// so a search for a word in half the store does not open and sort 50,000 ids every time.
+// A commit that adds to a token drops its entry; a search stores what it read only if no
+// commit added to any token since it began (it may have read an older snapshot).
+type postingCache struct {
+	mu    sync.Mutex
+	gen   uint64
+	lists map[string][]uint64
+	ids   int
+}
+
+const (
+	cacheMinIDs = 1024    // shorter lists are cheap to read
+	cacheMaxIDs = 4 << 20 // 32 MB of ids at most; then start afresh
+)
+
+var postingCaches sync.Map // *store.DB → *postingCache
+
+func postingCacheOf(db *store.DB) *postingCache {
+	c, _ := postingCaches.LoadOrStore(db, &postingCache{lists: map[string][]uint64{}})
+	return c.(*postingCache)
+}
+
+func (c *postingCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+func (c *postingCache) get(tok []byte) ([]uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l, ok := c.lists[string(tok)]
+	return l, ok
+}
+
+func (c *postingCache) put(tok []byte, list []uint64, gen uint64) {
+	if len(list) < cacheMinIDs {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return
+	}
+	if c.ids+len(list) > cacheMaxIDs {
+		clear(c.lists)
+		c.ids = 0
+	}
+	if _, ok := c.lists[string(tok)]; !ok {
+		c.lists[string(tok)] = list
+		c.ids += len(list)
+	}
+}
+
+func (c *postingCache) drop(tok []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	if l, ok := c.lists[string(tok)]; ok {
+		c.ids -= len(l)
+		delete(c.lists, string(tok))
+	}
 }
 
 func postings(tx *store.Tx, tok []byte, into func(id uint64)) error {
@@ -201,17 +269,24 @@ func (s *Service) searchIDs(queues []string, q string) ([]uint64, error) {
 	if len(words) == 0 {
 		return out, nil
 	}
+	pc := postingCacheOf(s.db)
+	gen := pc.generation()
 	err := s.db.View(func(tx *store.Tx) error {
 		for _, queue := range queues {
 			key := s.searchKey(queue)
 			var have []uint64
 			for i, w := range words {
-				var list []uint64
-				if err := postings(tx, token(key, w), func(id uint64) { list = append(list, id) }); err != nil {
-					return err
+				tok := token(key, w)
+				list, ok := pc.get(tok)
+				if !ok {
+					if err := postings(tx, tok, func(id uint64) { list = append(list, id) }); err != nil {
+						return err
+					}
+					slices.Sort(list)
+					list = slices.Compact(list)
+					pc.put(tok, list, gen)
 				}
-				slices.Sort(list)
-				list = slices.Compact(list)
+				list = slices.Clone(list) // intersect reuses its first argument
 				if i == 0 {
 					have = list
 				} else {
