@@ -476,6 +476,13 @@ func (s *Service) CustomerTickets(a access.Actor, t *Ticket, limit int) ([]Ticke
 		}
 	}
 	h.mu.RUnlock()
+	if len(out) > 0 {
+		// Their subjects and states are customer data too: the look is on record.
+		detail := fmt.Sprintf("other tickets of the customer of ticket/%d count=%d", t.ID, len(out))
+		if err := s.auditNow(a, "ticket.list", "tickets", "ok", detail); err != nil {
+			return nil, err
+		}
+	}
 	return out, nil
 }
 

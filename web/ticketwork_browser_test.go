@@ -10,6 +10,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"mailgate/access"
+	"mailgate/audit"
 	"mailgate/tickets"
 )
 
@@ -40,6 +41,13 @@ func TestBrowserTicketWork(t *testing.T) {
 	meta := text(t, ctx, "dl.meta")
 	mustContain(t, "ticket context", meta, "Customer <carol@customer.example>", "#"+strconv.FormatUint(other, 10)+" Second question")
 	mustNotContain(t, "agent's page", meta, "audit trail")
+	seenOthers := false
+	for _, ev := range e.events(audit.Filter{Actor: "alice", Action: "ticket.list"}) {
+		seenOthers = seenOthers || strings.Contains(ev.Detail, "other tickets of the customer of ticket/"+sid)
+	}
+	if !seenOthers {
+		t.Error("showing the customer's other tickets is not audited")
+	}
 	// The link is clickable and leaves neither opener nor referrer; the quote is folded.
 	link := step(t, ctx, "link", chromedp.Evaluate[string](`(function(){var a=document.querySelector('div.text a');return a.getAttribute('href')+' '+a.rel})()`))
 	if link != "https://shop.example/orders/42?x=1&y=2 noopener noreferrer nofollow" {
