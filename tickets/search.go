@@ -286,7 +286,9 @@ func (s *Service) searchIDs(queues []string, q string) ([]uint64, error) {
 					list = slices.Compact(list)
 					pc.put(tok, list, gen)
 				}
-				list = slices.Clone(list) // intersect reuses its first argument
+				if i == 0 && len(words) > 1 {
+					list = slices.Clone(list) // intersect reuses its first argument, maybe the cache's
+				}
 				if i == 0 {
 					have = list
 				} else {
@@ -296,12 +298,39 @@ func (s *Service) searchIDs(queues []string, q string) ([]uint64, error) {
 					break
 				}
 			}
-			out = append(out, have...)
+			out = merge(out, have)
 		}
 		return nil
 	})
-	slices.Sort(out)
-	return slices.Compact(out), err
+	return out, err
+}
+
+// merge is the sorted union of two sorted lists, in a new slice: neither is changed (one may
+// be the cache's).
+func merge(a, b []uint64) []uint64 {
+	if len(a) == 0 {
+		return b
+	}
+	if len(b) == 0 {
+		return a
+	}
+	out := make([]uint64, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) && j < len(b) {
+		switch {
+		case a[i] < b[j]:
+			out = append(out, a[i])
+			i++
+		case a[i] > b[j]:
+			out = append(out, b[j])
+			j++
+		default:
+			out = append(out, a[i])
+			i++
+			j++
+		}
+	}
+	return append(append(out, a[i:]...), b[j:]...)
 }
 
 // intersect merges two sorted lists into the ids in both, reusing a's storage.
