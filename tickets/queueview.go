@@ -120,7 +120,12 @@ func (h *headers) lookup(s string) uint32 {
 	return ^uint32(0)
 }
 
-func (h *headers) set(t *Ticket) {
+// set keeps what lists show of t: participants, links and events stay in the sealed ticket,
+// so 100,000 headers cost tens of megabytes, not hundreds.
+func (h *headers) set(full *Ticket) {
+	c := *full
+	c.Participants, c.Links, c.Events = nil, nil, nil
+	t := &c
 	hd := head{id: t.ID, updated: t.Updated.UnixNano(), assignee: h.intern(t.Assignee), queue: h.intern(t.Queue),
 		status: statusCodes[t.Status], bounced: t.Bounced}
 	if !t.Waiting.IsZero() {
@@ -169,10 +174,7 @@ func headersOf(db *store.DB) *headers {
 // remember makes the cache learn t once tx commits. A copy is taken now: the caller may change
 // t after saving it, and only what was saved may show.
 func remember(tx *store.Tx, t *Ticket) {
-	c := *t
-	c.Participants = slices.Clone(t.Participants)
-	c.Links = slices.Clone(t.Links)
-	c.Events = slices.Clone(t.Events)
+	c := *t // set drops the slices, so a shallow copy is enough
 	h := headersOf(tx.DB())
 	tx.OnCommit(func() {
 		h.mu.Lock()
