@@ -398,10 +398,6 @@ func (s *Service) Prepare() (migrated int, err error) {
 		}
 		done = last
 	}
-	// Load the work queue's headers now, so the first agent to open the list does not wait.
-	if _, err := s.loadHeaders(); err != nil {
-		return migrated, err
-	}
 	return migrated, nil
 }
 
