@@ -190,7 +190,7 @@ name = "support"	# lower-case letters, digits and '-'
 address = {{QUEUE_ADDR}}
 auto_ack = true	# answer new tickets with an automatic acknowledgement
 auto_ack_text = ""	# its body; {ticket} is the ticket number; "" = a short built-in text
-auto_ack_texts = {}	# per language, by the customer's Content-Language/Accept-Language, e.g. { de = "Danke: #{ticket}" }; default: none
+auto_ack_texts = {}	# per language, e.g. { de = "…", fr-ch = "…" }: the customer's Content-Language (else Accept-Language) picks one, de-ch falls back to de, any other gets auto_ack_text
 
 [outbound]
 relay = ""	# "" = write .eml files to <data_dir>/outbox; e.g. "smtp.example.com:587"
