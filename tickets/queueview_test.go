@@ -200,16 +200,23 @@ func TestPrepareMigratesExistingTickets(t *testing.T) {
 	e := newEnv(t)
 	e.ingest(t, msgText("carol@customer.example", "Walrus trouble", "c1@customer.example"), true)
 	e.ingest(t, msgText("dave@customer.example", "Other", "d1@customer.example"), true)
-	// Make the store look like one from before: no index, no derived fields.
+	// Make the store look like one from before: no index, no derived fields. The background
+	// indexing pass must be done first, or it would index again after the strip.
+	if err := e.svc.indexPending(); err != nil {
+		t.Fatal(err)
+	}
+	postingCacheOf(e.db).indexing.Lock()
 	err := e.db.Update(func(tx *store.Tx) error {
-		c := tx.Cursor(bSearch)
-		var keys [][]byte
-		for k := c.First(); k != nil; k = c.Next() {
-			keys = append(keys, k)
-		}
-		for _, k := range keys {
-			if err := tx.Delete(bSearch, k); err != nil {
-				return err
+		for _, b := range []string{bSearch, bSearchPending} {
+			c := tx.Cursor(b)
+			var keys [][]byte
+			for k := c.First(); k != nil; k = c.Next() {
+				keys = append(keys, k)
+			}
+			for _, k := range keys {
+				if err := tx.Delete(b, k); err != nil {
+					return err
+				}
 			}
 		}
 		for id := uint64(1); id <= 2; id++ {
@@ -225,6 +232,7 @@ func TestPrepareMigratesExistingTickets(t *testing.T) {
 		}
 		return nil
 	})
+	postingCacheOf(e.db).indexing.Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,10 +6,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -134,18 +136,112 @@ func queryWords(q string) []string {
 	return out
 }
 
+// Messages are indexed after their commit, not in it: rewriting a sealed chunk for every word
+// of every message would double the cost of taking mail in. The ingest transaction only notes
+// the message in bSearchPending (a key of two numbers), and a background pass indexes what is
+// pending in batches, one chunk rewrite per word per batch. A search first indexes whatever is
+// still pending, so it never misses a committed message; a crash loses nothing, as the notes
+// are in the store.
+const bSearchPending = "search_pending" // U64(id)|U32(seq) → nothing (plain)
+
+// queueForIndex notes message seq of ticket id for indexing, inside the caller's transaction.
+func (s *Service) queueForIndex(tx *store.Tx, id uint64, seq int) error {
+	if err := tx.PutPlain(bSearchPending, mkey(id, seq), nil); err != nil {
+		return err
+	}
+	tx.OnCommit(s.kickIndexer)
+	return nil
+}
+
+// kickIndexer makes sure one background pass runs after this commit.
+func (s *Service) kickIndexer() {
+	pc := postingCacheOf(s.db)
+	pc.again.Store(true)
+	if !pc.running.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		for {
+			pc.again.Store(false)
+			if err := s.indexPending(); err != nil && s.db.Writable() == nil { // a closed store is no news
+				slog.Warn("search index: indexing new messages failed; the next search retries", "err", err)
+			}
+			pc.running.Store(false)
+			if !pc.again.Load() || !pc.running.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}()
+}
+
+// indexPending indexes every pending message, a batch per transaction.
+func (s *Service) indexPending() error {
+	pc := postingCacheOf(s.db)
+	pc.indexing.Lock()
+	defer pc.indexing.Unlock()
+	for {
+		more := false
+		err := s.db.Update(func(tx *store.Tx) error {
+			more = false
+			c := tx.Cursor(bSearchPending)
+			var keys [][]byte
+			for k := c.First(); k != nil && len(keys) < 500; k = c.Next() {
+				keys = append(keys, k)
+			}
+			if len(keys) == 0 {
+				return nil
+			}
+			more = len(keys) == 500
+			byTok := map[string][]uint64{}
+			for _, k := range keys {
+				if len(k) == 12 {
+					id, seq := store.FromU64(k), int(binary.BigEndian.Uint32(k[8:]))
+					t, err := loadTicket(tx, id)
+					if err == nil {
+						m, err := loadMessage(tx, id, seq)
+						if err == nil {
+							key := s.searchKey(t.Queue)
+							for w := range indexWords(t, m) {
+								tok := string(token(key, w))
+								if l := byTok[tok]; len(l) == 0 || l[len(l)-1] != id {
+									byTok[tok] = append(l, id)
+								}
+							}
+						}
+					}
+					// A ticket or message gone (purged) has nothing to index.
+				}
+				if err := tx.Delete(bSearchPending, k); err != nil {
+					return err
+				}
+			}
+			for tok, ids := range byTok {
+				if err := appendPostings(tx, []byte(tok), ids); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil || !more {
+			return err
+		}
+	}
+}
+
 // indexMessage adds m's words to the index inside the caller's transaction.
 func (s *Service) indexMessage(tx *store.Tx, t *Ticket, m *Message) error {
 	key := s.searchKey(t.Queue)
 	for w := range indexWords(t, m) {
-		if err := appendPosting(tx, token(key, w), t.ID); err != nil {
+		if err := appendPostings(tx, token(key, w), []uint64{t.ID}); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func appendPosting(tx *store.Tx, tok []byte, id uint64) error {
+// appendPostings adds ids to token tok's list: into its last chunk, then new chunks. Each
+// chunk is opened and sealed once per call, however many ids join it.
+func appendPostings(tx *store.Tx, tok []byte, ids []uint64) error {
 	c := tx.Cursor(bSearch)
 	end := binary.BigEndian.AppendUint32(append([]byte(nil), tok...), 0xffffffff)
 	k := c.Seek(end)
@@ -155,92 +251,45 @@ func appendPosting(tx *store.Tx, tok []byte, id uint64) error {
 		k = c.Prev()
 	}
 	var n uint32
-	var ids []byte
+	var chunk []byte
 	if len(k) == 20 && string(k[:16]) == string(tok) {
 		n = binary.BigEndian.Uint32(k[16:])
 		v, err := tx.Get(bSearch, k)
 		if err != nil {
 			return err
 		}
-		for i := 0; i+8 <= len(v); i += 8 {
-			if store.FromU64(v[i:]) == id {
-				return nil // already there: another message of the same ticket
+		chunk = v
+	}
+	have := map[uint64]bool{}
+	for i := 0; i+8 <= len(chunk); i += 8 {
+		have[store.FromU64(chunk[i:])] = true
+	}
+	dirty := false
+	for _, id := range ids {
+		if have[id] {
+			continue // already there: another message of the same ticket
+		}
+		if len(chunk)/8 >= chunkIDs {
+			if err := tx.Put(bSearch, binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), chunk); err != nil {
+				return err
 			}
-		}
-		if len(v)/8 >= chunkIDs {
 			n++
-		} else {
-			ids = v
+			chunk, have, dirty = nil, map[uint64]bool{}, false
 		}
+		chunk = append(chunk, store.U64(id)...)
+		have[id] = true
+		dirty = true
 	}
+	if !dirty {
+		return nil
+	}
+	// Dropped now, so no search between this commit and its callback can take the cached list
+	// for current; and again after the commit, for a search that cached the old one meanwhile.
 	pc := postingCacheOf(tx.DB())
-	tx.OnCommit(func() { pc.drop(tok) })
-	return tx.Put(bSearch, binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), append(ids, store.U64(id)...))
-}
-
-// postingCache keeps the opened, sorted id lists of common words in memory (never on disk),
-// so a search for a word in half the store does not open and sort 50,000 ids every time.
-// A commit that adds to a token drops its entry; a search stores what it read only if no
-// commit added to any token since it began (it may have read an older snapshot).
-type postingCache struct {
-	mu    sync.Mutex
-	gen   uint64
-	lists map[string][]uint64
-	ids   int
-}
-
-const (
-	cacheMinIDs = 1024    // shorter lists are cheap to read
-	cacheMaxIDs = 4 << 20 // 32 MB of ids at most; then start afresh
-)
-
-var postingCaches sync.Map // *store.DB → *postingCache
-
-func postingCacheOf(db *store.DB) *postingCache {
-	c, _ := postingCaches.LoadOrStore(db, &postingCache{lists: map[string][]uint64{}})
-	return c.(*postingCache)
-}
-
-func (c *postingCache) generation() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.gen
-}
-
-func (c *postingCache) get(tok []byte) ([]uint64, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	l, ok := c.lists[string(tok)]
-	return l, ok
-}
-
-func (c *postingCache) put(tok []byte, list []uint64, gen uint64) {
-	if len(list) < cacheMinIDs {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.gen != gen {
-		return
-	}
-	if c.ids+len(list) > cacheMaxIDs {
-		clear(c.lists)
-		c.ids = 0
-	}
-	if _, ok := c.lists[string(tok)]; !ok {
-		c.lists[string(tok)] = list
-		c.ids += len(list)
-	}
-}
-
-func (c *postingCache) drop(tok []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.gen++
-	if l, ok := c.lists[string(tok)]; ok {
-		c.ids -= len(l)
-		delete(c.lists, string(tok))
-	}
+	pc.drop(tok)
+	t := string(tok)
+	tx.OnCommit(func() { pc.drop([]byte(t)) })
+	return tx.Put(bSearch, binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), chunk)
 }
 
 func postings(tx *store.Tx, tok []byte, into func(id uint64)) error {
@@ -268,6 +317,12 @@ func (s *Service) searchIDs(queues []string, q string) ([]uint64, error) {
 	words := queryWords(q)
 	if len(words) == 0 {
 		return out, nil
+	}
+	// Whatever was committed before this search must be findable.
+	if s.pendingIndex() {
+		if err := s.indexPending(); err != nil {
+			return nil, err
+		}
 	}
 	pc := postingCacheOf(s.db)
 	gen := pc.generation()
@@ -398,6 +453,9 @@ func (s *Service) Prepare() (migrated int, err error) {
 		}
 		done = last
 	}
+	if err := s.indexPending(); err != nil {
+		return migrated, fmt.Errorf("index the migrated tickets: %w", err)
+	}
 	return migrated, nil
 }
 
@@ -422,10 +480,90 @@ func (s *Service) migrateTicket(tx *store.Tx, id uint64) (bool, error) {
 		if m.Direction == Out && (m.Delivery == "failed" || m.Delivery == "bounced") && m.Kind == "" {
 			t.Bounced = true
 		}
-		if err := s.indexMessage(tx, t, m); err != nil {
+		if err := s.queueForIndex(tx, id, seq); err != nil {
 			return false, err
 		}
 	}
 	t.Derived = derivedVersion
 	return true, saveTicket(tx, t)
+}
+
+// pendingIndex reports whether messages wait to be indexed.
+func (s *Service) pendingIndex() bool {
+	pending := false
+	s.db.View(func(tx *store.Tx) error {
+		pending = tx.Cursor(bSearchPending).First() != nil
+		return nil
+	})
+	return pending
+}
+
+// postingCache keeps the opened, sorted id lists of common words in memory (never on disk),
+// so a search for a word in half the store does not open and sort 50,000 ids every time.
+// A commit that adds to a token drops its entry; a search stores what it read only if no
+// commit added to any token since it began (it may have read an older snapshot).
+type postingCache struct {
+	// indexing serialises passes over bSearchPending; running and again keep one background
+	// pass going while commits arrive.
+	indexing       sync.Mutex
+	running, again atomic.Bool
+
+	mu    sync.Mutex
+	gen   uint64
+	lists map[string][]uint64
+	ids   int
+}
+
+const (
+	cacheMinIDs = 1024    // shorter lists are cheap to read
+	cacheMaxIDs = 4 << 20 // 32 MB of ids at most; then start afresh
+)
+
+var postingCaches sync.Map // *store.DB → *postingCache
+
+func postingCacheOf(db *store.DB) *postingCache {
+	c, _ := postingCaches.LoadOrStore(db, &postingCache{lists: map[string][]uint64{}})
+	return c.(*postingCache)
+}
+
+func (c *postingCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+func (c *postingCache) get(tok []byte) ([]uint64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l, ok := c.lists[string(tok)]
+	return l, ok
+}
+
+func (c *postingCache) put(tok []byte, list []uint64, gen uint64) {
+	if len(list) < cacheMinIDs {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return
+	}
+	if c.ids+len(list) > cacheMaxIDs {
+		clear(c.lists)
+		c.ids = 0
+	}
+	if _, ok := c.lists[string(tok)]; !ok {
+		c.lists[string(tok)] = list
+		c.ids += len(list)
+	}
+}
+
+func (c *postingCache) drop(tok []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	if l, ok := c.lists[string(tok)]; ok {
+		c.ids -= len(l)
+		delete(c.lists, string(tok))
+	}
 }

@@ -246,7 +246,7 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 	}
 	t.Updated = s.opts.Now().UTC()
 	t.noteMessage(m, t.Updated)
-	if err := s.indexMessage(tx, t, m); err != nil {
+	if err := s.queueForIndex(tx, t.ID, m.Seq); err != nil {
 		return err
 	}
 	return saveTicket(tx, t)
