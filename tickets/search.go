@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"mailgate/store"
 )
@@ -83,12 +84,60 @@ func keepWord(w string) bool {
 	return w != "" && w[0] >= '0' && w[0] <= '9'
 }
 
+// eachWord calls fn with every word of text (a run of letters or digits) lower-cased, in a
+// buffer fn must not keep. It is the indexer's hot loop: one pass, no allocation per word.
+func eachWord(text string, fn func(w []byte) bool) {
+	var buf []byte
+	flush := func() bool {
+		if len(buf) == 0 {
+			return true
+		}
+		ok := fn(buf)
+		buf = buf[:0]
+		return ok
+	}
+	for i := 0; i < len(text); {
+		c := text[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+				buf = append(buf, c)
+			case c >= 'A' && c <= 'Z':
+				buf = append(buf, c+'a'-'A')
+			default:
+				if !flush() {
+					return
+				}
+			}
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRuneInString(text[i:])
+		if unicode.IsLetter(r) || unicode.IsDigit(r) {
+			buf = utf8.AppendRune(buf, unicode.ToLower(r))
+		} else if !flush() {
+			return
+		}
+		i += n
+	}
+	flush()
+}
+
 // indexWords are the words a message is found by: each word, and each address whole.
 func indexWords(t *Ticket, m *Message) map[string]bool {
 	out := map[string]bool{}
 	add := func(text string) {
 		if len(text) > maxScan {
 			text = text[:maxScan]
+		}
+		if !strings.Contains(text, "@") {
+			eachWord(text, func(w []byte) bool {
+				if !out[string(w)] && keepWord(string(w)) {
+					out[string(w)] = true
+				}
+				return len(out) < maxWords
+			})
+			return
 		}
 		splitPieces(text, func(p string) bool {
 			if strings.Contains(p, "@") && len(p) <= 254 {
@@ -144,6 +193,9 @@ func queryWords(q string) []string {
 // are in the store.
 const bSearchPending = "search_pending" // U64(id)|U32(seq) → nothing (plain)
 
+// indexDelay is how long the background pass waits for more commits before it runs.
+const indexDelay = 200 * time.Millisecond
+
 // queueForIndex notes message seq of ticket id for indexing, inside the caller's transaction.
 func (s *Service) queueForIndex(tx *store.Tx, id uint64, seq int) error {
 	if err := tx.PutPlain(bSearchPending, mkey(id, seq), nil); err != nil {
@@ -162,6 +214,9 @@ func (s *Service) kickIndexer() {
 	}
 	go func() {
 		for {
+			// Let commits gather first: every pass is a commit with its own fsync, and the
+			// mail path must not pay one per message for the index.
+			time.Sleep(indexDelay)
 			pc.again.Store(false)
 			if err := s.indexPending(); err != nil && s.db.Writable() == nil { // a closed store is no news
 				slog.Warn("search index: indexing new messages failed; the next search retries", "err", err)
