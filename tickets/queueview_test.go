@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"mailgate/access"
 	"mailgate/audit"
 	"mailgate/internal/testutil"
 	"mailgate/store"
@@ -335,5 +336,34 @@ func TestSearchCacheSeesNewTickets(t *testing.T) {
 	}
 	if r = e.work(t, ListQuery{Search: "marmalade please"}); !slices.Equal(ids(r.Tickets), []uint64{res.Ticket}) {
 		t.Fatalf("marmalade please: %v, want [%d]", ids(r.Tickets), res.Ticket)
+	}
+}
+
+// After a purge the index holds no trace of which words the ticket had: its id is gone from
+// the lists, which anyone holding the master key could otherwise read by hashing a dictionary.
+func TestPurgeTakesTicketOutOfTheIndex(t *testing.T) {
+	e := newEnv(t)
+	admin := agentA
+	admin.Role = access.RoleAdmin
+	raw := []byte("From: z@customer.example\r\nTo: support@example.com\r\nSubject: zanzibar\r\nMessage-ID: <z1@customer.example>\r\n\r\nA secret divorce.\r\n")
+	gone := e.ingest(t, raw, true).Ticket
+	kept := e.ingest(t, msgText("k@customer.example", "divorce lawyer", "k1@customer.example"), true).Ticket
+	if r := e.work(t, ListQuery{Search: "divorce", View: ViewAll}); len(r.Tickets) != 2 {
+		t.Fatalf("before: %v", ids(r.Tickets))
+	}
+	if err := e.svc.Purge(admin, gone); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"divorce", "zanzibar", "secret", "z@customer.example"} {
+		var found []uint64
+		e.db.View(func(tx *store.Tx) error {
+			return postings(tx, token(e.svc.searchKey("support"), w), func(id uint64) { found = append(found, id) })
+		})
+		if slices.Contains(found, gone) {
+			t.Errorf("the index still lists purged ticket %d under %q", gone, w)
+		}
+	}
+	if r := e.work(t, ListQuery{Search: "divorce", View: ViewAll}); !slices.Equal(ids(r.Tickets), []uint64{kept}) {
+		t.Fatalf("after: %v", ids(r.Tickets))
 	}
 }

@@ -347,6 +347,48 @@ func appendPostings(tx *store.Tx, tok []byte, ids []uint64) error {
 	return tx.Put(bSearch, binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), chunk)
 }
 
+// unindexMessage takes ticket t out of the lists of m's words (a purge): with the master key,
+// anyone could hash a dictionary and read the lists, so a destroyed ticket's id must not stay
+// in them. A message still waiting to be indexed is simply dropped from the queue.
+func (s *Service) unindexMessage(tx *store.Tx, t *Ticket, m *Message) error {
+	if err := tx.Delete(bSearchPending, mkey(t.ID, m.Seq)); err != nil {
+		return err
+	}
+	key := s.searchKey(t.Queue)
+	pc := postingCacheOf(tx.DB())
+	for w := range indexWords(t, m) {
+		tok := token(key, w)
+		c := tx.Cursor(bSearch)
+		var keys [][]byte
+		for k := c.Seek(tok); len(k) == 20 && string(k[:16]) == string(tok); k = c.Next() {
+			keys = append(keys, k)
+		}
+		for _, k := range keys {
+			v, err := tx.Get(bSearch, k)
+			if err != nil {
+				return err
+			}
+			kept := v[:0:0]
+			for i := 0; i+8 <= len(v); i += 8 {
+				if store.FromU64(v[i:]) != t.ID {
+					kept = append(kept, v[i:i+8]...)
+				}
+			}
+			if len(kept) == len(v) {
+				continue
+			}
+			// An emptied chunk stays (empty): the last chunk is where appends go.
+			if err := tx.Put(bSearch, k, kept); err != nil {
+				return err
+			}
+		}
+		pc.drop(tok)
+		t := string(tok)
+		tx.OnCommit(func() { pc.drop([]byte(t)) })
+	}
+	return nil
+}
+
 func postings(tx *store.Tx, tok []byte, into func(id uint64)) error {
 	c := tx.Cursor(bSearch)
 	for k := c.Seek(tok); len(k) == 20 && string(k[:16]) == string(tok); k = c.Next() {
