@@ -612,3 +612,27 @@ func (s *Service) EndSessions(by Actor, name string) error {
 		return "", nil
 	})
 }
+
+// ResetPassword gives the agent a new generated password, returned once, and ends its
+// sessions: what an admin does for an agent who forgot theirs. The TOTP secret and the app
+// passwords stay, so the agent's authenticator and mail clients keep working.
+func (s *Service) ResetPassword(by Actor, name string) (string, error) {
+	pw := newPassword()
+	if err := s.SetPassword(by, name, pw); err != nil {
+		return "", err
+	}
+	return pw, nil
+}
+
+// AppPasswords lists the agent's app passwords (label, created, last use; never the secret).
+// Agents may list their own.
+func (s *Service) AppPasswords(by Actor, name string) ([]AppPassword, error) {
+	if err := authorize(by, name, true); err != nil {
+		return nil, fmt.Errorf("app passwords of %s: %w", safeName(name), err)
+	}
+	a, err := s.Get(name)
+	if err != nil {
+		return nil, err
+	}
+	return a.AppPasswords, nil
+}

@@ -62,7 +62,9 @@ Usage:
 
 Admin commands (each takes -config FILE, default: the dev data dir ./mailgate-data, and --json):
   mailgate agent add -name N -email E -role admin|agent|auditor [-queue Q ...]
-  mailgate agent list | disable N | reset-mfa N | app-password N
+  mailgate agent list | enable N | disable N | reset-mfa N | reset-password N
+  mailgate agent set N [-role R] [-queue Q ...] [-no-queues]
+  mailgate agent app-password N [-label L] | app-passwords N | revoke-app-password N ID
   mailgate ticket list [-queue Q] [-status S]
   mailgate ticket show ID
   mailgate ticket reply ID -agent N -text-file F
@@ -278,7 +280,7 @@ func admin(name string, args []string, stdin io.Reader, stdout, stderr io.Writer
 		build = func(pos []string) (any, error) { return a, noArgs(pos) }
 	case "agent list":
 		build = func(pos []string) (any, error) { return nil, noArgs(pos) }
-	case "agent disable", "agent reset-mfa":
+	case "agent disable", "agent reset-mfa", "agent enable", "agent reset-password", "agent app-passwords":
 		build = func(pos []string) (any, error) {
 			n, err := positional(pos, "agent name")
 			return app.AgentArgs{Name: n}, err
@@ -288,6 +290,31 @@ func admin(name string, args []string, stdin io.Reader, stdout, stderr io.Writer
 		build = func(pos []string) (any, error) {
 			n, err := positional(pos, "agent name")
 			return app.AgentArgs{Name: n, Label: *label}, err
+		}
+	case "agent revoke-app-password":
+		build = func(pos []string) (any, error) {
+			if len(pos) != 2 {
+				return nil, fmt.Errorf("mailgate %s needs the agent's name and the app password's ID (see agent app-passwords NAME)", name)
+			}
+			return app.AgentArgs{Name: pos[0], ID: pos[1]}, nil
+		}
+	case "agent set":
+		role := fs.String("role", "", "the new role: admin, agent or auditor")
+		var queues []string
+		fs.Var((*app.Strings)(&queues), "queue", "a queue the agent works (repeat for more); replaces the agent's queues")
+		noQueues := fs.Bool("no-queues", false, "take every queue away from the agent")
+		build = func(pos []string) (any, error) {
+			n, err := positional(pos, "agent name")
+			a := app.AgentSetArgs{Name: n, Role: *role}
+			switch {
+			case *noQueues && len(queues) > 0:
+				return nil, errors.New("mailgate agent set: give -queue or -no-queues, not both")
+			case *noQueues:
+				a.Queues = &[]string{}
+			case len(queues) > 0:
+				a.Queues = &queues
+			}
+			return a, err
 		}
 	case "ticket list":
 		var a app.TicketListArgs
