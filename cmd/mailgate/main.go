@@ -58,6 +58,7 @@ Usage:
   mailgate serve [-config FILE]          run the daemon (no -config: dev mode in ./mailgate-data)
   mailgate check-config -config FILE     check a config file; prints file:line: problem
   mailgate init -dir DIR -domain D       write a config, keys and a certificate; print DNS records
+  mailgate dns-records -config FILE      print the DNS records of this installation (from its keys)
   mailgate version
 
 Admin commands (each takes -config FILE, default: the dev data dir ./mailgate-data, and --json):
@@ -95,6 +96,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return checkConfig(rest, stdout, stderr)
 	case "init":
 		return initCmd(rest, stdout, stderr)
+	case "dns-records":
+		return dnsRecords(rest, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "mailgate %s\n", versionString())
 		return 0
@@ -196,11 +199,46 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mailgate check-config: give -config FILE")
 		return 2
 	}
-	if _, err := config.Load(*cfgPath); err != nil {
+	cfg, err := config.Load(*cfgPath)
+	if err == nil {
+		// Open the keys and password files as serve does, as this user: "ok" means serve
+		// gets past them.
+		err = app.Preflight(cfg)
+	}
+	if err != nil {
 		printConfigError(stderr, err)
 		return 1
 	}
 	fmt.Fprintln(stdout, "ok")
+	return 0
+}
+
+func dnsRecords(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("dns-records", stderr)
+	cfgPath := fs.String("config", "", "the installation's config file")
+	pos, err := app.ParseArgs(fs, args)
+	if err != nil {
+		return 2
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "mailgate dns-records: unexpected argument %q\n", pos[0])
+		return 2
+	}
+	if *cfgPath == "" {
+		fmt.Fprintln(stderr, "mailgate dns-records: give -config FILE")
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		printConfigError(stderr, err)
+		return 1
+	}
+	out, err := app.InstallationRecords(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "mailgate: %v\n", err)
+		return 1
+	}
+	io.WriteString(stdout, out)
 	return 0
 }
 

@@ -80,6 +80,10 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	} else if err := config.Validate(cfg); err != nil {
 		return err
 	}
+	// The same file checks as check-config, before anything is created or opened.
+	if err := Preflight(cfg); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -105,24 +106,104 @@ Next steps:
   4. Publish these DNS records (zone file syntax):
 
 `, path(config.ExampleConfigFile), path(config.ExampleConfigFile), path(config.ExampleKeyFile), fp, host)
-	fmt.Fprint(out, DNSRecords(domain, host, d.Outbound.DKIMSelector, rsaTXT, d.Outbound.DKIMEd25519Selector, edTXT))
+	fmt.Fprint(out, DNSRecords(domain, host, []DKIMRecord{{d.Outbound.DKIMSelector, rsaTXT}, {d.Outbound.DKIMEd25519Selector, edTXT}}, nil))
+	fmt.Fprintf(out, "     (mailgate dns-records -config %s prints them again)\n", path(config.ExampleConfigFile))
 	fmt.Fprintf(out, "\n  5. Start it: mailgate serve -config %s\n", path(config.ExampleConfigFile))
 	return nil
 }
 
-// DNSRecords formats the records a domain publishes for mailgate: MX, SPF, both DKIM keys and
-// a DMARC policy. TXT values longer than 255 bytes are split into strings, as DNS requires.
-func DNSRecords(domain, host, rsaSelector, rsaTXT, edSelector, edTXT string) string {
+// DKIMRecord is one DKIM key as DNS publishes it: its selector and the TXT value.
+type DKIMRecord struct {
+	Selector string
+	TXT      string
+}
+
+// DNSRecords formats the records a domain publishes for mailgate: the host's addresses, MX,
+// SPF, every DKIM key and a DMARC policy. init and dns-records both print it, so an existing
+// installation gets exactly what a new one was told. hostIPs are the addresses the MX host
+// listens on when the config names them; without them the A/AAAA lines are left for the admin
+// to fill in. TXT values longer than 255 bytes are split into strings, as DNS requires.
+func DNSRecords(domain, host string, dkim []DKIMRecord, hostIPs []string) string {
 	var b strings.Builder
+	fmt.Fprintf(&b, "; the host mailgate runs on: its MX name must resolve to the address customers' servers reach\n")
+	if len(hostIPs) == 0 {
+		fmt.Fprintf(&b, "; %s.\tIN A <this server's public IPv4>\n", host)
+		fmt.Fprintf(&b, "; %s.\tIN AAAA <this server's public IPv6, if it has one>\n", host)
+	}
+	for _, ip := range hostIPs {
+		rr := "A"
+		if strings.Contains(ip, ":") {
+			rr = "AAAA"
+		}
+		fmt.Fprintf(&b, "%s.\tIN %s %s\n", host, rr, ip)
+	}
+	fmt.Fprintf(&b, "; MX, SPF and DMARC live at the apex of %s: MERGE them with the records it has already.\n", domain)
+	fmt.Fprintf(&b, "; A domain has one SPF and one DMARC record; add to an existing one instead of publishing a second.\n")
 	fmt.Fprintf(&b, "; mail for %s goes to mailgate\n%s.\tIN MX 10 %s.\n", domain, domain, host)
 	fmt.Fprintf(&b, "; SPF: which hosts may send as %s; add your relay (e.g. include:your-relay.example) when [outbound] relay is set\n", domain)
 	fmt.Fprintf(&b, "%s.\tIN TXT \"v=spf1 mx -all\"\n", domain)
 	fmt.Fprintf(&b, "; DKIM: the keys replies are signed with ([outbound] dkim_selector, dkim_ed25519_selector)\n")
-	fmt.Fprintf(&b, "%s._domainkey.%s.\tIN TXT %s\n", rsaSelector, domain, txtStrings(rsaTXT))
-	fmt.Fprintf(&b, "%s._domainkey.%s.\tIN TXT %s\n", edSelector, domain, txtStrings(edTXT))
-	fmt.Fprintf(&b, "; DMARC: start with p=none and rua reports, move to p=quarantine or p=reject once reports are clean\n")
-	fmt.Fprintf(&b, "_dmarc.%s.\tIN TXT \"v=DMARC1; p=none; adkim=r; aspf=r; rua=mailto:postmaster@%s\"\n", domain, domain)
+	for _, k := range dkim {
+		fmt.Fprintf(&b, "%s._domainkey.%s.\tIN TXT %s\n", k.Selector, domain, txtStrings(k.TXT))
+	}
+	fmt.Fprintf(&b, "; DMARC: start with p=none and rua reports (mailgate files them, see README), move to p=quarantine or p=reject once reports are clean\n")
+	fmt.Fprintf(&b, "_dmarc.%s.\tIN TXT \"v=DMARC1; p=none; adkim=r; aspf=r; rua=mailto:%s\"\n", domain, ReportsAddress(domain))
 	return b.String()
+}
+
+// ReportsAddress is where the DMARC record that init prints asks for aggregate reports.
+func ReportsAddress(domain string) string { return "postmaster@" + domain }
+
+// InstallationRecords rebuilds the DNS records of an existing installation from its config
+// and its DKIM key files: the selectors and keys it really signs with.
+func InstallationRecords(cfg *config.Config) (string, error) {
+	oc := cfg.Outbound
+	domain := strings.ToLower(oc.DKIMDomain)
+	if domain == "" && len(cfg.Queues) > 0 {
+		if at := strings.LastIndexByte(cfg.Queues[0].Address, '@'); at >= 0 {
+			domain = strings.ToLower(cfg.Queues[0].Address[at+1:])
+		}
+	}
+	if domain == "" {
+		return "", errors.New("no domain: set [outbound] dkim_domain (your From domain)")
+	}
+	var dkim []DKIMRecord
+	for _, k := range []struct{ field, file, selector string }{
+		{"dkim_key_file", oc.DKIMKeyFile, oc.DKIMSelector},
+		{"dkim_ed25519_key_file", oc.DKIMEd25519KeyFile, oc.DKIMEd25519Selector},
+	} {
+		if k.file == "" {
+			continue
+		}
+		signer, err := outbound.LoadDKIMKey(k.file)
+		if err != nil {
+			return "", fmt.Errorf("outbound: %s: %w", k.field, err)
+		}
+		dkim = append(dkim, DKIMRecord{Selector: k.selector, TXT: outbound.DNSRecord(signer.Public())})
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "; DNS records for mailgate on %s (config %s)\n", cfg.Hostname, cfg.Path)
+	if len(dkim) == 0 {
+		fmt.Fprintf(&b, "; no DKIM key is configured ([outbound] dkim_key_file): replies go out unsigned\n")
+	}
+	b.WriteString(DNSRecords(domain, strings.TrimSuffix(strings.ToLower(cfg.Hostname), "."), dkim, listenIPs(cfg.SMTP.Listen)))
+	return b.String(), nil
+}
+
+// listenIPs returns the public addresses of the MX listeners, when the config names them.
+func listenIPs(listen []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, a := range listen {
+		h, _, err := net.SplitHostPort(a)
+		ip := net.ParseIP(h)
+		if err != nil || ip == nil || ip.IsUnspecified() || ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || seen[ip.String()] {
+			continue
+		}
+		seen[ip.String()] = true
+		out = append(out, ip.String())
+	}
+	return out
 }
 
 // txtStrings quotes a TXT value, split into strings of at most 255 bytes.
