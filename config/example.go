@@ -180,6 +180,8 @@ name = "support"	# lower-case letters, digits and '-'
 address = {{QUEUE_ADDR}}
 auto_ack = true	# answer new tickets with an automatic acknowledgement
 auto_ack_text = ""	# its body; {ticket} is the ticket number; "" = a short built-in text
+aliases = []	# more addresses of this queue, e.g. old ones customers still reply to
+postmaster = false	# receives postmaster@ and DMARC reports; default: the first queue
 
 [outbound]
 relay = ""	# "" = write .eml files to <data_dir>/outbox; e.g. "smtp.example.com:587"

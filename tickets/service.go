@@ -38,6 +38,22 @@ type Queue struct {
 	AutoAck bool
 	// AutoAckText is the acknowledgement's body; {ticket} becomes the ticket number.
 	AutoAckText string
+	// Aliases are further addresses of the queue (old ones customers still reply to).
+	Aliases []string
+}
+
+// Owns reports whether addr is the queue's address or one of its aliases: mail to it would
+// come straight back into the queue, so replies never copy it.
+func (q Queue) Owns(addr string) bool {
+	if equalAddr(addr, q.Address) {
+		return true
+	}
+	for _, a := range q.Aliases {
+		if equalAddr(addr, a) {
+			return true
+		}
+	}
+	return false
 }
 
 // Outgoing is what tickets asks the mail composer to build for a reply.
