@@ -108,6 +108,9 @@ type Options struct {
 	// Notify runs after a commit that added a message to queue (IMAP IDLE, metrics).
 	Notify func(queue string)
 	Now    func() time.Time
+	// IDFile, when set, records outside the database the highest ticket id that may have been
+	// handed out, so a restored database never reuses one (see CheckIDs).
+	IDFile string
 }
 
 // Service is the ticket system.
@@ -115,6 +118,7 @@ type Service struct {
 	db   *store.DB
 	log  *audit.Log
 	opts Options
+	ids  idMark
 }
 
 // New returns a Service.
@@ -122,7 +126,7 @@ func New(db *store.DB, log *audit.Log, opts Options) *Service {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Service{db: db, log: log, opts: opts}
+	return &Service{db: db, log: log, opts: opts, ids: idMark{file: opts.IDFile}}
 }
 
 // Queues returns the configured queues.
