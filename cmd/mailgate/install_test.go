@@ -66,10 +66,10 @@ func TestCheckConfigOpensFilesLikeServe(t *testing.T) {
 		os.Chmod(filepath.Dir(bin), 0o755)
 	}
 	cases := []struct {
-		name  string
+		name   string
 		break_ func(dir string)
-		want  string
-		asUID bool
+		want   string
+		asUID  bool
 	}{
 		{"short key", func(dir string) { os.WriteFile(filepath.Join(dir, "data.key"), []byte("00112233\n"), 0o600) }, "want 64 hex characters", false},
 		{"open key", func(dir string) { os.Chmod(filepath.Join(dir, "data.key"), 0o644) }, "chmod 600", false},
