@@ -66,10 +66,10 @@ func TestCheckConfigOpensFilesLikeServe(t *testing.T) {
 		os.Chmod(filepath.Dir(bin), 0o755)
 	}
 	cases := []struct {
-		name   string
-		break_ func(dir string)
-		want   string
-		asUID  bool
+		name  string
+		spoil func(dir string)
+		want  string
+		asUID bool
 	}{
 		{"short key", func(dir string) { os.WriteFile(filepath.Join(dir, "data.key"), []byte("00112233\n"), 0o600) }, "want 64 hex characters", false},
 		{"open key", func(dir string) { os.Chmod(filepath.Join(dir, "data.key"), 0o644) }, "chmod 600", false},
@@ -99,7 +99,7 @@ func TestCheckConfigOpensFilesLikeServe(t *testing.T) {
 				}
 				os.Chmod(cfg, 0o644)
 			}
-			c.break_(dir)
+			c.spoil(dir)
 			chk := runAs(t, root, as, "check-config", "-config", cfg)
 			if chk.code != 1 || strings.Contains(chk.stdout, "ok") || !strings.Contains(chk.stderr, c.want) {
 				t.Fatalf("check-config: want exit 1 naming %q:\n%s", c.want, chk)

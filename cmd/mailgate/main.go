@@ -57,7 +57,8 @@ const usage = `mailgate: a secure support mailbox
 Usage:
   mailgate serve [-config FILE]          run the daemon (no -config: dev mode in ./mailgate-data)
   mailgate check-config -config FILE     check a config file; prints file:line: problem
-  mailgate init -dir DIR -domain D       write a config, keys and a certificate; print DNS records
+  mailgate init -dir DIR -domain D [-data-dir D] [-owner USER]
+                                         write a config, keys and a certificate; print DNS records
   mailgate dns-records -config FILE      print the DNS records of this installation (from its keys)
   mailgate version
 
@@ -246,6 +247,8 @@ func initCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("init", stderr)
 	dir := fs.String("dir", "", "directory to write mailgate.toml and the keys into")
 	domain := fs.String("domain", "", "the domain of the support address, e.g. example.com")
+	dataDir := fs.String("data-dir", "", "the data dir (database, outbox, control socket); default DIR/data, e.g. /var/lib/mailgate")
+	owner := fs.String("owner", "", "the user that runs serve: init (as root) gives it the data dir, DIR and the keys")
 	if _, err := app.ParseArgs(fs, args); err != nil {
 		return 2
 	}
@@ -253,7 +256,7 @@ func initCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mailgate init: give -dir DIR and -domain DOMAIN")
 		return 2
 	}
-	if err := app.Init(*dir, *domain, stdout); err != nil {
+	if err := app.InitWith(app.InitOptions{Dir: *dir, Domain: *domain, DataDir: *dataDir, Owner: *owner}, stdout); err != nil {
 		fmt.Fprintf(stderr, "mailgate: %v\n", err)
 		return 1
 	}

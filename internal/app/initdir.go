@@ -7,8 +7,10 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +27,24 @@ var domainRe = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?
 // then prints the DNS records to publish. It refuses to overwrite any existing file, and
 // checks all of them before writing the first, so a refused run leaves nothing behind.
 func Init(dir, domain string, out io.Writer) error {
+	return InitWith(InitOptions{Dir: dir, Domain: domain}, out)
+}
+
+// InitOptions says where init writes and for whom.
+type InitOptions struct {
+	Dir    string // config and keys
+	Domain string
+	// DataDir is the config's data_dir; "" = DIR/data. A systemd installation uses
+	// /var/lib/mailgate (contrib/mailgate.service).
+	DataDir string
+	// Owner, when set, is the user that runs serve: init (run as root) gives it the data dir,
+	// DIR and every file it wrote, so the keys stay mode 0600 and readable by that user only.
+	Owner string
+}
+
+// InitWith is Init with a separate data dir and an owner.
+func InitWith(o InitOptions, out io.Writer) error {
+	dir, domain := o.Dir, o.Domain
 	domain = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(domain)), ".")
 	if !domainRe.MatchString(domain) {
 		return fmt.Errorf("-domain %q is not a domain name; write e.g. -domain example.com (the domain of your support address)", domain)
@@ -41,6 +61,21 @@ func Init(dir, domain string, out io.Writer) error {
 		config.ExampleConfigFile, config.ExampleKeyFile, config.ExampleDKIMKeyFile, config.ExampleDKIMEd25519Key,
 		config.ExamplePGPKeyFile, config.ExampleTLSCert, config.ExampleTLSKey,
 	}
+	dataDir := path(config.ExampleDataDir)
+	if o.DataDir != "" {
+		if dataDir, err = filepath.Abs(o.DataDir); err != nil {
+			return err
+		}
+		if _, err := os.Stat(filepath.Join(dataDir, DBFile)); err == nil {
+			return fmt.Errorf("init: -data-dir %s holds a database already; choose an empty data dir", dataDir)
+		}
+	}
+	uid, gid := -1, -1
+	if o.Owner != "" {
+		if uid, gid, err = lookupOwner(o.Owner); err != nil {
+			return err
+		}
+	}
 	var exist []string
 	for _, f := range files {
 		if _, err := os.Lstat(path(f)); !errors.Is(err, fs.ErrNotExist) {
@@ -53,7 +88,7 @@ func Init(dir, domain string, out io.Writer) error {
 	if err := os.MkdirAll(abs, 0o700); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
-	if err := os.MkdirAll(path(config.ExampleDataDir), 0o700); err != nil {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
 
@@ -87,14 +122,25 @@ func Init(dir, domain string, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("init: TLS certificate: %w", err)
 	}
-	if err := writeNew(path(config.ExampleConfigFile), []byte(config.Example(domain, abs)), 0o640); err != nil {
+	if err := writeNew(path(config.ExampleConfigFile), []byte(config.ExampleWith(domain, abs, dataDir)), 0o640); err != nil {
 		return fmt.Errorf("init: config: %w", err)
+	}
+	if uid >= 0 {
+		for _, p := range append([]string{abs, dataDir}, mapPaths(files, path)...) {
+			if err := os.Lchown(p, uid, gid); err != nil {
+				return fmt.Errorf("init: -owner %s: %w", o.Owner, err)
+			}
+		}
 	}
 
 	d := config.Default()
 	fmt.Fprintf(out, "Wrote a new mailgate installation for %s in %s:\n", domain, abs)
 	for _, f := range files {
 		fmt.Fprintf(out, "  %s\n", path(f))
+	}
+	fmt.Fprintf(out, "Data dir: %s\n", dataDir)
+	if o.Owner != "" {
+		fmt.Fprintf(out, "Owner of the data dir, %s and the files above: %s\n", abs, o.Owner)
 	}
 	fmt.Fprintf(out, `
 Next steps:
@@ -202,6 +248,32 @@ func listenIPs(listen []string) []string {
 		}
 		seen[ip.String()] = true
 		out = append(out, ip.String())
+	}
+	return out
+}
+
+// lookupOwner finds the user init gives the installation to. Only root can give files away.
+func lookupOwner(name string) (uid, gid int, err error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return -1, -1, fmt.Errorf("init: -owner %s: %w (create it first, e.g. useradd --system --home-dir /var/lib/mailgate --shell /usr/sbin/nologin %s)", name, err, name)
+	}
+	if uid, err = strconv.Atoi(u.Uid); err == nil {
+		gid, err = strconv.Atoi(u.Gid)
+	}
+	if err != nil {
+		return -1, -1, fmt.Errorf("init: -owner %s: %w", name, err)
+	}
+	if os.Geteuid() != 0 && os.Geteuid() != uid {
+		return -1, -1, fmt.Errorf("init: -owner %s needs root (files can only be given away by root); run init as root or as %s", name, name)
+	}
+	return uid, gid, nil
+}
+
+func mapPaths(files []string, path func(string) string) []string {
+	out := make([]string, len(files))
+	for i, f := range files {
+		out[i] = path(f)
 	}
 	return out
 }
