@@ -46,7 +46,7 @@ func TestSystemdUnit(t *testing.T) {
 		"CapabilityBoundingSet": "CAP_NET_BIND_SERVICE", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
 		"ReadWritePaths": "/var/lib/mailgate", "StateDirectory": "mailgate", "StateDirectoryMode": "0700",
 		"PrivateTmp": "yes", "ProtectHome": "yes", "PrivateDevices": "yes", "RestrictSUIDSGID": "yes",
-		"ExecStart": "/usr/local/bin/mailgate serve -config /etc/mailgate/mailgate.toml",
+		"ExecStart":  "/usr/local/bin/mailgate serve -config /etc/mailgate/mailgate.toml",
 		"ExecReload": "/bin/kill -HUP $MAINPID", "KillSignal": "SIGTERM", "UMask": "0077",
 	} {
 		if got := strings.Join(d[k], " "); got != want {
