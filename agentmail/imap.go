@@ -15,6 +15,7 @@ import (
 
 	"mailgate/access"
 	"mailgate/audit"
+	"mailgate/internal/connlimit"
 	"mailgate/tickets"
 )
 
@@ -23,14 +24,19 @@ type IMAPOptions struct {
 	Tickets *tickets.Service
 	Access  *access.Service
 	Audit   *audit.Log
-	// TLSConfig carries the [imap] certificate. With it, port 993 speaks TLS from the first
-	// byte and other ports offer STARTTLS; without it only loopback listeners are served.
+	// TLSConfig carries the [imap] certificate; without it only loopback listeners are served.
 	TLSConfig *tls.Config
+	// TLSMode is TLSAuto (""; implicit TLS on port 993, STARTTLS elsewhere), TLSImplicit or
+	// TLSStartTLS, for every listener ([imap] tls).
+	TLSMode string
 	// Hostname names the server in Message-IDs of rendered notes (cfg.Hostname).
 	Hostname string
 	Logger   *slog.Logger
-	// MaxConnsPerIP caps connections per client address (IPv6: per /64); default 20.
+	// MaxConnsPerIP caps connections per client address (IPv6: per /64, and three times this
+	// per /48); default 20.
 	MaxConnsPerIP int
+	// MaxConns caps all the listeners' connections together ([imap] max_conns); 0: no cap.
+	MaxConns int
 	// FetchWindow is how many messages one FETCH reads ahead, so their audited reads share
 	// commits; default 16 (each may hold a whole message in memory until written).
 	FetchWindow int
@@ -50,6 +56,9 @@ type IMAPServer struct {
 
 	secure *imapserver.Server // non-loopback listeners: authentication only over TLS
 	local  *imapserver.Server // loopback listeners: plaintext login allowed
+
+	conns   *connlimit.Limiter
+	refused func(connlimit.Reason)
 
 	mu       sync.Mutex
 	watchers map[string]map[*selected]struct{} // queue → selected mailboxes of live sessions
@@ -78,6 +87,8 @@ func NewIMAP(opts IMAPOptions) *IMAPServer {
 		watchers: map[string]map[*selected]struct{}{},
 	}
 	s.render = &renderer{hostname: opts.Hostname, queueAddr: s.queueAddr}
+	s.conns = connlimit.New(limits(opts.MaxConns, opts.MaxConnsPerIP))
+	s.refused = refusalLog(s.log, s.conns)
 	mk := func(insecure bool) *imapserver.Server {
 		return imapserver.New(&imapserver.Options{
 			NewSession: s.newSession,
@@ -94,14 +105,20 @@ func NewIMAP(opts IMAPOptions) *IMAPServer {
 }
 
 // Serve answers IMAP on l until Close. A loopback listener allows plaintext login; any other
-// needs the TLS certificate (port 993: implicit TLS; others: STARTTLS, login only after it).
-func (s *IMAPServer) Serve(l net.Listener) error { return s.serve(l, false) }
+// needs the TLS certificate (implicit TLS or STARTTLS by TLSMode; login only after TLS).
+func (s *IMAPServer) Serve(l net.Listener) error { return s.serve(l, s.opts.TLSMode) }
 
-// ServeTLS is Serve with TLS from the first byte whatever the port.
-func (s *IMAPServer) ServeTLS(l net.Listener) error { return s.serve(l, true) }
+// ServeTLS is Serve with TLS from the first byte whatever the port and mode.
+func (s *IMAPServer) ServeTLS(l net.Listener) error { return s.serve(l, TLSImplicit) }
 
-func (s *IMAPServer) serve(l net.Listener, implicit bool) error {
-	pl, _, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSIMAP, implicit, s.opts.MaxConnsPerIP)
+// TLSMode describes what a listener on addr speaks: "implicit TLS", "STARTTLS", or why neither.
+func (s *IMAPServer) TLSMode(addr net.Addr) string {
+	return describeTLS(s.opts.TLSConfig, s.opts.TLSMode, addr, implicitTLSIMAP)
+}
+
+func (s *IMAPServer) serve(l net.Listener, mode string) error {
+	pl, _, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSIMAP, mode, s.conns,
+		"* BYE too many connections, try later", s.refused)
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("imap: %w", err)
@@ -121,6 +138,9 @@ func (s *IMAPServer) serve(l net.Listener, implicit bool) error {
 	}
 	return nil
 }
+
+// Conns returns the connection limiter of the IMAP listeners (metrics, tests).
+func (s *IMAPServer) Conns() *connlimit.Limiter { return s.conns }
 
 // Close stops the listeners and ends every connection.
 func (s *IMAPServer) Close() error {

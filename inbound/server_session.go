@@ -138,6 +138,9 @@ func (x *session) Data(r io.Reader) error {
 		return errShuttingDown(s.cfg.Hostname)
 	}
 	defer s.endData()
+	if x.c != nil {
+		x.c.beginData()
+	}
 	buf := getBuffer()
 	defer putBuffer(buf)
 	sr := &strictReader{r: r}
@@ -150,6 +153,11 @@ func (x *session) Data(r io.Reader) error {
 		return x.refuse(&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
 			Message: "message refused: it holds a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)"},
 			ResultBareNewline, buf.Len(), start, nil)
+	}
+	if sr.nul {
+		return x.refuse(&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+			Message: "message refused: it holds a NUL byte, which mail text may not contain (RFC 5322 3.5); send binary data as a base64 attachment"},
+			ResultNUL, buf.Len(), start, nil)
 	}
 	raw := buf.Bytes()
 

@@ -44,6 +44,9 @@ func Preflight(cfg *config.Config) error {
 			errs = append(errs, fmt.Errorf("[[fetch.account]] #%d password_file: %w", i+1, err))
 		}
 	}
+	if _, err := metricsToken(cfg.Metrics.TokenFile); err != nil {
+		errs = append(errs, err)
+	}
 	if cfg.PGP.KeyFile != "" {
 		if _, err := pgp.LoadKey(cfg.PGP.KeyFile); err != nil {
 			errs = append(errs, err)
