@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -104,16 +105,28 @@ func TestInitOwnerRunsUnprivileged(t *testing.T) {
 		t.Fatalf("init:\n%s", r)
 	}
 	cfg := filepath.Join(etc, "mailgate.toml")
-	for _, p := range []string{etc, data, cfg, filepath.Join(etc, "data.key"), filepath.Join(etc, "dkim-rsa.key"), filepath.Join(etc, "tls.key")} {
-		st, err := os.Stat(p)
+	u, err := user.Lookup(owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gid, _ := strconv.Atoi(u.Gid)
+	// The service owns its data dir and keys; the config and its directory stay the admin's,
+	// readable by the service's group.
+	for _, c := range []struct {
+		path     string
+		uid, gid int
+		mode     os.FileMode
+	}{
+		{data, uid, gid, 0o700}, {filepath.Join(etc, "data.key"), uid, gid, 0o600}, {filepath.Join(etc, "dkim-rsa.key"), uid, gid, 0o600},
+		{filepath.Join(etc, "tls.key"), uid, gid, 0o600}, {etc, os.Geteuid(), gid, 0o750}, {cfg, os.Geteuid(), gid, 0o640},
+	} {
+		st, err := os.Stat(c.path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := st.Sys().(*syscall.Stat_t).Uid; int(got) != uid {
-			t.Errorf("%s is owned by uid %d, want %s (%d)", p, got, owner, uid)
-		}
-		if st.Mode().Perm()&0o077 != 0 && !strings.HasSuffix(p, ".toml") {
-			t.Errorf("%s has mode %v", p, st.Mode().Perm())
+		sys := st.Sys().(*syscall.Stat_t)
+		if int(sys.Uid) != c.uid || int(sys.Gid) != c.gid || st.Mode().Perm() != c.mode {
+			t.Errorf("%s: uid %d gid %d mode %v, want %d %d %v", c.path, sys.Uid, sys.Gid, st.Mode().Perm(), c.uid, c.gid, c.mode)
 		}
 	}
 	if text, _ := os.ReadFile(cfg); !strings.Contains(string(text), `data_dir = "`+data+`"`) {

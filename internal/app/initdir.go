@@ -37,8 +37,9 @@ type InitOptions struct {
 	// DataDir is the config's data_dir; "" = DIR/data. A systemd installation uses
 	// /var/lib/mailgate (contrib/mailgate.service).
 	DataDir string
-	// Owner, when set, is the user that runs serve: init (run as root) gives it the data dir,
-	// DIR and every file it wrote, so the keys stay mode 0600 and readable by that user only.
+	// Owner, when set, is the user that runs serve: init (run as root) gives it the data dir
+	// and the keys (mode 0600, readable by that user only); DIR and the config stay root's,
+	// readable by the user's group.
 	Owner string
 }
 
@@ -126,8 +127,26 @@ func InitWith(o InitOptions, out io.Writer) error {
 		return fmt.Errorf("init: config: %w", err)
 	}
 	if uid >= 0 {
-		for _, p := range append([]string{abs, dataDir}, mapPaths(files, path)...) {
-			if err := os.Lchown(p, uid, gid); err != nil {
+		// The service owns its data dir and its keys (mode 0600). DIR and the config stay
+		// the admin's, readable by the service's group only: the service cannot rewrite its
+		// own config.
+		type owned struct {
+			path     string
+			uid, gid int
+			mode     os.FileMode // 0: keep the mode it was written with
+		}
+		own := []owned{{abs, os.Geteuid(), gid, 0o750}, {path(config.ExampleConfigFile), os.Geteuid(), gid, 0o640}, {dataDir, uid, gid, 0o700}}
+		for _, f := range files {
+			if f != config.ExampleConfigFile {
+				own = append(own, owned{path(f), uid, gid, 0})
+			}
+		}
+		for _, f := range own {
+			err := os.Lchown(f.path, f.uid, f.gid)
+			if err == nil && f.mode != 0 {
+				err = os.Chmod(f.path, f.mode)
+			}
+			if err != nil {
 				return fmt.Errorf("init: -owner %s: %w", o.Owner, err)
 			}
 		}
@@ -140,7 +159,7 @@ func InitWith(o InitOptions, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "Data dir: %s\n", dataDir)
 	if o.Owner != "" {
-		fmt.Fprintf(out, "Owner of the data dir, %s and the files above: %s\n", abs, o.Owner)
+		fmt.Fprintf(out, "The data dir and the keys belong to %s; %s and the config are readable by its group\n", o.Owner, abs)
 	}
 	fmt.Fprintf(out, `
 Next steps:
@@ -268,14 +287,6 @@ func lookupOwner(name string) (uid, gid int, err error) {
 		return -1, -1, fmt.Errorf("init: -owner %s needs root (files can only be given away by root); run init as root or as %s", name, name)
 	}
 	return uid, gid, nil
-}
-
-func mapPaths(files []string, path func(string) string) []string {
-	out := make([]string, len(files))
-	for i, f := range files {
-		out[i] = path(f)
-	}
-	return out
 }
 
 // txtStrings quotes a TXT value, split into strings of at most 255 bytes.
