@@ -596,7 +596,7 @@ func (s *Service) RevokeAppPassword(by Actor, name, id string) error {
 	return s.change(by, "apppassword.revoke", name, true, func(tx *store.Tx, r *record) (string, error) {
 		i := slices.IndexFunc(r.Apps, func(a appRecord) bool { return a.ID == id })
 		if i < 0 {
-			return "", fmt.Errorf("app password %s: %w", strconv.QuoteToASCII(clip(id, 32)), ErrNotFound)
+			return "", appPasswordNotFound(id)
 		}
 		label := r.Apps[i].Label
 		r.Apps = slices.Delete(r.Apps, i, i+1)
@@ -636,3 +636,13 @@ func (s *Service) AppPasswords(by Actor, name string) ([]AppPassword, error) {
 	}
 	return a.AppPasswords, nil
 }
+
+// appPasswordNotFound is ErrNotFound (so callers answer 404) with a message about the app
+// password, not the agent, which does exist.
+type appPasswordNotFound string
+
+func (e appPasswordNotFound) Error() string {
+	return "no app password with id " + strconv.QuoteToASCII(clip(string(e), 32)) + " (agent app-passwords NAME lists them)"
+}
+
+func (e appPasswordNotFound) Unwrap() error { return ErrNotFound }
