@@ -2,10 +2,13 @@ package tickets
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"mailgate/audit"
 	"mailgate/store"
@@ -102,4 +105,27 @@ func TestTicketIDsAfterRestoreAndCrash(t *testing.T) {
 	if _, err := svc.CheckIDs(); err == nil || !strings.Contains(err.Error(), "do not edit") {
 		t.Fatalf("a damaged id file: %v", err)
 	}
+}
+
+// BenchmarkIngestIDFile is BenchmarkIngest with the ticket id file the daemon keeps: every
+// message opens a ticket, so this is the worst case for reserveID (one fsynced write per
+// idBlock tickets).
+func BenchmarkIngestIDFile(b *testing.B) {
+	e := newEnv(b)
+	e.svc.ids.file = filepath.Join(b.TempDir(), "ticket-ids")
+	if _, err := e.svc.CheckIDs(); err != nil {
+		b.Fatal(err)
+	}
+	body := strings.Repeat("Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n", 140)
+	b.SetParallelism(4)
+	var n atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1)
+			raw := []byte(fmt.Sprintf("From: c%d@x.example\r\nTo: support@example.com\r\nSubject: s\r\nMessage-ID: <%d@x.example>\r\nDate: %s\r\n\r\n%s", i, i, time.Now().Format(time.RFC1123Z), body))
+			if _, err := e.svc.Ingest(Incoming{Queue: "support", Raw: raw, Via: "smtp"}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
