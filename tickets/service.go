@@ -41,6 +41,8 @@ type Queue struct {
 	AutoAckText string
 	// AutoAckTexts are acknowledgements per language tag (lower case: "de", "fr-ch").
 	AutoAckTexts map[string]string
+	// Aliases are further addresses of the queue (old ones customers still reply to).
+	Aliases []string
 }
 
 // ackText picks the acknowledgement for a customer writing in lang (a tag, maybe empty): the
@@ -56,6 +58,20 @@ func (q Queue) ackText(lang string) string {
 		}
 	}
 	return q.AutoAckText
+}
+
+// Owns reports whether addr is the queue's address or one of its aliases: mail to it would
+// come straight back into the queue, so replies never copy it.
+func (q Queue) Owns(addr string) bool {
+	if equalAddr(addr, q.Address) {
+		return true
+	}
+	for _, a := range q.Aliases {
+		if equalAddr(addr, a) {
+			return true
+		}
+	}
+	return false
 }
 
 // Outgoing is what tickets asks the mail composer to build for a reply.
@@ -115,6 +131,9 @@ type Options struct {
 	// Notify runs after a commit that added a message to queue (IMAP IDLE, metrics).
 	Notify func(queue string)
 	Now    func() time.Time
+	// IDFile, when set, records outside the database the highest ticket id that may have been
+	// handed out, so a restored database never reuses one (see CheckIDs).
+	IDFile string
 }
 
 // Service is the ticket system.
@@ -122,6 +141,7 @@ type Service struct {
 	db    *store.DB
 	log   *audit.Log
 	opts  Options
+	ids   idMark
 	skeys map[string][]byte // search index key per queue
 }
 
@@ -134,7 +154,7 @@ func New(db *store.DB, log *audit.Log, opts Options) *Service {
 	for _, q := range opts.Queues {
 		skeys[q.Name] = db.MAC("search queue key", []byte(q.Name))
 	}
-	return &Service{db: db, log: log, opts: opts, skeys: skeys}
+	return &Service{db: db, log: log, opts: opts, ids: idMark{file: opts.IDFile}, skeys: skeys}
 }
 
 // Queues returns the configured queues.
