@@ -210,8 +210,10 @@ func TestForgedHead(t *testing.T) {
 	f.verifyBoth(t, 4, "chain head does not authenticate")
 }
 
-// The whole file replaced by an older backup is consistent in itself; only the mirror shows it.
-func TestWholeFileRollbackShowsInMirror(t *testing.T) {
+// The whole file replaced by an older backup is consistent in itself: it looks like a restore,
+// so the mirror that is ahead is kept under another name (MirrorRotated, which the app logs
+// and audits) and a new segment begins.
+func TestWholeFileRollbackRotatesMirror(t *testing.T) {
 	f := makeFileLog(t, 3)
 	l, db := f.open(t)
 	old := filepath.Join(f.dir, "old.db")
@@ -225,12 +227,53 @@ func TestWholeFileRollbackShowsInMirror(t *testing.T) {
 		t.Fatal(err)
 	}
 	l, _ = f.open(t)
-	for name, check := range map[string]func() (int, error){"Verify": l.Verify, "CheckHead": l.CheckHead} {
-		_, err := check()
-		ce, ok := IsChainError(err)
-		if !ok || !ce.Mirror || ce.Seq != 4 || !strings.Contains(ce.Reason, "ahead of the database: it has events up to seq 5, the database 3") {
-			t.Fatalf("%s: %v, want the mirror ahead at seq 4", name, err)
-		}
+	if l.MirrorRotated == "" || l.MirrorAhead != 5 {
+		t.Fatalf("mirror ahead by 2 events: rotated %q, ahead %d", l.MirrorRotated, l.MirrorAhead)
+	}
+}
+
+// A database whose chain does not check out is no restore: its mirror stays, as evidence.
+func TestBrokenChainKeepsMirror(t *testing.T) {
+	f := makeFileLog(t, 4)
+	f.attack(t, func(btx *bolt.Tx) error {
+		btx.DeleteBucket([]byte(headBucket))
+		return btx.DeleteBucket([]byte(Bucket))
+	})
+	l, _ := f.open(t)
+	if l.MirrorRotated != "" {
+		t.Fatalf("the mirror of an erased log was rotated away to %s", l.MirrorRotated)
+	}
+}
+
+// While the log is open, a mirror line the database lacks, or another event under a seq the
+// database has, fails Verify and CheckHead.
+func TestVerifyComparesMirror(t *testing.T) {
+	for _, c := range []struct {
+		name, want string
+		seq        uint64
+	}{{"ahead", "is ahead of the database: it has events up to seq 9, the database 3", 4}, {"differs", "another event at seq 2", 2}} {
+		t.Run(c.name, func(t *testing.T) {
+			f := makeFileLog(t, 3)
+			l, _ := f.open(t)
+			m := mirrorLines(t, f.mirror)
+			line := m[1]
+			if c.name == "ahead" {
+				line.Seq = 9
+			} else {
+				line.Hash = m[2].Hash
+			}
+			b, _ := json.Marshal(line)
+			fh, _ := os.OpenFile(f.mirror, os.O_WRONLY|os.O_APPEND, 0)
+			fh.Write(append(b, '\n'))
+			fh.Close()
+			for name, check := range map[string]func() (int, error){"Verify": l.Verify, "CheckHead": l.CheckHead} {
+				_, err := check()
+				ce, ok := IsChainError(err)
+				if !ok || !ce.Mirror || ce.Seq != c.seq || !strings.Contains(ce.Reason, c.want) {
+					t.Fatalf("%s: %v, want %q at seq %d", name, err, c.want, c.seq)
+				}
+			}
+		})
 	}
 }
 
@@ -308,32 +351,6 @@ func TestUpgradeRefusesBrokenLegacyChain(t *testing.T) {
 	}
 	if _, err := l.Verify(); err == nil || !strings.Contains(err.Error(), "seq 3") {
 		t.Fatalf("broken legacy chain: %v", err)
-	}
-}
-
-// The whole file rolled back, then written to until it has more events than the mirror: the
-// mirror's lines for the replaced seqs still differ.
-func TestRollbackThenAppendsShowInMirror(t *testing.T) {
-	f := makeFileLog(t, 3)
-	l, db := f.open(t)
-	old := filepath.Join(f.dir, "old.db")
-	if _, err := db.Backup(old); err != nil {
-		t.Fatal(err)
-	}
-	l.Close()
-	db.Close()
-	f.append(t, 2)
-	if err := os.Rename(old, f.db); err != nil {
-		t.Fatal(err)
-	}
-	f.append(t, 4)
-	l, _ = f.open(t)
-	for name, check := range map[string]func() (int, error){"Verify": l.Verify, "CheckHead": l.CheckHead} {
-		_, err := check()
-		ce, ok := IsChainError(err)
-		if !ok || !ce.Mirror || ce.Seq != 4 || !strings.Contains(ce.Reason, "another event at seq 4") {
-			t.Fatalf("%s: %v, want the mirror to differ at seq 4", name, err)
-		}
 	}
 }
 

@@ -225,52 +225,54 @@ func TestAuditAttackCutTailRewriteHead(t *testing.T) {
 	in.verifyFails(t, want)
 }
 
-// Putting an older backup in place of the whole file is consistent in itself: only the mirror
-// can show it. Both serve and verify do; after a deliberate restore the admin moves the
-// mirror aside and serve starts.
+// Putting an older backup in place of the whole file, or deleting everything in it, is
+// consistent in itself and looks like a restore: serve starts, but warns, keeps the mirror
+// under another name and records an audit.mirror event in the chain (which only the key can
+// remove) naming it.
 func TestAuditWholeFileRollbackMirrorAhead(t *testing.T) {
-	in := newInstall(t, 2)
-	old := filepath.Join(t.TempDir(), "old.db")
-	if r := mailgate(t, in.dir, "backup", "-out", old, "-config", in.cfg); r.code != 0 {
-		t.Fatalf("backup:\n%s", r)
-	}
-	in.events(t, 2)
-	b, _ := os.ReadFile(old)
-	if err := os.WriteFile(in.db, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	in.serveRefuses(t, "is ahead of the database")
-	in.verifyFails(t, "is ahead of the database")
-
-	if err := os.Rename(in.mirror, in.mirror+".before-restore"); err != nil {
-		t.Fatal(err)
-	}
-	d := startServe(t, in.dir, "-config", in.cfg)
-	settle(t, d)
-	d.stop(t)
-	if r := mailgate(t, in.dir, "audit", "verify", "-config", in.cfg); r.code != 0 {
-		t.Fatalf("verify after the mirror was moved aside:\n%s", r)
-	}
-}
-
-// Deleting every bucket leaves a file that passes for new; only the mirror shows it.
-func TestAuditAttackDeleteEverything(t *testing.T) {
-	in := newInstall(t, 3)
-	in.attack(t, func(btx *bolt.Tx) error {
-		var names [][]byte
-		btx.ForEach(func(name []byte, _ *bolt.Bucket) error {
-			names = append(names, append([]byte(nil), name...))
-			return nil
-		})
-		for _, n := range names {
-			if err := btx.DeleteBucket(n); err != nil {
-				return err
+	for _, mode := range []string{"older backup", "delete everything"} {
+		t.Run(mode, func(t *testing.T) {
+			in := newInstall(t, 2)
+			old := filepath.Join(t.TempDir(), "old.db")
+			if r := mailgate(t, in.dir, "backup", "-out", old, "-config", in.cfg); r.code != 0 {
+				t.Fatalf("backup:\n%s", r)
 			}
-		}
-		return nil
-	})
-	in.serveRefuses(t, "is ahead of the database: it has events up to seq 3, the database 0")
-	in.verifyFails(t, "is ahead of the database")
+			in.events(t, 2)
+			if mode == "older backup" {
+				b, _ := os.ReadFile(old)
+				if err := os.WriteFile(in.db, b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				in.attack(t, func(btx *bolt.Tx) error {
+					var names [][]byte
+					btx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+						names = append(names, append([]byte(nil), name...))
+						return nil
+					})
+					for _, n := range names {
+						if err := btx.DeleteBucket(n); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+			}
+			d := startServe(t, in.dir, "-config", in.cfg)
+			settle(t, d)
+			if !strings.Contains(d.logs(), "the audit mirror held events the database does not") {
+				t.Fatalf("no warning at start:\n%s", d.output())
+			}
+			d.stop(t)
+			if kept, _ := filepath.Glob(in.mirror + ".before-restore.*"); len(kept) != 1 {
+				t.Fatalf("the old mirror was not kept: %v", kept)
+			}
+			r := mailgate(t, in.dir, "audit", "export", "-config", in.cfg)
+			if !strings.Contains(r.stdout, `"action":"audit.mirror"`) {
+				t.Fatalf("no audit.mirror event:\n%s", r)
+			}
+		})
+	}
 }
 
 // An intact installation starts, also with [audit] verify_at_start, and verify passes.
