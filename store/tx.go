@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Tx is a transaction. Values read from it are fresh copies, valid after it ends.
@@ -31,9 +32,10 @@ func (tx *Tx) bucket(name string, create bool) (*bolt.Bucket, error) {
 	return b, nil
 }
 
-// Put seals val under the data key, bound to bucket and key, and stores it.
+// Put seals val under the data key, bound to bucket and key, and stores it: compressed when
+// that pays, in a segment file when it is large (segment.go).
 func (tx *Tx) Put(bucket string, key, val []byte) error {
-	return tx.PutPlain(bucket, key, tx.db.data.seal(val, ad(bucket, key, 0)))
+	return tx.putSealed(tx.db.data, 0, bucket, key, val)
 }
 
 // Get opens the value at bucket/key; nil, nil when there is none.
@@ -42,11 +44,71 @@ func (tx *Tx) Get(bucket string, key []byte) ([]byte, error) {
 	if v == nil || err != nil {
 		return nil, err
 	}
-	plain, err := tx.db.data.open(v, ad(bucket, key, 0))
+	plain, err := tx.db.openStored(tx.db.data, 0, bucket, key, v)
 	if err != nil {
 		return nil, fmt.Errorf("%s/%x: %w", bucket, key, err)
 	}
 	return plain, nil
+}
+
+// putSealed stores val sealed under s for scope: as it is when short, compressed when that
+// pays, and in a segment with only a reference in the B-tree when it stays large.
+func (tx *Tx) putSealed(s *sealer, scope uint64, bucket string, key, val []byte) error {
+	if !tx.btx.Writable() {
+		return berrors.ErrTxNotWritable
+	}
+	a := ad(bucket, key, scope)
+	if len(val) < compressMin {
+		return tx.PutPlain(bucket, key, s.seal(val, a))
+	}
+	c := compress(val)
+	switch {
+	case len(c) >= blobMin:
+		return tx.putBlob(s, scope, bucket, key, a, c)
+	case len(c) < len(val):
+		return tx.PutPlain(bucket, key, s.sealAs(zstdFormat, c, append(a, zstdFormat)))
+	}
+	return tx.PutPlain(bucket, key, s.seal(val, a))
+}
+
+func (tx *Tx) putBlob(s *sealer, scope uint64, bucket string, key, recordAD, c []byte) error {
+	n := len(c) + sealOverhead
+	seg, off, err := tx.db.segs.place(n)
+	if err != nil {
+		return err
+	}
+	if err := tx.db.segs.write(s.sealAs(refFormat, c, blobAD(recordAD, seg, off)), off); err != nil {
+		return err
+	}
+	return tx.PutPlain(bucket, key, blobRef{seg: seg, off: off, n: n, scope: scope}.bytes())
+}
+
+// openStored opens a value in any of the formats putSealed writes.
+func (db *DB) openStored(s *sealer, scope uint64, bucket string, key, v []byte) ([]byte, error) {
+	a := ad(bucket, key, scope)
+	switch v[0] {
+	case zstdFormat:
+		c, err := s.openAs(zstdFormat, v, append(a, zstdFormat))
+		if err != nil {
+			return nil, err
+		}
+		return decompress(c)
+	case refFormat:
+		r, err := parseRef(v)
+		if err != nil {
+			return nil, err
+		}
+		rec, err := db.segs.read(r.seg, r.off, r.n)
+		if err != nil {
+			return nil, err
+		}
+		c, err := s.openAs(refFormat, rec, blobAD(a, r.seg, r.off))
+		if err != nil {
+			return nil, err
+		}
+		return decompress(c)
+	}
+	return s.open(v, a)
 }
 
 // PutPlain stores val as is: only for values that reveal nothing (counters, hashes, ids).
@@ -190,7 +252,7 @@ func (tx *Tx) PutScoped(scope uint64, bucket string, key, val []byte) error {
 	if err != nil {
 		return err
 	}
-	return tx.PutPlain(bucket, key, s.seal(val, ad(bucket, key, scope)))
+	return tx.putSealed(s, scope, bucket, key, val)
 }
 
 // GetScoped opens a value written by PutScoped; nil, nil when there is none.
@@ -203,7 +265,7 @@ func (tx *Tx) GetScoped(scope uint64, bucket string, key []byte) ([]byte, error)
 	if err != nil {
 		return nil, err
 	}
-	plain, err := s.open(v, ad(bucket, key, scope))
+	plain, err := tx.db.openStored(s, scope, bucket, key, v)
 	if err != nil {
 		return nil, fmt.Errorf("%s/%x: %w", bucket, key, err)
 	}
