@@ -436,7 +436,7 @@ func TestDevModeEndToEnd(t *testing.T) {
 	}
 
 	// An online backup opens with the same key, and its audit chain verifies.
-	backupFile := filepath.Join(t.TempDir(), "backup.db")
+	backupFile := filepath.Join(t.TempDir(), "backup.tar")
 	if r := mailgate(t, dir, "backup", "-out", backupFile); r.code != 0 {
 		t.Fatalf("backup:\n%s", r)
 	}
@@ -569,7 +569,12 @@ func openDB(t *testing.T, keyFile, dbFile string) *store.DB {
 
 func checkBackup(t *testing.T, keyFile, backupFile string) {
 	t.Helper()
-	db := openDB(t, keyFile, backupFile)
+	// Restored as the README says: extracted into an empty data directory.
+	restored := t.TempDir()
+	if out, err := exec.Command("tar", "-xf", backupFile, "-C", restored).CombinedOutput(); err != nil {
+		t.Fatalf("tar -xf %s: %v\n%s", backupFile, err, out)
+	}
+	db := openDB(t, keyFile, filepath.Join(restored, "mailgate.db"))
 	defer db.Close()
 	l, err := audit.New(db, "")
 	if err != nil {
