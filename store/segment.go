@@ -16,9 +16,9 @@ import (
 )
 
 // Large values live outside the B-tree: bbolt rounds every value up to whole pages, keeps every
-// page it ever wrote mapped, and copies a value's pages on each rewrite. A value that is still
-// at least blobMin bytes after compression is sealed and appended to a segment file beside the
-// database; the B-tree keeps a 25-byte reference to it. Segments are append-only, and the
+// page it ever wrote mapped, and copies a value's pages on each rewrite. A value of blobMin
+// bytes or more is compressed, sealed and appended to a segment file beside the database; the
+// B-tree keeps a 25-byte reference to it. Segments are append-only, and the
 // appends of a write transaction are fsynced before that transaction commits, so a committed
 // reference never points at bytes that are not on disk. The transaction also records the end of
 // what it wrote (meta/segtail); on open, anything a crashed transaction wrote past that end is
@@ -26,8 +26,9 @@ import (
 const (
 	// compressMin: shorter values are sealed as they are (compression would not pay).
 	compressMin = 256
-	// blobMin: compressed values at least this long go to a segment; shorter ones stay inline.
-	blobMin = 1024
+	// blobMin: values at least this long go to a segment, however well they compress: raw
+	// mail, attachments, decoded text. Shorter ones stay inline, compressed when that pays.
+	blobMin = 2048
 	// segMax: a segment is closed and a new one begun once it is this long.
 	segMax = 64 << 20
 	// refLen is the length of a reference: format, segment, offset, length, scope.

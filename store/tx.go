@@ -21,14 +21,22 @@ func (tx *Tx) OnCommit(fn func()) { tx.btx.OnCommit(fn) }
 // Writable reports whether tx may write.
 func (tx *Tx) Writable() bool { return tx.btx.Writable() }
 
+// fillPercent: most keys are appended in order (ids, sequence numbers), and with bbolt's
+// default of 0.5 every page left behind by such appends stays half empty.
+const fillPercent = 0.9
+
 func (tx *Tx) bucket(name string, create bool) (*bolt.Bucket, error) {
 	if b := tx.btx.Bucket([]byte(name)); b != nil || !create {
+		if b != nil && create {
+			b.FillPercent = fillPercent
+		}
 		return b, nil
 	}
 	b, err := tx.btx.CreateBucket([]byte(name))
 	if err != nil {
 		return nil, fmt.Errorf("create bucket %s: %w", name, err)
 	}
+	b.FillPercent = fillPercent
 	return b, nil
 }
 
@@ -63,7 +71,7 @@ func (tx *Tx) putSealed(s *sealer, scope uint64, bucket string, key, val []byte)
 	}
 	c := compress(val)
 	switch {
-	case len(c) >= blobMin:
+	case len(val) >= blobMin:
 		return tx.putBlob(s, scope, bucket, key, a, c)
 	case len(c) < len(val):
 		return tx.PutPlain(bucket, key, s.sealAs(zstdFormat, c, append(a, zstdFormat)))
