@@ -29,11 +29,12 @@ const (
 	// blobMin: values at least this long go to a segment, however well they compress: raw
 	// mail, attachments, decoded text. Shorter ones stay inline, compressed when that pays.
 	blobMin = 2048
-	// segMax: a segment is closed and a new one begun once it is this long.
-	segMax = 64 << 20
 	// refLen is the length of a reference: format, segment, offset, length, scope.
 	refLen = 1 + 4 + 8 + 4 + 8
 )
+
+// segMax: a segment is closed and a new one begun once it is this long (a variable for tests).
+var segMax int64 = 64 << 20
 
 // SegmentDir is the directory of the segment files that belong to the database at dbPath.
 func SegmentDir(dbPath string) string { return dbPath + ".segments" }
@@ -45,8 +46,9 @@ type segments struct {
 	dir      string
 	readOnly bool
 
-	mu    sync.RWMutex
-	files map[uint32]*os.File
+	mu      sync.RWMutex
+	files   map[uint32]*os.File
+	retired []*os.File // handles of removed segments, for read transactions that began before
 
 	// The writer's state: touched only inside bbolt's write transaction, which is exclusive.
 	active uint32
@@ -341,7 +343,33 @@ func (sg *segments) size() int64 {
 	return n
 }
 
+// retire removes segment id, keeping its handle open for readers that may still need it.
+func (sg *segments) retire(id uint32) error {
+	if _, err := sg.file(id); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(sg.dir, segName(id))); err != nil {
+		return err
+	}
+	sg.mu.Lock()
+	sg.retired = append(sg.retired, sg.files[id])
+	delete(sg.files, id)
+	sg.mu.Unlock()
+	return syncDir(sg.dir)
+}
+
+// closeRetired closes the handles of segments removed by the previous compaction.
+func (sg *segments) closeRetired() {
+	sg.mu.Lock()
+	defer sg.mu.Unlock()
+	for _, f := range sg.retired {
+		f.Close()
+	}
+	sg.retired = nil
+}
+
 func (sg *segments) close() {
+	sg.closeRetired()
 	sg.mu.Lock()
 	defer sg.mu.Unlock()
 	for id, f := range sg.files {

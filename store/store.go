@@ -71,6 +71,9 @@ type DB struct {
 
 	batch batcher
 	segs  *segments
+	// maint keeps Backup and CompactSegments apart: a backup copies the segments its snapshot
+	// references, which compaction would remove.
+	maint sync.Mutex
 }
 
 // Open opens (or creates) the database at path with the 32-byte master key.
@@ -295,6 +298,8 @@ func (db *DB) MAC(purpose string, parts ...[]byte) []byte {
 // read transaction's view: the database as of that transaction, and of every segment the bytes
 // it references, which are never rewritten in place.
 func (db *DB) Backup(path string) (int64, error) {
+	db.maint.Lock()
+	defer db.maint.Unlock()
 	var size int64
 	err := db.bolt.View(func(btx *bolt.Tx) error {
 		dir := filepath.Dir(path)
