@@ -59,17 +59,47 @@ func (tx *Tx) Get(bucket string, key []byte) ([]byte, error) {
 	return plain, nil
 }
 
+// Prepared is a value compressed ahead of the transaction that stores it, so that the work
+// is done by the writer's own goroutine and not inside the write lock that every writer waits on.
+type Prepared struct{ val, c []byte }
+
+// Prepare compresses val for PutScopedPrepared. val must not change afterwards.
+func Prepare(val []byte) *Prepared {
+	p := &Prepared{val: val}
+	if len(val) >= compressMin {
+		p.c = compress(val)
+	}
+	return p
+}
+
+// PutScopedPrepared is PutScoped with the compression already done.
+func (tx *Tx) PutScopedPrepared(scope uint64, bucket string, key []byte, p *Prepared) error {
+	s, err := tx.scope(scope, true)
+	if err != nil {
+		return err
+	}
+	return tx.putCompressed(s, scope, bucket, key, p.val, p.c)
+}
+
 // putSealed stores val sealed under s for scope: as it is when short, compressed when that
-// pays, and in a segment with only a reference in the B-tree when it stays large.
+// pays, and in a segment with only a reference in the B-tree when it is large.
 func (tx *Tx) putSealed(s *sealer, scope uint64, bucket string, key, val []byte) error {
+	var c []byte
+	if len(val) >= compressMin {
+		c = compress(val)
+	}
+	return tx.putCompressed(s, scope, bucket, key, val, c)
+}
+
+// putCompressed is putSealed with c = compress(val), or nil for short values.
+func (tx *Tx) putCompressed(s *sealer, scope uint64, bucket string, key, val, c []byte) error {
 	if !tx.btx.Writable() {
 		return berrors.ErrTxNotWritable
 	}
 	a := ad(bucket, key, scope)
-	if len(val) < compressMin {
+	if c == nil {
 		return tx.PutPlain(bucket, key, s.seal(val, a))
 	}
-	c := compress(val)
 	switch {
 	case len(val) >= blobMin:
 		return tx.putBlob(s, scope, bucket, key, a, c)

@@ -216,6 +216,19 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 	return saveTicket(tx, t)
 }
 
+// putContent stores a message's raw bytes and attachments, compressed before the transaction.
+func putContent(tx *store.Tx, id uint64, seq int, raw *store.Prepared, atts []*store.Prepared) error {
+	for i, a := range atts {
+		if err := tx.PutScopedPrepared(id, bAttach, binary.BigEndian.AppendUint32(mkey(id, seq), uint32(i)), a); err != nil {
+			return err
+		}
+	}
+	if raw == nil {
+		return nil
+	}
+	return tx.PutScopedPrepared(id, bRaw, mkey(id, seq), raw)
+}
+
 // nextUID hands out the queue mailbox's next IMAP UID; UIDVALIDITY is fixed when the mailbox
 // is first used, so it survives restarts.
 func (s *Service) nextUID(tx *store.Tx, queue string) (uint32, error) {
