@@ -10,9 +10,9 @@ import (
 // deleted and one scope destroyed (a purge), compaction frees their space, and every record
 // still referenced reads back, also after a reopen.
 func TestCompactSegmentsReclaimsPurgedBlobs(t *testing.T) {
-	old := segMax
+	oldMax := segMax
 	segMax = 64 << 10
-	defer func() { segMax = old }()
+	defer func() { segMax = oldMax }()
 	db, path := openTest(t)
 	const n = 60
 	for i := range n {
@@ -43,6 +43,10 @@ func TestCompactSegmentsReclaimsPurgedBlobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := db.segs.size()
+	old, err := db.bolt.Begin(false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ids, _ := db.segs.list()
 	st, err := db.CompactSegments()
 	if err != nil {
@@ -65,6 +69,15 @@ func TestCompactSegmentsReclaimsPurgedBlobs(t *testing.T) {
 		})
 	}
 	check(db)
+	// A read transaction that began before the compaction still reads the blobs it references
+	// in the removed segments.
+	oldTx := &Tx{db: db, btx: old}
+	for i := range keep {
+		if v, err := oldTx.GetScoped(uint64(i%3+1), "raw", U64(uint64(i))); err != nil || !bytes.Equal(v, crashMail(i)) {
+			t.Errorf("record %d in a transaction older than the compaction: %v", i, err)
+		}
+	}
+	old.Rollback()
 	// A second run closes the handles kept for old readers and never grows the files.
 	if st, err := db.CompactSegments(); err != nil || db.segs.size() > after {
 		t.Errorf("second compaction: %+v %v, %d bytes", st, err, db.segs.size())

@@ -48,7 +48,7 @@ type segments struct {
 
 	mu      sync.RWMutex
 	files   map[uint32]*os.File
-	retired []*os.File // handles of removed segments, for read transactions that began before
+	retired map[uint32]*os.File // handles of removed segments, for read transactions that began before
 
 	// The writer's state: touched only inside bbolt's write transaction, which is exclusive.
 	active uint32
@@ -197,6 +197,9 @@ func fsyncPath(p string) error {
 func (sg *segments) file(id uint32) (*os.File, error) {
 	sg.mu.RLock()
 	f := sg.files[id]
+	if f == nil {
+		f = sg.retired[id]
+	}
 	sg.mu.RUnlock()
 	if f != nil {
 		return f, nil
@@ -352,7 +355,10 @@ func (sg *segments) retire(id uint32) error {
 		return err
 	}
 	sg.mu.Lock()
-	sg.retired = append(sg.retired, sg.files[id])
+	if sg.retired == nil {
+		sg.retired = map[uint32]*os.File{}
+	}
+	sg.retired[id] = sg.files[id]
 	delete(sg.files, id)
 	sg.mu.Unlock()
 	return syncDir(sg.dir)
@@ -362,10 +368,10 @@ func (sg *segments) retire(id uint32) error {
 func (sg *segments) closeRetired() {
 	sg.mu.Lock()
 	defer sg.mu.Unlock()
-	for _, f := range sg.retired {
+	for id, f := range sg.retired {
 		f.Close()
+		delete(sg.retired, id)
 	}
-	sg.retired = nil
 }
 
 func (sg *segments) close() {
