@@ -31,7 +31,7 @@ import (
 
 // scaleSeedVersion names the cached seeded stores in os.TempDir(). Bump it whenever the store
 // format, the tickets model or the seed below changes, so no run measures a stale file.
-const scaleSeedVersion = "v1"
+const scaleSeedVersion = "v2"
 
 // scaleKey is the master key of the seeded stores (the same fixed key newEnv uses).
 var scaleKey = bytes.Repeat([]byte{9}, 32)
