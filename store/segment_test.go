@@ -408,3 +408,20 @@ func TestBackupUnderWritesHasEveryBlob(t *testing.T) {
 	}
 	t.Logf("backup under writes: %d records", n)
 }
+
+// A value that is empty or a truncated reference is an error, never a panic.
+func TestMalformedStoredValuesAreErrors(t *testing.T) {
+	db, _ := openTest(t)
+	db.Update(func(tx *Tx) error {
+		return errors.Join(tx.PutPlain("b", []byte("empty"), []byte{}), tx.PutPlain("b", []byte("ref"), []byte{refFormat, 0, 0}),
+			tx.PutPlain("b", []byte("far"), blobRef{seg: 9, off: 1 << 40, n: 100}.bytes()))
+	})
+	db.View(func(tx *Tx) error {
+		for _, k := range []string{"empty", "ref", "far"} {
+			if _, err := tx.Get("b", []byte(k)); err == nil {
+				t.Errorf("%s: no error", k)
+			}
+		}
+		return nil
+	})
+}

@@ -124,6 +124,9 @@ func (tx *Tx) putBlob(s *sealer, scope uint64, bucket string, key, recordAD, c [
 // openStored opens a value in any of the formats putSealed writes.
 func (db *DB) openStored(s *sealer, scope uint64, bucket string, key, v []byte) ([]byte, error) {
 	a := ad(bucket, key, scope)
+	if len(v) == 0 {
+		return s.open(v, a) // not a sealed value: the error says so
+	}
 	switch v[0] {
 	case zstdFormat:
 		c, err := s.openAs(zstdFormat, v, append(a, zstdFormat))
