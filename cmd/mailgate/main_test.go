@@ -509,14 +509,14 @@ func TestDevModeEndToEnd(t *testing.T) {
 		t.Fatalf("audit verify --json on a tampered chain:\n%s", r)
 	}
 
-	// Restore as the README says: with mailgate stopped, copy the backup into data_dir as
-	// mailgate.db (same key_file), then audit verify.
-	b, err := os.ReadFile(backupFile)
-	if err != nil {
+	// Restore as the README says: with mailgate stopped, remove the database and its segments
+	// and extract the backup into data_dir (same key_file), then audit verify.
+	data := filepath.Join(dir, "mailgate-data")
+	if err := errors.Join(os.Remove(filepath.Join(data, "mailgate.db")), os.RemoveAll(filepath.Join(data, "mailgate.db.segments"))); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "mailgate-data", "mailgate.db"), b, 0o600); err != nil {
-		t.Fatal(err)
+	if out, err := exec.Command("tar", "-xf", backupFile, "-C", data).CombinedOutput(); err != nil {
+		t.Fatalf("tar -xf: %v\n%s", err, out)
 	}
 	if r := mailgate(t, dir, "audit", "verify"); r.code != 0 {
 		t.Fatalf("audit verify after restore:\n%s", r)
