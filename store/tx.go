@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"crypto/rand"
 	"fmt"
 
@@ -21,22 +22,20 @@ func (tx *Tx) OnCommit(fn func()) { tx.btx.OnCommit(fn) }
 // Writable reports whether tx may write.
 func (tx *Tx) Writable() bool { return tx.btx.Writable() }
 
-// fillPercent: most keys are appended in order (ids, sequence numbers), and with bbolt's
-// default of 0.5 every page left behind by such appends stays half empty.
-const fillPercent = 0.9
+// appendFill: most buckets have their keys appended in order (ids, sequence numbers), and with
+// bbolt's default fill of 0.5 every page such appends leave behind stays half empty. Buckets
+// keyed by a hash take keys anywhere, and for them a full page split leaves a page nine tenths
+// full beside one almost empty, so they keep the default.
+const appendFill = 0.9
 
 func (tx *Tx) bucket(name string, create bool) (*bolt.Bucket, error) {
 	if b := tx.btx.Bucket([]byte(name)); b != nil || !create {
-		if b != nil && create {
-			b.FillPercent = fillPercent
-		}
 		return b, nil
 	}
 	b, err := tx.btx.CreateBucket([]byte(name))
 	if err != nil {
 		return nil, fmt.Errorf("create bucket %s: %w", name, err)
 	}
-	b.FillPercent = fillPercent
 	return b, nil
 }
 
@@ -157,6 +156,11 @@ func (tx *Tx) PutPlain(bucket string, key, val []byte) error {
 	b, err := tx.bucket(bucket, true)
 	if err != nil {
 		return err
+	}
+	if last, _ := b.Cursor().Last(); last == nil || bytes.Compare(key, last) > 0 {
+		b.FillPercent = appendFill
+	} else {
+		b.FillPercent = bolt.DefaultFillPercent
 	}
 	return b.Put(key, val)
 }
