@@ -355,7 +355,7 @@ func (db *DB) writeArchive(btx *bolt.Tx, w io.Writer) error {
 	if meta := btx.Bucket([]byte(metaBucket)); meta != nil {
 		tail, _ = parseMark(meta.Get(segTailKey))
 	}
-	now := time.Now()
+	now := time.Now().Truncate(time.Second)
 	tw := tar.NewWriter(w)
 	dbName := filepath.Base(db.bolt.Path())
 	if err := tw.WriteHeader(&tar.Header{Name: dbName, Mode: 0o600, Size: btx.Size(), ModTime: now, Typeflag: tar.TypeReg}); err != nil {
