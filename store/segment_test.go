@@ -425,3 +425,27 @@ func TestMalformedStoredValuesAreErrors(t *testing.T) {
 		return nil
 	})
 }
+
+// A database whose segments were lost or cut short (a restore that copied only mailgate.db)
+// does not open, and says what to do, instead of failing later on every read.
+func TestMissingOrShortSegmentsAreAClearError(t *testing.T) {
+	for _, damage := range []string{"missing", "short"} {
+		t.Run(damage, func(t *testing.T) {
+			db, path := openTest(t)
+			if err := db.Update(func(tx *Tx) error { return tx.Put("raw", []byte("a"), mail(1)) }); err != nil {
+				t.Fatal(err)
+			}
+			db.Close()
+			seg := filepath.Join(SegmentDir(path), segName(1))
+			if damage == "missing" {
+				os.RemoveAll(SegmentDir(path))
+			} else {
+				os.Truncate(seg, 10)
+			}
+			_, err := Open(path, testKey(1), Options{})
+			if err == nil || !strings.Contains(err.Error(), "restore the data directory from a backup") {
+				t.Fatalf("open with %s segments: %v", damage, err)
+			}
+		})
+	}
+}
