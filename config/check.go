@@ -280,6 +280,34 @@ func (c *Config) checkQueues(r *reporter) {
 			}
 		}
 	}
+	postmasters := 0
+	for i, q := range c.Queues {
+		p := indexPath("queue", i)
+		sec := fmt.Sprintf("[[queue]] #%d", i+1)
+		if q.Postmaster {
+			if postmasters++; postmasters == 2 {
+				r.at(p+".postmaster", "postmaster = true in %s too; only one queue receives postmaster@ mail, set it on one", sec)
+			}
+		}
+		for j, al := range q.Aliases {
+			ap := indexPath(p+".aliases", j)
+			a, err := mail.ParseAddress(al)
+			switch {
+			case err != nil:
+				r.at(ap, "aliases in %s: %q is not an e-mail address (%v); write e.g. aliases = [\"help@example.com\"]", sec, al, err)
+				continue
+			case a.Address != al:
+				r.at(ap, "aliases in %s has %q; write only the address: %q", sec, al, a.Address)
+				continue
+			}
+			key := strings.ToLower(al)
+			if k, dup := addrs[key]; dup {
+				r.at(ap, "aliases in %s has %q, already used by [[queue]] #%d; each address feeds one queue", sec, al, k+1)
+			} else {
+				addrs[key] = i
+			}
+		}
+	}
 }
 
 // simpleName turns "Support Team" into "support-team" for a suggestion.

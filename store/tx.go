@@ -375,3 +375,15 @@ func (tx *Tx) scope(id uint64, create bool) (*sealer, error) {
 	tx.newScopes[id] = s
 	return s, nil
 }
+
+// SetSeq raises the bucket's sequence to n (never lowers it), so NextSeq continues after n.
+func (tx *Tx) SetSeq(bucket string, n uint64) error {
+	b, err := tx.bucket(bucket, true)
+	if err != nil {
+		return err
+	}
+	if n <= b.Sequence() {
+		return nil
+	}
+	return b.SetSequence(n)
+}

@@ -308,6 +308,9 @@ func (s *Service) newTicket(tx *store.Tx, q Queue, m *Message) (*Ticket, error) 
 	if err != nil {
 		return nil, err
 	}
+	if err := s.reserveID(id); err != nil {
+		return nil, err
+	}
 	now := s.opts.Now().UTC()
 	subj := strings.TrimSpace(tagRe.ReplaceAllString(m.Subject, ""))
 	if subj == "" {

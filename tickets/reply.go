@@ -161,7 +161,7 @@ func (s *Service) outgoing(t *Ticket, last *Message, text string, auto bool) (Ou
 	}
 	o := Outgoing{Ticket: *t, Queue: q, To: t.Customer, Text: text, Date: s.opts.Now().UTC(), Encrypt: t.Encrypted, AutoReply: auto}
 	for _, p := range t.Participants {
-		if !equalAddr(p.Address, t.Customer) && !equalAddr(p.Address, q.Address) {
+		if !equalAddr(p.Address, t.Customer) && !q.Owns(p.Address) {
 			o.Cc = append(o.Cc, p.Address)
 		}
 	}

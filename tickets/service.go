@@ -39,6 +39,22 @@ type Queue struct {
 	AutoAck bool
 	// AutoAckText is the acknowledgement's body; {ticket} becomes the ticket number.
 	AutoAckText string
+	// Aliases are further addresses of the queue (old ones customers still reply to).
+	Aliases []string
+}
+
+// Owns reports whether addr is the queue's address or one of its aliases: mail to it would
+// come straight back into the queue, so replies never copy it.
+func (q Queue) Owns(addr string) bool {
+	if equalAddr(addr, q.Address) {
+		return true
+	}
+	for _, a := range q.Aliases {
+		if equalAddr(addr, a) {
+			return true
+		}
+	}
+	return false
 }
 
 // Outgoing is what tickets asks the mail composer to build for a reply.
@@ -98,6 +114,9 @@ type Options struct {
 	// Notify runs after a commit that added a message to queue (IMAP IDLE, metrics).
 	Notify func(queue string)
 	Now    func() time.Time
+	// IDFile, when set, records outside the database the highest ticket id that may have been
+	// handed out, so a restored database never reuses one (see CheckIDs).
+	IDFile string
 }
 
 // Service is the ticket system.
@@ -105,6 +124,7 @@ type Service struct {
 	db   *store.DB
 	log  *audit.Log
 	opts Options
+	ids  idMark
 }
 
 // New returns a Service.
@@ -112,7 +132,7 @@ func New(db *store.DB, log *audit.Log, opts Options) *Service {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Service{db: db, log: log, opts: opts}
+	return &Service{db: db, log: log, opts: opts, ids: idMark{file: opts.IDFile}}
 }
 
 // Queues returns the configured queues.

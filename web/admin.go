@@ -115,6 +115,19 @@ func (s *Server) adminPost(w http.ResponseWriter, r *http.Request) {
 		if err = s.opts.Access.SetQueues(a, name, queues); err == nil {
 			v.Notice = "Queues of " + name + " are updated."
 		}
+	case "role":
+		if err = s.opts.Access.SetRole(a, name, access.Role(f.Get("role"))); err == nil {
+			v.Notice = "Role of " + name + " is now " + f.Get("role") + "."
+		}
+	case "reset-password":
+		if v.Password, err = s.opts.Access.ResetPassword(a, name); err == nil {
+			v.NewName = name
+			v.Notice = "Agent " + name + " has a new password (below, shown only this once); their sessions have ended. TOTP and app passwords are unchanged."
+		}
+	case "revoke-app-password":
+		if err = s.opts.Access.RevokeAppPassword(a, name, f.Get("id")); err == nil {
+			v.Notice = "App password " + f.Get("id") + " of " + name + " is revoked."
+		}
 	default:
 		s.errorPage(w, r, http.StatusBadRequest, "Unknown action.")
 		return
