@@ -91,12 +91,12 @@ func TestRestoreKeepsTicketIDsAndMirror(t *testing.T) {
 	// Restore: the README's steps (the old database and segments moved aside, the archive
 	// extracted into the data directory).
 	data := filepath.Join(dir, "data")
-	old := filepath.Join(t.TempDir(), "old")
-	if err := os.Mkdir(old, 0o700); err != nil {
+	aside := filepath.Join(t.TempDir(), "old")
+	if err := os.Mkdir(aside, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"mailgate.db", "mailgate.db.segments"} {
-		if err := os.Rename(filepath.Join(data, f), filepath.Join(old, f)); err != nil {
+		if err := os.Rename(filepath.Join(data, f), filepath.Join(aside, f)); err != nil {
 			t.Fatal(err)
 		}
 	}
