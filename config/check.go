@@ -264,6 +264,14 @@ func (c *Config) checkQueues(r *reporter) {
 				names[q.Name] = i
 			}
 		}
+		for lang, text := range q.AutoAckTexts {
+			switch {
+			case !langTag.MatchString(lang):
+				r.at(p+".auto_ack_texts", "auto_ack_texts in %s has the language %q; write a language tag in lower case, e.g. de or fr-ch", sec, lang)
+			case strings.TrimSpace(text) == "":
+				r.at(p+".auto_ack_texts", "auto_ack_texts in %s has an empty text for %q; write the text or leave the language out", sec, lang)
+			}
+		}
 		switch a, err := mail.ParseAddress(q.Address); {
 		case q.Address == "":
 			r.at(p+".address", `%s has no address; write e.g. address = "support@example.com"`, sec)
@@ -309,6 +317,9 @@ func (c *Config) checkQueues(r *reporter) {
 		}
 	}
 }
+
+// langTag is a language tag as auto_ack_texts keys it: a primary language and maybe a region.
+var langTag = regexp.MustCompile(`^[a-z]{2,3}(-[a-z0-9]{2,8})?$`)
 
 // simpleName turns "Support Team" into "support-team" for a suggestion.
 func simpleName(s string) string {

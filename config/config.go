@@ -93,6 +93,9 @@ type Queue struct {
 	// AutoAckText is the acknowledgement's body; {ticket} becomes the ticket number.
 	// "" uses a short built-in text.
 	AutoAckText string `toml:"auto_ack_text"`
+	// AutoAckTexts are acknowledgements per language ("de", "fr-ch"…), chosen by the customer's
+	// Content-Language or Accept-Language; a language without one gets AutoAckText. Default: none.
+	AutoAckTexts map[string]string `toml:"auto_ack_texts"`
 	// Aliases are further addresses of the queue, typically its old addresses: customers keep
 	// replying to them long after a change.
 	Aliases []string `toml:"aliases"`

@@ -314,6 +314,24 @@ name = "support"
 address = "support@example.com"
 `
 
+func TestAutoAckTextsPerLanguage(t *testing.T) {
+	src := minimal("") + "auto_ack_texts = { de = \"Danke: #{ticket}\", fr-ch = \"Merci: #{ticket}\" }\n"
+	c, err := Parse("t.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Queues[0].AutoAckTexts; got["de"] != "Danke: #{ticket}" || got["fr-ch"] != "Merci: #{ticket}" {
+		t.Fatalf("auto_ack_texts: %v", got)
+	}
+	for _, bad := range []string{`{ German = "Danke" }`, `{ de = " " }`} {
+		src := minimal("") + "auto_ack_texts = " + bad + "\n"
+		errs := problems(t, src)
+		if len(errs) != 1 || !strings.Contains(errs[0].Msg, "auto_ack_texts") || errs[0].Line != lineOf(t, src, "auto_ack_texts") {
+			t.Errorf("%s: %v", bad, errs)
+		}
+	}
+}
+
 func TestQueueAliasesAndPostmaster(t *testing.T) {
 	c, err := Parse("q.toml", []byte(`hostname = "mx.example.net"
 [[queue]]

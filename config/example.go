@@ -199,6 +199,7 @@ name = "support"	# lower-case letters, digits and '-'
 address = {{QUEUE_ADDR}}
 auto_ack = true	# answer new tickets with an automatic acknowledgement
 auto_ack_text = ""	# its body; {ticket} is the ticket number; "" = a short built-in text
+auto_ack_texts = {}	# per language, e.g. { de = "…", fr-ch = "…" }: the customer's Content-Language (else Accept-Language) picks one, de-ch falls back to de, any other gets auto_ack_text
 aliases = []	# more addresses of this queue, e.g. old ones customers still reply to
 postmaster = false	# receives postmaster@ and DMARC reports; default: the first queue
 

@@ -19,6 +19,9 @@ type Tx struct {
 // OnCommit runs fn after the transaction commits durably; never when it rolls back or re-runs.
 func (tx *Tx) OnCommit(fn func()) { tx.btx.OnCommit(fn) }
 
+// DB is the store tx belongs to: for caches kept beside it that must learn of each commit.
+func (tx *Tx) DB() *DB { return tx.db }
+
 // Writable reports whether tx may write.
 func (tx *Tx) Writable() bool { return tx.btx.Writable() }
 

@@ -39,8 +39,25 @@ type Queue struct {
 	AutoAck bool
 	// AutoAckText is the acknowledgement's body; {ticket} becomes the ticket number.
 	AutoAckText string
+	// AutoAckTexts are acknowledgements per language tag (lower case: "de", "fr-ch").
+	AutoAckTexts map[string]string
 	// Aliases are further addresses of the queue (old ones customers still reply to).
 	Aliases []string
+}
+
+// ackText picks the acknowledgement for a customer writing in lang (a tag, maybe empty): the
+// exact tag, then its primary language, then the queue's default.
+func (q Queue) ackText(lang string) string {
+	lang = strings.ToLower(lang)
+	if t, ok := q.AutoAckTexts[lang]; ok && lang != "" {
+		return t
+	}
+	if primary, _, ok := strings.Cut(lang, "-"); ok {
+		if t, ok := q.AutoAckTexts[primary]; ok {
+			return t
+		}
+	}
+	return q.AutoAckText
 }
 
 // Owns reports whether addr is the queue's address or one of its aliases: mail to it would
@@ -121,10 +138,11 @@ type Options struct {
 
 // Service is the ticket system.
 type Service struct {
-	db   *store.DB
-	log  *audit.Log
-	opts Options
-	ids  idMark
+	db    *store.DB
+	log   *audit.Log
+	opts  Options
+	ids   idMark
+	skeys map[string][]byte // search index key per queue
 }
 
 // New returns a Service.
@@ -132,7 +150,11 @@ func New(db *store.DB, log *audit.Log, opts Options) *Service {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Service{db: db, log: log, opts: opts, ids: idMark{file: opts.IDFile}}
+	skeys := map[string][]byte{}
+	for _, q := range opts.Queues {
+		skeys[q.Name] = db.MAC("search queue key", []byte(q.Name))
+	}
+	return &Service{db: db, log: log, opts: opts, ids: idMark{file: opts.IDFile}, skeys: skeys}
 }
 
 // Queues returns the configured queues.
@@ -182,7 +204,11 @@ func saveTicket(tx *store.Tx, t *Ticket) error {
 	if err != nil {
 		return err
 	}
-	return tx.PutScoped(t.ID, bTickets, tkey(t.ID), b)
+	if err := tx.PutScoped(t.ID, bTickets, tkey(t.ID), b); err != nil {
+		return err
+	}
+	remember(tx, t)
+	return nil
 }
 
 func loadMessage(tx *store.Tx, id uint64, seq int) (*Message, error) {
@@ -239,6 +265,10 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 		return err
 	}
 	t.Updated = s.opts.Now().UTC()
+	t.noteMessage(m, t.Updated)
+	if err := s.queueForIndex(tx, t.ID, m.Seq); err != nil {
+		return err
+	}
 	return saveTicket(tx, t)
 }
 

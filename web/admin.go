@@ -91,6 +91,13 @@ func (s *Server) adminPost(w http.ResponseWriter, r *http.Request) {
 	queues := slices.DeleteFunc(slices.Clone(f["queue"]), func(q string) bool { return q == "" })
 	v := &adminView{}
 	var err error
+	// Dangerous actions need the "I mean it" box of that agent's row: a slip of the mouse, or a
+	// form for another row, does not lock anyone out.
+	if act := f.Get("action"); (act == "disable" || act == "reset-mfa") && f.Get("confirm") != name {
+		v.Error = "Nothing done: tick “I mean it” in " + name + "'s row to " + act + "."
+		s.showAdmin(w, r, http.StatusBadRequest, v)
+		return
+	}
 	switch f.Get("action") {
 	case "add":
 		v.Password, v.TOTPURI, err = s.opts.Access.Add(a, name, f.Get("email"), access.Role(f.Get("role")), queues)

@@ -130,7 +130,7 @@ func Open(cfg *config.Config, opts Options) (*App, error) {
 	var queues []tickets.Queue
 	for _, q := range cfg.Queues {
 		queueNames[q.Name] = true
-		queues = append(queues, tickets.Queue{Name: q.Name, Address: q.Address, AutoAck: q.AutoAck, AutoAckText: q.AutoAckText, Aliases: q.Aliases})
+		queues = append(queues, tickets.Queue{Name: q.Name, Address: q.Address, AutoAck: q.AutoAck, AutoAckText: q.AutoAckText, AutoAckTexts: q.AutoAckTexts, Aliases: q.Aliases})
 	}
 	a.Access = access.New(db, a.Audit, access.Options{
 		Issuer:     "mailgate " + cfg.Hostname,

@@ -344,6 +344,14 @@ func (d *daemon) start() error {
 		}
 	}
 
+	// Tickets stored by an older version get the work-queue fields and the sealed search index
+	// before anyone lists or searches them.
+	if n, err := a.Tickets.Prepare(); err != nil {
+		return fmt.Errorf("tickets: %w", err)
+	} else if n > 0 {
+		d.log.Info("tickets indexed for search", "tickets", n)
+	}
+
 	// Delivery of queued replies resumes where the last run stopped.
 	if err := a.Outbound.Start(context.Background()); err != nil {
 		return fmt.Errorf("outbound queue: %w", err)
