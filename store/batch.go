@@ -62,10 +62,7 @@ func (b *batcher) loop() {
 }
 
 func (b *batcher) commit(calls []*call) {
-	if b.onCommit != nil {
-		start, n := time.Now(), len(calls)
-		defer func() { b.onCommit(n, time.Since(start)) }()
-	}
+	start, n := time.Now(), len(calls)
 	for len(calls) > 0 {
 		err := b.db.update(func(btx *bolt.Tx) error {
 			for i, c := range calls {
@@ -82,6 +79,11 @@ func (b *batcher) commit(calls []*call) {
 			bad.done <- b.db.update(func(btx *bolt.Tx) error { return b.db.run(btx, bad.fn) })
 			calls = append(calls[:ra.i:ra.i], calls[ra.i+1:]...)
 			continue
+		}
+		// Report before the writers are released, so whoever waits for them sees the
+		// commit counted (a deferred report raced with the callers' next step).
+		if b.onCommit != nil {
+			b.onCommit(n, time.Since(start))
 		}
 		for _, c := range calls {
 			c.done <- err
