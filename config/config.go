@@ -174,6 +174,9 @@ type FetchAccount struct {
 // Audit is the [audit] table.
 type Audit struct {
 	File string `toml:"file"` // optional JSON-lines mirror of the audit chain
+	// VerifyAtStart walks the whole chain when serve starts instead of checking only its end
+	// (head, sealed state, mirror); off by default because the walk costs time per event.
+	VerifyAtStart bool `toml:"verify_at_start"`
 }
 
 // Retention is the [retention] table.
@@ -298,8 +301,8 @@ func Default() *Config {
 			TLS:      "auto",     // implicit on :993, STARTTLS elsewhere
 			MaxConns: 0,          // a share of the open-file limit
 		},
-		Audit:     Audit{File: ""},                    // no mirror
-		Retention: Retention{ClosedAfter: Duration{}}, // keep closed tickets until an admin purges them
+		Audit:     Audit{File: "", VerifyAtStart: false}, // no mirror; at start check the chain's end only
+		Retention: Retention{ClosedAfter: Duration{}},    // keep closed tickets until an admin purges them
 		Log: Log{
 			Format: "text", //
 			Level:  "info", //

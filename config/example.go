@@ -250,6 +250,7 @@ max_conns = 0	# connections to the IMAP listeners together; 0 = 20% of the open-
 
 [audit]
 file = ""	# also append each audit event to this file as JSON lines
+verify_at_start = false	# walk the whole chain at start (slower on big logs); the end is always checked
 
 [retention]
 closed_after = "0s"	# destroy tickets closed this long ago (e.g. "365d"); "0s" keeps them

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"mime"
 	"mime/quotedprintable"
 	"strings"
@@ -75,6 +74,10 @@ type Decrypted struct {
 	Wrapped      bool // the encrypted part sat inside another multipart (a mailing list footer, a forward)
 }
 
+// ErrParserPanic is wrapped by the error of a Decrypt or VerifySigned whose parser panicked and
+// was recovered; the caller logs it, this package has no logger.
+var ErrParserPanic = errors.New("a PGP parser panicked")
+
 // recoverPanics turns a panic in a parser (ours or go-crypto's) into an UndecryptableError so
 // one hostile message cannot take the daemon down. The fuzz target switches it off to find them.
 var recoverPanics = true
@@ -101,8 +104,7 @@ func Decrypt(raw []byte, gateway *Key, known KnownKeys) (res *Decrypted, err err
 	if recoverPanics {
 		defer func() {
 			if p := recover(); p != nil {
-				slog.Error("pgp: recovered from a panic while decrypting", "panic", fmt.Sprint(p))
-				res, err = nil, undecryptable("the PGP data crashed the parser", fmt.Errorf("panic: %v", p))
+				res, err = nil, undecryptable("the PGP data crashed the parser", fmt.Errorf("%w: %v", ErrParserPanic, p))
 			}
 		}()
 	}
@@ -156,6 +158,8 @@ func decryptEntity(raw []byte, gateway *Key, known KnownKeys, layer int) (*Decry
 		// RFC 3156 6.1: signed first, then encrypted as a whole.
 		if v, verr := VerifySigned(res.Inner, known); verr == nil && !res.Signed {
 			res.Signed, res.SignedBy, res.SignatureErr = true, v.SignedBy, v.SignatureErr
+		} else if errors.Is(verr, ErrParserPanic) && !res.Signed {
+			res.Signed, res.SignatureErr = true, "the signature crashed the parser"
 		}
 	case "multipart/encrypted":
 		// Encrypted again inside: show the innermost readable entity.
@@ -467,8 +471,7 @@ func VerifySigned(raw []byte, known KnownKeys) (res *Decrypted, err error) {
 	if recoverPanics {
 		defer func() {
 			if p := recover(); p != nil {
-				slog.Error("pgp: recovered from a panic while verifying", "panic", fmt.Sprint(p))
-				res, err = nil, fmt.Errorf("verify: the signature crashed the parser: %v", p)
+				res, err = nil, fmt.Errorf("verify: the signature crashed the parser: %w: %v", ErrParserPanic, p)
 			}
 		}()
 	}

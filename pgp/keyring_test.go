@@ -335,7 +335,7 @@ func TestLearnWKDStoresOnlyWhenNothingBetterIsKnown(t *testing.T) {
 func wkdServerFor(t *testing.T, addr string) (string, func()) {
 	t.Helper()
 	e := customer(t, addr, time.Now().Add(-time.Hour), 0)
-	srv := httptest.NewServer(WKDHandler(asKey(e), []string{addr}))
+	srv := httptest.NewServer(WKDHandler(asKey(e), []string{addr}, nil))
 	return srv.URL, srv.Close
 }
 

@@ -47,18 +47,22 @@ const wkdPrefix = "/.well-known/openpgpkey/"
 // path layout, so the same listener works behind example.com and openpgpkey.example.com):
 // `hu/<hash>` answers the binary public key carrying only the user IDs of that address, and
 // `policy` an empty policy file. Everything else is 404. Addresses the key has no user ID for
-// are not served (logged once here), since clients drop keys whose user IDs do not match.
-func WKDHandler(key *Key, addresses []string) http.Handler {
+// are not served (logged once here, to log; nil means slog.Default()), since clients drop keys
+// whose user IDs do not match.
+func WKDHandler(key *Key, addresses []string, log *slog.Logger) http.Handler {
+	if log == nil {
+		log = slog.Default()
+	}
 	h := &wkdHandler{keys: map[string]map[string][]byte{}}
 	for _, a := range addresses {
 		local, domain, err := splitAddr(strings.TrimSpace(a))
 		if err != nil {
-			slog.Warn("wkd: skipping address", "addr", a, "err", err)
+			log.Warn("wkd: skipping address", "addr", a, "err", err)
 			continue
 		}
 		pub, ok := key.publicFor(local + "@" + domain)
 		if !ok {
-			slog.Warn("wkd: the gateway key has no user ID for this address; not published", "addr", a, "fingerprint", key.Fingerprint())
+			log.Warn("wkd: the gateway key has no user ID for this address; not published", "addr", a, "fingerprint", key.Fingerprint())
 			continue
 		}
 		if h.keys[domain] == nil {

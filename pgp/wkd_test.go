@@ -43,7 +43,7 @@ func get(t *testing.T, h http.Handler, method, host, path string) *httptest.Resp
 func TestWKDHandler(t *testing.T) {
 	k := testGateway(t)
 	// sales@ has no user ID on the key: it must not be served.
-	h := WKDHandler(k, []string{"Support@Example.com", "billing@example.com", "sales@example.com"})
+	h := WKDHandler(k, []string{"Support@Example.com", "billing@example.com", "sales@example.com"}, nil)
 	support := WKDHash("support")
 
 	for _, c := range []struct {
@@ -116,7 +116,7 @@ func (p *pathLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func TestLookupWKDOverride(t *testing.T) {
 	k := testGateway(t)
-	logged := &pathLog{next: WKDHandler(k, []string{"support@example.com"})}
+	logged := &pathLog{next: WKDHandler(k, []string{"support@example.com"}, nil)}
 	srv := httptest.NewServer(logged)
 	defer srv.Close()
 	ctx := context.Background()
@@ -141,7 +141,7 @@ func TestLookupWKDOverride(t *testing.T) {
 
 func TestLookupWKDFallbackAndLimits(t *testing.T) {
 	k := testGateway(t)
-	wkd := WKDHandler(k, []string{"support@example.com", "billing@example.com"})
+	wkd := WKDHandler(k, []string{"support@example.com", "billing@example.com"}, nil)
 	mux := http.NewServeMux()
 	// Advanced layout missing: only the direct path answers.
 	mux.HandleFunc("/.well-known/openpgpkey/example.com/", http.NotFound)
@@ -189,7 +189,7 @@ func TestLookupWKDFallbackAndLimits(t *testing.T) {
 // HTTP is refused.
 func TestLookupWKDHTTPSOnly(t *testing.T) {
 	k := testGateway(t)
-	wkd := WKDHandler(k, []string{"support@example.com", "billing@example.com"})
+	wkd := WKDHandler(k, []string{"support@example.com", "billing@example.com"}, nil)
 	mux := http.NewServeMux()
 	mux.Handle("/.well-known/openpgpkey/hu/"+WKDHash("support"), wkd)
 	mux.HandleFunc("/.well-known/openpgpkey/hu/"+WKDHash("billing"), func(w http.ResponseWriter, r *http.Request) {

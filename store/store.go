@@ -5,6 +5,7 @@ package store
 
 import (
 	"archive/tar"
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -121,7 +122,47 @@ func derive(master []byte, label string) []byte {
 	return out
 }
 
-var keyCheckPlain = []byte("mailgate key check v1")
+// The key check record proves the key opens this file. Version 2 also carries the anchor (see
+// Tx.Anchor) after this prefix; version 1 files get one when the audit log first opens them.
+var (
+	keyCheckPlain   = []byte("mailgate key check v1")
+	keyCheckPlainV2 = []byte("mailgate key check v2\n")
+)
+
+var keyCheckKey = []byte("keycheck")
+
+// ErrNoKeyCheck means the file holds data but not the record that ties it to its key: someone
+// deleted it (perhaps to make the file pass as new), or the file is damaged.
+var ErrNoKeyCheck = errors.New("the database holds data but its sealed key check record (meta/keycheck) is missing: the file was tampered with or is damaged; restore it from a backup")
+
+// openKeyCheck returns the anchor carried by a sealed key check record; v2 is false for a
+// version 1 record, which carries none.
+func (db *DB) openKeyCheck(sealed []byte) (anchor []byte, v2 bool, err error) {
+	plain, err := db.data.open(sealed, ad(metaBucket, keyCheckKey, 0))
+	switch {
+	case err != nil:
+		return nil, false, ErrWrongKey
+	case bytes.Equal(plain, keyCheckPlain):
+		return nil, false, nil
+	case bytes.HasPrefix(plain, keyCheckPlainV2):
+		return plain[len(keyCheckPlainV2):], true, nil
+	}
+	return nil, false, ErrWrongKey
+}
+
+// hasData reports whether the file holds anything besides an empty meta bucket.
+func hasData(btx *bolt.Tx) bool {
+	found := false
+	btx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		if string(name) != metaBucket {
+			found = true
+		} else if k, _ := b.Cursor().First(); k != nil {
+			found = true
+		}
+		return nil
+	})
+	return found
+}
 
 // init checks the key against the file's key check and runs migrations.
 func (db *DB) init(readOnly bool) error {
@@ -130,17 +171,21 @@ func (db *DB) init(readOnly bool) error {
 	tail := segMark{seg: 1}
 	err := db.bolt.View(func(btx *bolt.Tx) error {
 		tx := &Tx{db: db, btx: btx}
-		check, err := tx.GetPlain(metaBucket, []byte("keycheck"))
+		check, err := tx.GetPlain(metaBucket, keyCheckKey)
 		if err != nil {
 			return err
 		}
 		if check == nil {
+			// Only a file with nothing in it is new: a file with data and no key check would
+			// otherwise be taken for new and get a fresh anchor, hiding what was removed.
+			if hasData(btx) {
+				return ErrNoKeyCheck
+			}
 			fresh = true
 			return nil
 		}
-		plain, err := db.data.open(check, ad(metaBucket, []byte("keycheck"), 0))
-		if err != nil || string(plain) != string(keyCheckPlain) {
-			return ErrWrongKey
+		if _, _, err := db.openKeyCheck(check); err != nil {
+			return err
 		}
 		v, _ := tx.GetPlain(metaBucket, []byte("schema"))
 		if v != nil {
@@ -172,9 +217,9 @@ func (db *DB) init(readOnly bool) error {
 		return nil
 	}
 	if fresh {
-		err := db.Update(func(tx *Tx) error {
-			return tx.PutPlain(metaBucket, []byte("keycheck"), db.data.seal(keyCheckPlain, ad(metaBucket, []byte("keycheck"), 0)))
-		})
+		// A new file starts with an empty anchor, so its users can tell "nothing recorded
+		// yet" from "the record of what was recorded is gone".
+		err := db.Update(func(tx *Tx) error { return tx.SetAnchor(nil) })
 		if err != nil {
 			return err
 		}
@@ -282,14 +327,22 @@ func (db *DB) Index(kind, value string) []byte {
 // MAC returns an HMAC-SHA256 over parts under a key derived for purpose; used for tokens that
 // the server must later recognise as its own (Message-IDs it minted, for example).
 func (db *DB) MAC(purpose string, parts ...[]byte) []byte {
-	m := hmac.New(sha256.New, derive(db.idxKey, "mac "+purpose))
-	for _, p := range parts {
-		var n [4]byte
-		binary.BigEndian.PutUint32(n[:], uint32(len(p)))
-		m.Write(n[:])
-		m.Write(p)
+	return db.MACFunc(purpose)(parts...)
+}
+
+// MACFunc is MAC with the key for purpose derived once, for callers on a hot path.
+func (db *DB) MACFunc(purpose string) func(parts ...[]byte) []byte {
+	key := derive(db.idxKey, "mac "+purpose)
+	return func(parts ...[]byte) []byte {
+		m := hmac.New(sha256.New, key)
+		for _, p := range parts {
+			var n [4]byte
+			binary.BigEndian.PutUint32(n[:], uint32(len(p)))
+			m.Write(n[:])
+			m.Write(p)
+		}
+		return m.Sum(nil)
 	}
-	return m.Sum(nil)
 }
 
 // Backup writes a consistent copy of the database and its segments to path while writers go

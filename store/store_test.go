@@ -353,3 +353,59 @@ func TestOnCommitReportsBatches(t *testing.T) {
 		t.Fatalf("commits reported %d calls, want 10", total)
 	}
 }
+
+// An attacker with write access to the file deletes the key check record so the file passes as
+// new (and its anchor starts over). The store must refuse, not re-initialise it.
+func TestDeletedKeyCheckRefused(t *testing.T) {
+	db, path := openTest(t)
+	if err := db.Update(func(tx *Tx) error { return tx.Put("tickets", []byte("1"), []byte("x")) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	bdb, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bdb.Update(func(btx *bolt.Tx) error { return btx.DeleteBucket([]byte(metaBucket)) }); err != nil {
+		t.Fatal(err)
+	}
+	bdb.Close()
+	_, err = Open(path, testKey(1), Options{})
+	if !errors.Is(err, ErrNoKeyCheck) {
+		t.Fatalf("open after the meta bucket was deleted: %v, want ErrNoKeyCheck", err)
+	}
+}
+
+func TestAnchor(t *testing.T) {
+	db, path := openTest(t)
+	var got []byte
+	var ok bool
+	db.View(func(tx *Tx) (err error) { got, ok, err = tx.Anchor(); return err })
+	if !ok || len(got) != 0 {
+		t.Fatalf("a new file's anchor: %q ok=%v, want empty and present", got, ok)
+	}
+	if err := db.Update(func(tx *Tx) error { return tx.SetAnchor([]byte("state 7")) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if _, err := Open(path, testKey(2), Options{}); !errors.Is(err, ErrWrongKey) {
+		t.Fatalf("wrong key with an anchored key check: %v", err)
+	}
+	db, err := Open(path, testKey(1), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.View(func(tx *Tx) (err error) { got, ok, err = tx.Anchor(); return err })
+	if !ok || string(got) != "state 7" {
+		t.Fatalf("anchor after reopen: %q ok=%v", got, ok)
+	}
+	// A file written before anchors existed has a version 1 key check: it opens, without one.
+	db.Update(func(tx *Tx) error {
+		return tx.PutPlain(metaBucket, keyCheckKey, db.data.seal(keyCheckPlain, ad(metaBucket, keyCheckKey, 0)))
+	})
+	db.View(func(tx *Tx) (err error) { got, ok, err = tx.Anchor(); return err })
+	if ok || got != nil {
+		t.Fatalf("version 1 key check: anchor %q ok=%v", got, ok)
+	}
+}

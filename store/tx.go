@@ -191,6 +191,29 @@ func (tx *Tx) Delete(bucket string, key []byte) error {
 	return b.Delete(key)
 }
 
+// Anchor returns the small value sealed into the file's key check record, the one record the
+// store cannot open without: it cannot be deleted without the file refusing to open, nor
+// forged or swapped for another file's without the key. The audit log keeps the state of its
+// chain there, so erasing or cutting the chain shows. ok is false for a file made before
+// anchors existed that has not been given one yet (SetAnchor does that).
+func (tx *Tx) Anchor() (anchor []byte, ok bool, err error) {
+	check, err := tx.GetPlain(metaBucket, keyCheckKey)
+	if err != nil {
+		return nil, false, err
+	}
+	if check == nil {
+		return nil, false, ErrNoKeyCheck
+	}
+	return tx.db.openKeyCheck(check)
+}
+
+// SetAnchor replaces the anchor (see Anchor). It rewrites the key check record, so it costs
+// one seal per call.
+func (tx *Tx) SetAnchor(anchor []byte) error {
+	plain := append(append(make([]byte, 0, len(keyCheckPlainV2)+len(anchor)), keyCheckPlainV2...), anchor...)
+	return tx.PutPlain(metaBucket, keyCheckKey, tx.db.data.seal(plain, ad(metaBucket, keyCheckKey, 0)))
+}
+
 // NextSeq returns the bucket's next sequence number, 1, 2, …; it rolls back with the tx.
 func (tx *Tx) NextSeq(bucket string) (uint64, error) {
 	b, err := tx.bucket(bucket, true)

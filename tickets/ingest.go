@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"regexp"
 	"strconv"
@@ -151,7 +150,7 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	if owed {
 		go func() {
 			if err := s.sendAutoAck(res.Ticket); err != nil {
-				slog.Warn("auto-acknowledgement failed", "ticket", res.Ticket, "err", err)
+				s.opts.Logger.Warn("auto-acknowledgement failed", "ticket", res.Ticket, "err", err)
 			}
 		}()
 	}

@@ -3,7 +3,6 @@ package tickets
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"strings"
 
@@ -202,7 +201,7 @@ func (s *Service) SendAutoAcks() {
 	})
 	for _, id := range ids {
 		if err := s.sendAutoAck(id); err != nil {
-			slog.Warn("auto-acknowledgement failed", "ticket", id, "err", err)
+			s.opts.Logger.Warn("auto-acknowledgement failed", "ticket", id, "err", err)
 		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -219,7 +218,7 @@ func (s *Service) kickIndexer() {
 			time.Sleep(indexDelay)
 			pc.again.Store(false)
 			if err := s.indexPending(); err != nil && s.db.Writable() == nil { // a closed store is no news
-				slog.Warn("search index: indexing new messages failed; the next search retries", "err", err)
+				s.opts.Logger.Warn("search index: indexing new messages failed; the next search retries", "err", err)
 			}
 			pc.running.Store(false)
 			if !pc.again.Load() || !pc.running.CompareAndSwap(false, true) {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"strconv"
 	"strings"
@@ -131,6 +132,9 @@ type Options struct {
 	// Notify runs after a commit that added a message to queue (IMAP IDLE, metrics).
 	Notify func(queue string)
 	Now    func() time.Time
+	// Logger receives what goes wrong in the background (auto-acknowledgements); nil means
+	// slog.Default().
+	Logger *slog.Logger
 	// IDFile, when set, records outside the database the highest ticket id that may have been
 	// handed out, so a restored database never reuses one (see CheckIDs).
 	IDFile string
@@ -149,6 +153,9 @@ type Service struct {
 func New(db *store.DB, log *audit.Log, opts Options) *Service {
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
 	}
 	skeys := map[string][]byte{}
 	for _, q := range opts.Queues {

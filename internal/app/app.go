@@ -153,6 +153,7 @@ func Open(cfg *config.Config, opts Options) (*App, error) {
 	}
 	topts := tickets.Options{
 		Hostname: cfg.Hostname,
+		Logger:   a.Log,
 		Queues:   queues,
 		// outbound needs the ticket service and the ticket service asks outbound; the
 		// closure reads a.Outbound once both exist.
@@ -191,6 +192,9 @@ func (a *App) decrypt(raw []byte) (*tickets.Decrypted, error) {
 	res, err := pgp.Decrypt(raw, a.Gateway, a.Keyring.KnownFor(headerFrom(raw)))
 	if errors.Is(err, pgp.ErrNotEncrypted) {
 		return nil, nil
+	}
+	if errors.Is(err, pgp.ErrParserPanic) {
+		a.Log.Error("pgp: recovered from a panic while decrypting", "err", err)
 	}
 	if err != nil {
 		return nil, err

@@ -99,8 +99,35 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	defer a.Close()
+	if err := checkAudit(a, log); err != nil {
+		return err
+	}
 	d := &daemon{app: a, cfg: cfg, log: log, opts: o, level: levelVar, dev: dev}
 	return d.run(ctx)
+}
+
+// checkAudit checks the audit chain before the daemon appends to it: its end always (the
+// authenticated head and the sealed state, which show erasure, a cut tail and rolled-back
+// audit buckets; and the [audit] file mirror's tail, which shows the whole file rolled back),
+// the whole chain with [audit] verify_at_start. On a mismatch serve refuses to start: running
+// on would bury the evidence under new events.
+func checkAudit(a *App, log *slog.Logger) error {
+	check, how := a.Audit.CheckHead, "head"
+	if a.Cfg.Audit.VerifyAtStart {
+		check, how = a.Audit.Verify, "full"
+	}
+	n, err := check()
+	ce, broken := audit.IsChainError(err)
+	switch {
+	case broken && ce.Mirror:
+		return fmt.Errorf("not started: the audit log in the database does not match the [audit] file mirror: %v. If the database was not restored from a backup on purpose, it was rolled back or replaced. After a deliberate restore, move the mirror file aside (keep it as a record) and start again (README: Backup and restore)", err)
+	case broken:
+		return fmt.Errorf("not started: the audit log fails its check at start: %v. Run `mailgate audit verify` for details, and restore the database from a backup taken before the damage (README: Backup and restore)", err)
+	case err != nil:
+		return fmt.Errorf("audit check at start: %w", err)
+	}
+	log.Info("audit chain checked", "check", how, "events", n)
+	return nil
 }
 
 // applyListen applies the -listen-* overrides.
@@ -449,7 +476,7 @@ func (d *daemon) start() error {
 			for _, q := range cfg.Queues {
 				addrs = append(addrs, q.Address)
 			}
-			wo.WKD = pgp.WKDHandler(a.Gateway, addrs)
+			wo.WKD = pgp.WKDHandler(a.Gateway, addrs, d.log)
 		}
 		d.web, err = web.New(wo)
 		if err != nil {

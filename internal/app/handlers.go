@@ -620,6 +620,15 @@ func pgpExportPublic(_ context.Context, a *App, _ json.RawMessage) (result, erro
 
 func auditVerify(_ context.Context, a *App, _ json.RawMessage) (result, error) {
 	n, err := a.Audit.Verify()
+	if ce, ok := audit.IsChainError(err); ok && ce.Mirror {
+		return result{
+			data:   map[string]any{"ok": false, "events": n, "bad_seq": ce.Seq, "reason": ce.Reason, "mirror": true},
+			text:   fmt.Sprintf("audit chain in the database intact up to %d events, but it does not match the mirror at seq %d: %s\n", n, ce.Seq, ce.Reason),
+			exit:   1,
+			object: "audit",
+			detail: fmt.Sprintf("bad_seq=%d mirror=true", ce.Seq),
+		}, nil
+	}
 	if ce, ok := audit.IsChainError(err); ok {
 		return result{
 			data:   map[string]any{"ok": false, "events": n, "bad_seq": ce.Seq, "reason": ce.Reason},
