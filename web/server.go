@@ -63,6 +63,7 @@ type Server struct {
 	preKey   []byte // MAC key binding the login forms' CSRF token to the pre-session cookie
 	mu       sync.Mutex
 	servers  []*http.Server
+	stopped  bool // Shutdown ran: a later Serve returns at once instead of serving forever
 	verified verifyCache
 	viewers  viewTracker
 	prefs    prefCache
@@ -233,6 +234,13 @@ func (s *Server) Serve(l net.Listener) error {
 		mu.Unlock()
 	})
 	s.mu.Lock()
+	if s.stopped {
+		// A SIGTERM between start-up and this point: Shutdown has already walked the list,
+		// so serving now would never be stopped.
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
 	s.servers = append(s.servers, srv)
 	s.mu.Unlock()
 	s.log.Info("web listening", "addr", l.Addr().String(), "tls", web.TLSCert != "", "max_conns", s.conns.Limits().Total)
@@ -253,6 +261,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	servers := s.servers
 	s.servers = nil
+	s.stopped = true
 	s.mu.Unlock()
 	var errs []error
 	for _, srv := range servers {
