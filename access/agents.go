@@ -519,8 +519,8 @@ func (s *Service) ChangePassword(by Actor, oldPassword, newPassword string) erro
 	const action = "password.change"
 	name := by.Name
 	now := s.now()
-	akey, ikey := accountKey(name), ipKey(by.Remote)
-	if err := s.throttled(akey, ikey, action, name, by.Remote, now); err != nil {
+	keys := webKeys(name, by.Remote)
+	if err := s.throttled(keys, action, name, by.Remote, now); err != nil {
 		return err
 	}
 	fail := func(err error) error {
@@ -542,7 +542,7 @@ func (s *Service) ChangePassword(by Actor, oldPassword, newPassword string) erro
 		return fail(ErrForbidden)
 	}
 	if ok, _ := s.verifyPassword(r.Password, oldPassword); !ok {
-		s.loginFailed(akey, ikey, by, action, name, "wrong old password")
+		s.loginFailed(keys, by, action, name, "wrong old password")
 		return fmt.Errorf("change password: the old password is wrong: %w", ErrBadLogin)
 	}
 	hash := s.hashPassword(newPassword)
