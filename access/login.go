@@ -176,37 +176,8 @@ func (s *Service) CheckCode(p *Pending, code, remote string) (*Agent, error) {
 			bad, detail = ErrDisabled, "account disabled"
 			return nil
 		}
-		if c, isTOTP := totpCode(code); isTOTP {
-			step, ok, replay, err := checkTOTP(r.TOTPSecret, c, now, r.TOTPLast)
-			switch {
-			case err != nil:
-				return err
-			case replay:
-				bad, detail = ErrBadLogin, "TOTP code already used"
-				return nil
-			case !ok:
-				bad, detail = ErrBadLogin, "wrong TOTP code"
-				return nil
-			}
-			r.TOTPLast, r.TOTPConfirmed = step, true
-			detail = "TOTP"
-		} else {
-			c := normalizeCode(code)
-			i := -1
-			if len(c) == recoveryCodeLength {
-				h := s.codeMAC("recovery", name, c)
-				for j, stored := range r.Recovery {
-					if equalHex(stored, h) {
-						i = j
-					}
-				}
-			}
-			if i < 0 {
-				bad, detail = ErrBadLogin, "wrong recovery code"
-				return nil
-			}
-			r.Recovery = slices.Delete(r.Recovery, i, i+1)
-			detail = fmt.Sprintf("recovery code; %d left", len(r.Recovery))
+		if detail, bad, err = s.secondFactor(r, code, now); err != nil || bad != nil {
+			return err
 		}
 		if err := putRecord(tx, r); err != nil {
 			return err
@@ -240,6 +211,41 @@ func (s *Service) CheckCode(p *Pending, code, remote string) (*Agent, error) {
 	s.mu.Unlock()
 	s.loginFailed(keys, by, action, name, detail)
 	return nil, bad
+}
+
+// secondFactor checks a TOTP code (each works once: the last accepted time step is kept in r)
+// or a recovery code (single use: it is taken out of r) against r, which the caller stores.
+// bad is ErrBadLogin for a wrong, reused or malformed code; detail says which for the audit.
+// err is a broken stored secret, not the caller's fault.
+func (s *Service) secondFactor(r *record, code string, now time.Time) (detail string, bad, err error) {
+	if c, isTOTP := totpCode(code); isTOTP {
+		step, ok, replay, err := checkTOTP(r.TOTPSecret, c, now, r.TOTPLast)
+		switch {
+		case err != nil:
+			return "", nil, err
+		case replay:
+			return "TOTP code already used", ErrBadLogin, nil
+		case !ok:
+			return "wrong TOTP code", ErrBadLogin, nil
+		}
+		r.TOTPLast, r.TOTPConfirmed = step, true
+		return "TOTP", nil, nil
+	}
+	c := normalizeCode(code)
+	i := -1
+	if len(c) == recoveryCodeLength {
+		h := s.codeMAC("recovery", r.Name, c)
+		for j, stored := range r.Recovery {
+			if equalHex(stored, h) {
+				i = j
+			}
+		}
+	}
+	if i < 0 {
+		return "wrong recovery code", ErrBadLogin, nil
+	}
+	r.Recovery = slices.Delete(r.Recovery, i, i+1)
+	return fmt.Sprintf("recovery code; %d left", len(r.Recovery)), nil, nil
 }
 
 func (s *Service) dropPending(tok string) {
@@ -287,6 +293,10 @@ func (s *Service) CheckAppPassword(name, password, remote string) (*Agent, error
 		s.appendEvents(event(by, action, name, audit.Denied, "account disabled"))
 		return nil, ErrDisabled
 	}
+	if r.Role == RoleAuditor { // one made before auditors lost them, or before a role change
+		s.appendEvents(event(by, action, name, audit.Denied, "auditors have no app passwords"))
+		return nil, ErrBadLogin
+	}
 	var out *Agent
 	err := s.db.Batch(func(tx *store.Tx) error {
 		out = nil
@@ -295,7 +305,7 @@ func (s *Service) CheckAppPassword(name, password, remote string) (*Agent, error
 			return err
 		}
 		i := -1
-		if cur != nil && !cur.Disabled {
+		if cur != nil && !cur.Disabled && cur.Role != RoleAuditor {
 			i = slices.IndexFunc(cur.Apps, func(a appRecord) bool { return a.ID == id })
 		}
 		if i < 0 {
