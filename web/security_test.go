@@ -3,9 +3,11 @@ package web
 import (
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"mailgate/access"
 	"mailgate/audit"
@@ -62,5 +64,136 @@ func TestLoginLockoutIsNotDenialOfService(t *testing.T) {
 	}
 	if !ceiling {
 		t.Error("no lockout event for the per-account ceiling")
+	}
+}
+
+// reauth adds name's password and a fresh TOTP code (the clock moves on a step, as each code
+// works once) to a form that needs step-up re-authentication.
+func (e *env) reauth(name string, f url.Values) url.Values {
+	e.clk.Add(30 * time.Second)
+	f.Set("reauth_password", e.pw[name])
+	f.Set("reauth_code", e.code(name))
+	return f
+}
+
+// Issue 11.7: minting app passwords and recovery codes, resetting MFA and exporting the audit
+// log need the password and a code again; a session alone (a stolen cookie, an unlocked
+// screen) is refused, audited and throttled.
+func TestStepUpRequired(t *testing.T) {
+	e := newEnv(t)
+	e.ingest(mail{from: "carol@customer.example", subject: "Order late", verified: true})
+	alice := e.loggedIn("alice", access.RoleAgent, "support")
+	root := e.loggedIn("root", access.RoleAdmin)
+	eve := e.loggedIn("eve", access.RoleAuditor)
+	e.addAgent("carl", access.RoleAgent, "support")
+
+	type action struct {
+		name   string
+		c      *client
+		who    string
+		path   string
+		form   func() url.Values
+		worked func(w *httptest.ResponseRecorder) bool
+	}
+	actions := []action{
+		{"recovery codes", alice, "alice", "/account", func() url.Values { return url.Values{"action": {"recovery"}} },
+			func(w *httptest.ResponseRecorder) bool {
+				return strings.Contains(w.Body.String(), `id="recovery-codes"`)
+			}},
+		{"app password", alice, "alice", "/account", func() url.Values { return url.Values{"action": {"app-new"}, "label": {"phone"}} },
+			func(w *httptest.ResponseRecorder) bool { return strings.Contains(w.Body.String(), `id="app-password"`) }},
+		{"MFA reset", root, "root", "/admin/agents", func() url.Values { return url.Values{"action": {"reset-mfa"}, "name": {"carl"}} },
+			func(w *httptest.ResponseRecorder) bool { return strings.Contains(w.Body.String(), "otpauth://") }},
+		{"audit export (auditor)", eve, "eve", "/audit/export", func() url.Values { return url.Values{} },
+			func(w *httptest.ResponseRecorder) bool {
+				return strings.Contains(w.Body.String(), `"action":"mail.receive"`)
+			}},
+		{"audit export (admin)", root, "root", "/audit/export", func() url.Values { return url.Values{"since": {"2026-01-01"}} },
+			func(w *httptest.ResponseRecorder) bool {
+				return strings.Contains(w.Body.String(), `"action":"mail.receive"`)
+			}},
+	}
+	for i, a := range actions {
+		// Each action from its own address, so its three refusals stay under the throttle.
+		a.c.remote = fmt.Sprintf("127.0.2.%d:1", i+1)
+		e.clk.Add(30 * time.Second)
+		for _, bad := range []struct{ why, pw, code string }{
+			{"no password or code", "", ""},
+			{"wrong password", "not the password", e.code(a.who)},
+			{"wrong code", e.pw[a.who], "000000"},
+		} {
+			f := a.form()
+			if bad.pw != "" || bad.code != "" {
+				f.Set("reauth_password", bad.pw)
+				f.Set("reauth_code", bad.code)
+			}
+			f.Set("csrf", a.c.csrf("/account"))
+			w := a.c.post(a.path, f)
+			if w.Code != http.StatusForbidden || a.worked(w) {
+				t.Fatalf("%s with %s: %d, want 403 and nothing done\n%s", a.name, bad.why, w.Code, w.Body.String())
+			}
+			mustContain(t, a.name, w.Body.String(), "password or code is wrong")
+		}
+		f := e.reauth(a.who, a.form())
+		f.Set("csrf", a.c.csrf("/account"))
+		w := a.c.post(a.path, f)
+		if w.Code != http.StatusOK || !a.worked(w) {
+			t.Fatalf("%s with password and code: %d\n%s", a.name, w.Code, w.Body.String())
+		}
+	}
+	if n := len(e.events(audit.Filter{Action: "stepup", Result: audit.Failed})); n != 3*len(actions) {
+		t.Errorf("%d failed step-ups audited, want %d", n, 3*len(actions))
+	}
+	if n := len(e.events(audit.Filter{Action: "stepup", Result: audit.OK})); n != len(actions) {
+		t.Errorf("%d step-ups audited, want %d", n, len(actions))
+	}
+	if n := len(e.events(audit.Filter{Action: "audit.export", Result: audit.OK})); n != 2 {
+		t.Errorf("%d audit exports audited, want 2", n)
+	}
+	// Only what needed it was done: carl's MFA was reset once, alice has one app password.
+	if n := len(e.events(audit.Filter{Action: "mfa.reset", Result: audit.OK})); n != 1 {
+		t.Errorf("%d MFA resets, want 1", n)
+	}
+	if a, _ := e.acc.Get("alice"); len(a.AppPasswords) != 1 {
+		t.Errorf("alice has %d app passwords, want 1", len(a.AppPasswords))
+	}
+
+	// Failed step-ups count toward the login throttle: two more failures (five in all at this
+	// address) lock it, and then even the right password and code wait.
+	alice.remote = "127.0.2.1:1"
+	for range 3 {
+		alice.post("/account", url.Values{"action": {"recovery"}, "reauth_password": {"guess"}, "reauth_code": {"123456"}})
+	}
+	// (The lock is 1 s: the right code is taken at the same instant, not a step later.)
+	right := url.Values{"action": {"recovery"}, "reauth_password": {e.pw["alice"]}, "reauth_code": {e.code("alice")}}
+	if w := alice.post("/account", right); w.Code != http.StatusTooManyRequests {
+		t.Fatalf("step-up after 6 failures: %d, want 429", w.Code)
+	}
+	if !e.hasEvent(audit.Filter{Action: "login.lockout", Actor: "alice"}) {
+		t.Error("no lockout event for failed step-ups")
+	}
+	// The agent refused an export is audited as denied.
+	if w := alice.post("/audit/export", e.reauth("alice", url.Values{"csrf": {alice.csrf("/account")}})); w.Code != http.StatusForbidden {
+		t.Errorf("agent's audit export: %d", w.Code)
+	}
+	if !e.hasEvent(audit.Filter{Action: "audit.export", Actor: "alice", Result: audit.Denied}) {
+		t.Error("refused audit export not audited")
+	}
+}
+
+// Issue 11.7: auditors get no app passwords; the page offers none and a forged form is refused.
+func TestAuditorNoAppPasswordOnWeb(t *testing.T) {
+	e := newEnv(t)
+	eve := e.loggedIn("eve", access.RoleAuditor)
+	mustNotContain(t, "auditor's account page", eve.get("/account").Body.String(), `value="app-new"`)
+	w := eve.post("/account", e.reauth("eve", url.Values{"action": {"app-new"}, "label": {"phone"}}))
+	if w.Code != http.StatusForbidden || strings.Contains(w.Body.String(), `id="app-password"`) {
+		t.Fatalf("auditor's app password: %d\n%s", w.Code, w.Body.String())
+	}
+	if a, _ := e.acc.Get("eve"); len(a.AppPasswords) != 0 {
+		t.Fatal("the auditor got an app password")
+	}
+	if !e.hasEvent(audit.Filter{Action: "apppassword.new", Actor: "eve", Result: audit.Denied}) {
+		t.Error("refusal not audited")
 	}
 }

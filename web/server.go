@@ -137,6 +137,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /admin/agents", s.authed(s.adminPage))
 	mux.HandleFunc("POST /admin/agents", s.checkOrigin(s.authed(s.adminPost)))
 	mux.HandleFunc("GET /audit", s.authed(s.auditPage))
+	mux.HandleFunc("POST /audit/export", s.checkOrigin(s.authed(s.auditExport)))
 	mux.HandleFunc("/", s.notFound)
 	return s.observe(secure(mux))
 }
