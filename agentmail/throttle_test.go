@@ -9,6 +9,9 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"mailgate/access"
+	"mailgate/audit"
 )
 
 // dialFrom connects to addr from the loopback address src, so throttling by address can be
@@ -68,5 +71,48 @@ func TestAppLoginLockoutIsNotDenialOfService(t *testing.T) {
 	err := imapFrom(t, e, attacker).Login("alice", e.users["alice"]).Wait()
 	if imapCode(err) != imap.ResponseCodeUnavailable || !strings.Contains(err.Error(), "too many failed logins") {
 		t.Fatalf("attacker's address after alice's login: %v, want still locked", err)
+	}
+}
+
+// Issue 11.8: IMAP refusals are audited: STATUS of another queue's mailbox, and a session that
+// outlives the agent's queue membership or account.
+func TestIMAPRefusalsAudited(t *testing.T) {
+	e := newEnv(t)
+	denied := func(action, object string) bool {
+		for _, ev := range e.events(action) {
+			if ev.Actor == "alice" && ev.Result == audit.Denied && ev.Object == object {
+				return true
+			}
+		}
+		return false
+	}
+	c := e.imapClient("alice", nil)
+	if _, err := c.Status("billing", &imap.StatusOptions{NumMessages: true}).Wait(); imapCode(err) != imap.ResponseCodeNonExistent {
+		t.Fatalf("STATUS billing: %v, want NONEXISTENT", err)
+	}
+	if !denied("imap.status", "mailbox/billing") {
+		t.Fatal("no denied imap.status event")
+	}
+	if _, err := c.Select("support", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.acc.SetQueues(access.Ctl, "alice", []string{"billing"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Search(&imap.SearchCriteria{}, nil).Wait(); err == nil {
+		t.Fatal("SEARCH after losing the queue succeeded")
+	}
+	if !denied("imap.session", "queue/support") {
+		t.Fatal("no denied event for the lost queue")
+	}
+	c2 := e.imapClient("alice", nil)
+	if err := e.acc.Disable(access.Ctl, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.List("", "*", nil).Collect(); err == nil {
+		t.Fatal("LIST after the account was disabled succeeded")
+	}
+	if !denied("imap.session", "agent/alice") {
+		t.Fatal("no denied event for the disabled account")
 	}
 }

@@ -197,3 +197,85 @@ func TestAuditorNoAppPasswordOnWeb(t *testing.T) {
 		t.Error("refusal not audited")
 	}
 }
+
+// Issue 11.8: every refusal on the web page is in the audit log as denied: cross-queue link and
+// assign (which used to leave no trace), other queues' tickets and attachments, roles.
+func TestEveryWebRefusalIsAudited(t *testing.T) {
+	e := newEnv(t)
+	billing := e.ingest(mail{queue: "billing", from: "dan@customer.example", subject: "Invoice", verified: true,
+		attach: []attachment{{"invoice.pdf", "application/pdf", "%PDF-1.4"}}})
+	support := e.ingest(mail{from: "carol@customer.example", subject: "Order late", verified: true})
+	e.addAgent("bob", access.RoleAgent, "billing")
+	alice := e.loggedIn("alice", access.RoleAgent, "support")
+	root := e.loggedIn("root", access.RoleAdmin)
+	eve := e.loggedIn("eve", access.RoleAuditor)
+	s, b := fmt.Sprint(support), fmt.Sprint(billing)
+
+	for _, tc := range []struct {
+		name   string
+		c      *client
+		actor  string
+		action string
+		object string
+		status int
+		do     func(c *client) *httptest.ResponseRecorder
+	}{
+		{"link to another queue's ticket", alice, "alice", "ticket.link", "ticket/" + s, http.StatusBadRequest, func(c *client) *httptest.ResponseRecorder {
+			return c.post("/tickets/"+s, url.Values{"action": {"link"}, "other": {b}, "csrf": {c.csrf("/tickets")}})
+		}},
+		{"link to a missing ticket", alice, "alice", "ticket.link", "ticket/" + s, http.StatusBadRequest, func(c *client) *httptest.ResponseRecorder {
+			return c.post("/tickets/"+s, url.Values{"action": {"link"}, "other": {"999"}, "csrf": {c.csrf("/tickets")}})
+		}},
+		{"assign to an agent of another queue", alice, "alice", "ticket.assign", "ticket/" + s, http.StatusBadRequest, func(c *client) *httptest.ResponseRecorder {
+			return c.post("/tickets/"+s, url.Values{"action": {"assign"}, "assignee": {"bob"}, "csrf": {c.csrf("/tickets")}})
+		}},
+		{"admin assigns to an agent of another queue", root, "root", "ticket.assign", "ticket/" + s, http.StatusBadRequest, func(c *client) *httptest.ResponseRecorder {
+			return c.post("/tickets/"+s, url.Values{"action": {"assign"}, "assignee": {"bob"}, "csrf": {c.csrf("/tickets")}})
+		}},
+		{"status in another queue", alice, "alice", "ticket.status", "ticket/" + b, http.StatusNotFound, func(c *client) *httptest.ResponseRecorder {
+			return c.post("/tickets/"+b, url.Values{"action": {"status"}, "status": {"closed"}, "csrf": {c.csrf("/tickets")}})
+		}},
+		{"note in another queue", alice, "alice", "ticket.note", "ticket/" + b, http.StatusNotFound, func(c *client) *httptest.ResponseRecorder {
+			return c.post("/tickets/"+b, url.Values{"action": {"note"}, "body": {"x"}, "csrf": {c.csrf("/tickets")}})
+		}},
+		{"reply in another queue", alice, "alice", "ticket.reply", "ticket/" + b, http.StatusNotFound, func(c *client) *httptest.ResponseRecorder {
+			return c.post("/tickets/"+b, url.Values{"action": {"reply"}, "body": {"x"}, "csrf": {c.csrf("/tickets")}})
+		}},
+		{"assign in another queue", alice, "alice", "ticket.assign", "ticket/" + b, http.StatusNotFound, func(c *client) *httptest.ResponseRecorder {
+			return c.post("/tickets/"+b, url.Values{"action": {"assign"}, "assignee": {""}, "csrf": {c.csrf("/tickets")}})
+		}},
+		{"link in another queue", alice, "alice", "ticket.link", "ticket/" + b, http.StatusNotFound, func(c *client) *httptest.ResponseRecorder {
+			return c.post("/tickets/"+b, url.Values{"action": {"link"}, "other": {s}, "csrf": {c.csrf("/tickets")}})
+		}},
+		{"attachment in another queue", alice, "alice", "attachment.download", "ticket/" + b, http.StatusNotFound, func(c *client) *httptest.ResponseRecorder {
+			return c.get("/tickets/" + b + "/messages/1/attachments/0")
+		}},
+		{"missing attachment", alice, "alice", "attachment.download", "ticket/" + s, http.StatusNotFound, func(c *client) *httptest.ResponseRecorder {
+			return c.get("/tickets/" + s + "/messages/1/attachments/3")
+		}},
+		{"auditor changes a ticket", eve, "eve", "ticket.status", "/tickets/" + s, http.StatusForbidden, func(c *client) *httptest.ResponseRecorder {
+			return c.post("/tickets/"+s, url.Values{"action": {"status"}, "status": {"closed"}, "csrf": {c.csrf("/account")}})
+		}},
+		{"agent on the admin page", alice, "alice", "admin.view", "/admin/agents", http.StatusForbidden, func(c *client) *httptest.ResponseRecorder {
+			return c.post("/admin/agents", url.Values{"action": {"disable"}, "name": {"root"}, "csrf": {c.csrf("/tickets")}})
+		}},
+		{"agent reads the audit log", alice, "alice", "audit.view", "/audit", http.StatusForbidden, func(c *client) *httptest.ResponseRecorder {
+			return c.get("/audit")
+		}},
+	} {
+		before := len(e.events(audit.Filter{Result: audit.Denied, Limit: 1000}))
+		if w := tc.do(tc.c); w.Code != tc.status {
+			t.Fatalf("%s: %d, want %d\n%s", tc.name, w.Code, tc.status, w.Body.String())
+		}
+		after := e.events(audit.Filter{Result: audit.Denied, Limit: 1000})
+		if len(after) != before+1 {
+			t.Fatalf("%s: %d new denied events, want 1", tc.name, len(after)-before)
+		}
+		if ev := after[0]; ev.Actor != tc.actor || ev.Action != tc.action || ev.Object != tc.object || ev.Remote != tc.c.remote {
+			t.Errorf("%s: denied event %+v", tc.name, ev)
+		}
+	}
+	if tk, _, err := e.tk.Get(access.Ctl, support); err != nil || len(tk.Links) != 0 || tk.Assignee != "" {
+		t.Errorf("a refused action changed the ticket: %+v %v", tk, err)
+	}
+}
