@@ -116,3 +116,27 @@ func TestIMAPRefusalsAudited(t *testing.T) {
 		t.Fatal("no denied event for the disabled account")
 	}
 }
+
+// Issue 11.8: a submission login that asks to act as someone else is refused and audited.
+func TestSubmissionAuthorizationIdentityAudited(t *testing.T) {
+	e := newEnv(t)
+	c, err := smtp.Dial(e.subAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("client.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Auth(sasl.NewPlainClient("bob", "alice", e.users["alice"]))
+	if smtpCode(err) != 535 || !strings.Contains(err.Error(), "authorization identity") {
+		t.Fatalf("AUTH as alice for bob: %v, want 535", err)
+	}
+	var denied bool
+	for _, ev := range e.events("login.app") {
+		denied = denied || (ev.Actor == "alice" && ev.Result == audit.Denied && strings.Contains(ev.Detail, `"bob"`))
+	}
+	if !denied {
+		t.Fatal("no denied login.app event")
+	}
+}
