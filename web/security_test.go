@@ -1,13 +1,18 @@
 package web
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/chromedp"
 
 	"mailgate/access"
 	"mailgate/audit"
@@ -277,5 +282,55 @@ func TestEveryWebRefusalIsAudited(t *testing.T) {
 	}
 	if tk, _, err := e.tk.Get(access.Ctl, support); err != nil || len(tk.Links) != 0 || tk.Assignee != "" {
 		t.Errorf("a refused action changed the ticket: %+v %v", tk, err)
+	}
+}
+
+// Issue 11.7 in a real browser: the app password form asks for the password and a code; a
+// wrong code is refused with a message, the right pair shows the new password once.
+func TestBrowserStepUp(t *testing.T) {
+	e := newEnv(t)
+	e.addAgent("alice", access.RoleAgent, "support")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go e.srv.Serve(l)
+	t.Cleanup(func() { e.srv.Shutdown(context.Background()) })
+	base := "http://" + l.Addr().String()
+	ctx := browser(t)
+
+	submit(t, ctx, "open login", chromedp.Navigate(base+"/login"))
+	submit(t, ctx, "password step",
+		chromedp.SendKeys(chromedp.ID("username"), "alice"),
+		chromedp.SendKeys(chromedp.ID("password"), e.pw["alice"]),
+		chromedp.Submit(chromedp.ID("login")))
+	resp := submit(t, ctx, "code step",
+		chromedp.SendKeys(chromedp.ID("code"), e.code("alice")),
+		chromedp.Submit(chromedp.ID("code-form")))
+	if !strings.HasSuffix(resp.URL, "/tickets") {
+		t.Fatalf("login: %d %s", resp.Status, resp.URL)
+	}
+	const form = `form:has(button[value="app-new"]) `
+	fill := func(code string) *network.Response {
+		submit(t, ctx, "account page", chromedp.Navigate(base+"/account"))
+		return submit(t, ctx, "create app password",
+			chromedp.SendKeys(chromedp.CSS(form+`input[name="label"]`), "thunderbird"),
+			chromedp.SendKeys(chromedp.CSS(form+`input[name="reauth_password"]`), e.pw["alice"]),
+			chromedp.SendKeys(chromedp.CSS(form+`input[name="reauth_code"]`), code),
+			chromedp.Click(chromedp.CSS(form+`button[value="app-new"]`)))
+	}
+	e.clk.Add(30 * time.Second)
+	if resp := fill("000000"); resp.Status != http.StatusForbidden || !strings.Contains(bodyText(t, ctx), "password or code is wrong") {
+		t.Fatalf("wrong code: %d\n%s", resp.Status, bodyText(t, ctx))
+	}
+	if a, _ := e.acc.Get("alice"); len(a.AppPasswords) != 0 {
+		t.Fatal("an app password was made with a wrong code")
+	}
+	if resp := fill(e.code("alice")); resp.Status != http.StatusOK {
+		t.Fatalf("right password and code: %d\n%s", resp.Status, bodyText(t, ctx))
+	}
+	pw := step(t, ctx, "new app password", chromedp.Text(chromedp.CSS("#app-password code.big")))
+	if _, err := e.acc.CheckAppPassword("alice", pw, "127.0.0.1:1"); err != nil {
+		t.Fatalf("the app password shown does not work: %v", err)
 	}
 }
