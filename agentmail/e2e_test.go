@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"testing"
 
 	"mailgate/audit"
+	"mailgate/tickets"
 )
 
 const python = "/usr/bin/python3" // Debian's Python (the brief: not the first python3 on PATH)
@@ -151,4 +153,52 @@ func TestImaplibEndToEnd(t *testing.T) {
 func jsonText(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// pyFetchAll logs in with imaplib and prints every message of mailbox support as JSON.
+const pyFetchAll = `
+import imaplib, json, sys
+c = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]), timeout=30)
+c.login(sys.argv[3], sys.argv[4])
+c.select("support", readonly=True)
+typ, data = c.uid("FETCH", "1:*", "(BODY.PEEK[])")
+print(json.dumps([d[1].decode("utf-8", "replace") for d in data if isinstance(d, tuple)]))
+c.logout()
+`
+
+// TestImaplibSeesNoStolenIDsOrBidiNames: through imaplib, a message whose Message-ID an
+// earlier one holds carries its own view id (a reply to it reaches its own ticket, issue
+// 11.2), and a name with a bidi override arrives neutralised (issue 11.5).
+func TestImaplibSeesNoStolenIDsOrBidiNames(t *testing.T) {
+	e := newEnv(t)
+	first := e.ingest("support", customer, "Order late", "o1@example.net", "Hello, my order is late.\r\n")
+	stolen := e.ingest("support", customer2, "Invoice update", "o1@example.net", "Pay to this account.\r\n")
+	raw := customerMail(customer, "support@example.com", "invoice", "bidi@example.net",
+		"--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--B\r\nContent-Type: application/octet-stream\r\n"+
+			"Content-Disposition: attachment; filename*=UTF-8''invoice%E2%80%AEfdp.exe\r\n\r\nMZ\r\n--B--\r\n",
+		"MIME-Version: 1.0", "Content-Type: multipart/mixed; boundary=B")
+	if _, err := e.tk.Ingest(tickets.Incoming{Queue: "support", Raw: raw, Via: "smtp"}); err != nil {
+		t.Fatal(err)
+	}
+	if first == stolen {
+		t.Fatalf("the second message joined ticket %d", first)
+	}
+	host, port, _ := net.SplitHostPort(e.imapAddr)
+	out, err := exec.Command(tool(t, python), "-c", pyFetchAll, host, port, "alice", e.users["alice"]).CombinedOutput()
+	if err != nil {
+		t.Fatalf("imaplib: %v\n%s", err, out)
+	}
+	var bodies []string
+	if err := json.Unmarshal(out, &bodies); err != nil || len(bodies) != 3 {
+		t.Fatalf("imaplib output %q: %v", out, err)
+	}
+	if !strings.Contains(bodies[0], "Message-ID: <o1@example.net>") {
+		t.Errorf("the holder of the id lost it:\n%s", bodies[0])
+	}
+	if strings.Contains(bodies[1], "<o1@example.net>") || !strings.Contains(bodies[1], fmt.Sprintf("Message-ID: <mailgate-view.%d.1@%s>", stolen, testHost)) {
+		t.Errorf("the message reusing the id:\n%s", bodies[1])
+	}
+	if strings.Contains(bodies[2], "\u202e") || strings.Contains(bodies[2], "%E2%80%AE") || !strings.Contains(bodies[2], "invoicefdp.exe") {
+		t.Errorf("the bidi name:\n%s", bodies[2])
+	}
 }

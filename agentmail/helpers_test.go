@@ -27,6 +27,7 @@ import (
 	"mailgate/audit"
 	"mailgate/config"
 	"mailgate/outbound"
+	"mailgate/pgp"
 	"mailgate/store"
 	"mailgate/tickets"
 )
@@ -61,10 +62,40 @@ type env struct {
 	notify   atomic.Pointer[IMAPServer]
 	accOpts  access.Options
 
+	// PGP (withPGP): the gateway key and the customers' keyring.
+	pgpOn   bool
+	gateway *pgp.Key
+	keyring *pgp.Keyring
+
 	users map[string]string // agent name → app password
 }
 
 type envOpt func(*env)
+
+var (
+	gatewayOnce sync.Once
+	gatewayKey  *pgp.Key
+	gatewayErr  error
+)
+
+// withPGP gives outbound a gateway key and a keyring under encrypt = policy.
+func withPGP(policy string) envOpt {
+	return func(e *env) {
+		gatewayOnce.Do(func() {
+			armored, err := pgp.GenerateKey("Example Support", "support@example.com")
+			if err != nil {
+				gatewayErr = err
+				return
+			}
+			gatewayKey, gatewayErr = pgp.ParseKey(armored)
+		})
+		if gatewayErr != nil {
+			e.t.Fatal(gatewayErr)
+		}
+		e.pgpOn, e.gateway = true, gatewayKey
+		e.cfg.PGP.Encrypt = policy
+	}
+}
 
 // withAccountLimit makes the login throttle lock after free failures, for an hour.
 func withAccountLimit(free int) envOpt {
@@ -89,9 +120,6 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 	e := &env{t: t, dir: dir, key: make([]byte, store.KeySize), users: map[string]string{}}
 	rand.Read(e.key)
 	e.accOpts = access.Options{Argon2: access.Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}, Logger: quiet}
-	for _, o := range opts {
-		o(e)
-	}
 	keyFile := filepath.Join(dir, "dkim.key")
 	if err := os.WriteFile(keyFile, dkimPEM, 0o600); err != nil {
 		t.Fatal(err)
@@ -105,6 +133,9 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 	cfg.PGP.Encrypt = "never"
 	cfg.Queues = []config.Queue{{Name: "support", Address: "support@example.com"}, {Name: "billing", Address: "billing@example.com"}}
 	e.cfg = cfg
+	for _, o := range opts {
+		o(e)
+	}
 	e.tlsCfg, e.pool = testCert(t)
 	e.open()
 	t.Cleanup(e.close)
@@ -140,7 +171,12 @@ func (e *env) open() {
 		},
 	})
 	e.attempts = make(chan outbound.Attempt, 100)
-	e.ob, err = outbound.New(e.cfg, db, e.log, e.tk, nil, nil, outbound.Options{Logger: quiet, Observe: func(a outbound.Attempt) { e.attempts <- a }})
+	var gw *pgp.Key
+	e.keyring = nil
+	if e.pgpOn {
+		gw, e.keyring = e.gateway, pgp.NewKeyring(db, pgp.KeyringOptions{})
+	}
+	e.ob, err = outbound.New(e.cfg, db, e.log, e.tk, e.keyring, gw, outbound.Options{Logger: quiet, Observe: func(a outbound.Attempt) { e.attempts <- a }})
 	if err != nil {
 		t.Fatal(err)
 	}

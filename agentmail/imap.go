@@ -23,9 +23,11 @@ type IMAPOptions struct {
 	Tickets *tickets.Service
 	Access  *access.Service
 	Audit   *audit.Log
-	// TLSConfig carries the [imap] certificate. With it, port 993 speaks TLS from the first
-	// byte and other ports offer STARTTLS; without it only loopback listeners are served.
+	// TLSConfig carries the [imap] certificate; without it only loopback listeners are served.
 	TLSConfig *tls.Config
+	// TLSMode is TLSAuto (""; implicit TLS on port 993, STARTTLS elsewhere), TLSImplicit or
+	// TLSStartTLS, for every listener ([imap] tls).
+	TLSMode string
 	// Hostname names the server in Message-IDs of rendered notes (cfg.Hostname).
 	Hostname string
 	Logger   *slog.Logger
@@ -94,14 +96,19 @@ func NewIMAP(opts IMAPOptions) *IMAPServer {
 }
 
 // Serve answers IMAP on l until Close. A loopback listener allows plaintext login; any other
-// needs the TLS certificate (port 993: implicit TLS; others: STARTTLS, login only after it).
-func (s *IMAPServer) Serve(l net.Listener) error { return s.serve(l, false) }
+// needs the TLS certificate (implicit TLS or STARTTLS by TLSMode; login only after TLS).
+func (s *IMAPServer) Serve(l net.Listener) error { return s.serve(l, s.opts.TLSMode) }
 
-// ServeTLS is Serve with TLS from the first byte whatever the port.
-func (s *IMAPServer) ServeTLS(l net.Listener) error { return s.serve(l, true) }
+// ServeTLS is Serve with TLS from the first byte whatever the port and mode.
+func (s *IMAPServer) ServeTLS(l net.Listener) error { return s.serve(l, TLSImplicit) }
 
-func (s *IMAPServer) serve(l net.Listener, implicit bool) error {
-	pl, _, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSIMAP, implicit, s.opts.MaxConnsPerIP)
+// TLSMode describes what a listener on addr speaks: "implicit TLS", "STARTTLS", or why neither.
+func (s *IMAPServer) TLSMode(addr net.Addr) string {
+	return describeTLS(s.opts.TLSConfig, s.opts.TLSMode, addr, implicitTLSIMAP)
+}
+
+func (s *IMAPServer) serve(l net.Listener, mode string) error {
+	pl, _, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSIMAP, mode, s.opts.MaxConnsPerIP)
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("imap: %w", err)

@@ -10,12 +10,48 @@ import (
 	"sync"
 )
 
-// Ports on which a listener speaks TLS from the first byte (RFC 8314): everything else offers
-// STARTTLS. The config has one list of addresses per service, so the port says which it is.
+// Ports on which a listener in TLSAuto mode speaks TLS from the first byte (RFC 8314);
+// everything else offers STARTTLS.
 const (
 	implicitTLSIMAP       = 993
 	implicitTLSSubmission = 465
 )
+
+// TLS modes of a listener ([smtp] submission_tls, [imap] tls).
+const (
+	// TLSAuto is implicit TLS on the well-known port (465, 993) and STARTTLS elsewhere: what
+	// mailgate did before the mode could be set, kept as the default so that existing
+	// installations serve their clients as before.
+	TLSAuto     = "auto"
+	TLSImplicit = "implicit" // TLS from the first byte, whatever the port
+	TLSStartTLS = "starttls" // plain text until STARTTLS, whatever the port
+)
+
+// implicitFor reports whether a listener on addr speaks TLS from the first byte.
+func implicitFor(mode string, addr net.Addr, implicitPort int) bool {
+	switch mode {
+	case TLSImplicit:
+		return true
+	case TLSStartTLS:
+		return false
+	}
+	return port(addr) == implicitPort
+}
+
+// describeTLS is what the start-up lines and the log say about a listener: the mode it
+// really serves, with the reason when it is not the configured one.
+func describeTLS(cfg *tls.Config, mode string, addr net.Addr, implicitPort int) string {
+	switch {
+	case cfg == nil && isLoopback(addr):
+		return "plain text: loopback only, no certificate"
+	case cfg == nil:
+		return "refused: no certificate for a non-loopback address"
+	case implicitFor(mode, addr, implicitPort):
+		return "implicit TLS"
+	default:
+		return "STARTTLS"
+	}
+}
 
 // errNoTLS is returned by Serve for a listener that would carry passwords in the clear.
 var errNoTLS = errors.New("no TLS certificate is configured, so only a loopback address may be served; set tls_cert and tls_key or listen on 127.0.0.1")
@@ -145,19 +181,25 @@ func (c *limitConn) Close() error {
 	return c.Conn.Close()
 }
 
-// prepare wraps l for serving: a connection cap, then TLS from the first byte when the port is
-// the implicit-TLS one (or implicit is set). It refuses a non-loopback listener without TLS.
-func prepare(l net.Listener, cfg *tls.Config, implicitPort int, implicit bool, maxPerIP int) (net.Listener, *limitListener, bool, error) {
+// prepare wraps l for serving: a connection cap, then TLS from the first byte when mode says
+// so (TLSAuto: on implicitPort). It refuses a non-loopback listener without TLS, and an
+// explicit implicit-TLS listener without a certificate.
+func prepare(l net.Listener, cfg *tls.Config, implicitPort int, mode string, maxPerIP int) (net.Listener, *limitListener, bool, error) {
 	loop := isLoopback(l.Addr())
 	if cfg == nil && !loop {
 		return nil, nil, false, fmt.Errorf("%s: %w", l.Addr(), errNoTLS)
 	}
-	if implicit && cfg == nil {
+	switch mode {
+	case "", TLSAuto, TLSImplicit, TLSStartTLS:
+	default:
+		return nil, nil, false, fmt.Errorf("%s: unknown TLS mode %q (want auto, implicit or starttls)", l.Addr(), mode)
+	}
+	if mode == TLSImplicit && cfg == nil {
 		return nil, nil, false, fmt.Errorf("%s: implicit TLS needs a certificate: %w", l.Addr(), errNoTLS)
 	}
 	ll := newLimitListener(l, maxPerIP)
 	var out net.Listener = ll
-	if cfg != nil && (implicit || port(l.Addr()) == implicitPort) {
+	if cfg != nil && implicitFor(mode, l.Addr(), implicitPort) {
 		out = tls.NewListener(ll, cfg)
 	}
 	return out, ll, loop, nil

@@ -57,10 +57,22 @@ func (r *renderer) render(queue string, ticket uint64, seq int, m *tickets.Messa
 	}
 	head := r.ourHeaders(m)
 	if raw != nil && !m.Encrypted {
-		if !tooComplex(raw) {
+		deep, hidden := inspectServed(raw)
+		if hidden {
+			// A mail client would show the name as sent: "invoice\u202Efdp.exe" reads
+			// "invoiceexe.pdf". The text form lists the names as the web page does.
+			head = appendField(head, "X-Mailgate-Problem", "attachment names hold invisible or bidi control characters: this is its text; the attachments are on the ticket's web page")
+		} else if !deep {
+			if m.IDTaken {
+				// An earlier message holds this Message-ID: a mail client's reply to this one
+				// must name this message (its view id), or it would land in the other ticket.
+				head = appendField(head, "Message-ID", "<"+r.viewID(m.Ticket, m.Seq)+">")
+				return &served{msg: m, date: date, body: append(head, stripFields(raw, true)...)}
+			}
 			return &served{msg: m, date: date, body: append(head, stripOurHeaders(raw)...)}
+		} else {
+			head = appendField(head, "X-Mailgate-Problem", "MIME structure too deep or too wide to serve as is: this is its text; the original is kept on the ticket")
 		}
-		head = appendField(head, "X-Mailgate-Problem", "MIME structure too deep or too wide to serve as is: this is its text; the original is kept on the ticket")
 	}
 	if m.Encrypted {
 		head = appendField(head, "X-Mailgate-Encrypted", "yes")
@@ -142,7 +154,9 @@ func (r *renderer) rendered(queue string, m *tickets.Message, head []byte) []byt
 	}
 	b = appendField(b, "Subject", mime.QEncoding.Encode("utf-8", cleanOneLine(subj)))
 	id := m.MessageID
-	if !msgIDOK(id) {
+	// A message whose Message-ID an earlier one holds gets a view id: a mail client's reply
+	// to it must reach its own ticket, not the one the index names.
+	if !msgIDOK(id) || m.IDTaken {
 		id = r.viewID(m.Ticket, m.Seq)
 	}
 	b = appendField(b, "Message-ID", "<"+id+">")
@@ -163,7 +177,7 @@ func (r *renderer) rendered(queue string, m *tickets.Message, head []byte) []byt
 		sb.WriteString(text)
 		sb.WriteString("\n\n[mailgate] Attachments, on the ticket's web page:\n")
 		for _, a := range m.Attachments {
-			fmt.Fprintf(&sb, "  %s (%s, %d bytes)\n", cleanOneLine(a.Name), cleanOneLine(a.ContentType), a.Size)
+			fmt.Fprintf(&sb, "  %s (%s, %d bytes)\n", cleanOneLine(tickets.SafeFilename(a.Name, a.ContentType)), cleanOneLine(a.ContentType), a.Size)
 		}
 		text = sb.String()
 	}
@@ -257,7 +271,10 @@ func appendField(b []byte, name, value string) []byte {
 // The line ends matter: fetched mail may end its header with a bare LF, and after our CRLF
 // headers a strict client would read on past it and take body lines for header fields (a
 // forged X-Mailgate-Verified among them).
-func stripOurHeaders(raw []byte) []byte {
+func stripOurHeaders(raw []byte) []byte { return stripFields(raw, false) }
+
+// stripFields is stripOurHeaders that also drops the Message-ID field when msgID is set.
+func stripFields(raw []byte, msgID bool) []byte {
 	out := make([]byte, 0, len(raw)+64)
 	skipping := false
 	i := 0
@@ -273,7 +290,8 @@ func stripOurHeaders(raw []byte) []byte {
 			return append(append(out, "\r\n"...), raw[end:]...)
 		}
 		if line[0] != ' ' && line[0] != '\t' {
-			skipping = len(line) >= len(headerPrefix) && strings.EqualFold(string(line[:len(headerPrefix)]), headerPrefix)
+			skipping = len(line) >= len(headerPrefix) && strings.EqualFold(string(line[:len(headerPrefix)]), headerPrefix) ||
+				msgID && len(line) >= len("Message-ID:") && strings.EqualFold(string(line[:len("Message-ID:")]), "Message-ID:")
 		}
 		if !skipping {
 			out = append(append(out, content...), "\r\n"...)
@@ -286,17 +304,29 @@ func stripOurHeaders(raw []byte) []byte {
 // tooComplex reports whether raw nests MIME deeper than maxServedDepth or holds more than
 // maxServedParts parts, or has an unreadable top header. Its cost is bounded by the limits.
 func tooComplex(raw []byte) bool {
+	deep, _ := inspectServed(raw)
+	return deep
+}
+
+// inspectServed is tooComplex that also reports, in the same walk, whether a part's file name
+// holds a character tickets.SafeFilename drops (bidi controls and other invisible ones).
+func inspectServed(raw []byte) (deep, hidden bool) {
 	br := bufio.NewReader(bytes.NewReader(raw))
 	h, err := textproto.ReadHeader(br)
 	if err != nil {
-		return true
+		return true, false
 	}
 	parts := 0
-	return complexPart(h, br, 0, &parts)
+	deep = complexPart(h, br, 0, &parts, &hidden)
+	return deep, hidden
 }
 
-func complexPart(h textproto.Header, body io.Reader, depth int, parts *int) bool {
+func complexPart(h textproto.Header, body io.Reader, depth int, parts *int, hidden *bool) bool {
 	mt, params, _ := mime.ParseMediaType(h.Get("Content-Type"))
+	if !*hidden {
+		_, dparams, _ := mime.ParseMediaType(h.Get("Content-Disposition"))
+		*hidden = tickets.HiddenInName(dparams["filename"]) || tickets.HiddenInName(params["name"])
+	}
 	switch {
 	case strings.HasPrefix(mt, "multipart/"):
 		if depth >= maxServedDepth {
@@ -309,7 +339,7 @@ func complexPart(h textproto.Header, body io.Reader, depth int, parts *int) bool
 				return false // end, or malformed: go-imap stops there too
 			}
 			*parts++
-			if *parts > maxServedParts || complexPart(p.Header, p, depth+1, parts) {
+			if *parts > maxServedParts || complexPart(p.Header, p, depth+1, parts, hidden) {
 				return true
 			}
 		}
@@ -322,7 +352,7 @@ func complexPart(h textproto.Header, body io.Reader, depth int, parts *int) bool
 		if err != nil {
 			return false
 		}
-		return complexPart(inner, br, depth+1, parts)
+		return complexPart(inner, br, depth+1, parts, hidden)
 	}
 	return false
 }

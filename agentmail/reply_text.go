@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
 
 	"mailgate/tickets"
@@ -15,10 +16,12 @@ import (
 
 // inspection is what the submission path learns from a message's MIME structure.
 type inspection struct {
-	extra     []string // attachments and other parts that a text reply would silently drop
-	encrypted bool
-	flowed    bool // the text part is format=flowed (RFC 3676)
-	delSp     bool
+	extra       []string // attachments and other parts that a text reply would silently drop
+	attachments []tickets.ParsedAttachment
+	broken      []string // structure mailgate will not take apart (too deep, too many parts)
+	encrypted   bool
+	flowed      bool // the text part is format=flowed (RFC 3676)
+	delSp       bool
 }
 
 // Parts a text reply may leave out without loss: signatures and keys the agent's client adds.
@@ -52,7 +55,7 @@ func inspect(raw []byte, p *tickets.Parsed) inspection {
 			return
 		case strings.HasPrefix(mt, "multipart/"):
 			if depth >= maxServedDepth {
-				in.extra = append(in.extra, "deeply nested parts")
+				in.broken = append(in.broken, "deeply nested parts")
 				return
 			}
 			mr := textproto.NewMultipartReader(body, params["boundary"])
@@ -62,7 +65,7 @@ func inspect(raw []byte, p *tickets.Parsed) inspection {
 					return
 				}
 				if parts++; parts > maxServedParts {
-					in.extra = append(in.extra, "too many parts")
+					in.broken = append(in.broken, "too many parts")
 					return
 				}
 				walk(part.Header, part, depth+1, related || mt == "multipart/related")
@@ -89,10 +92,69 @@ func inspect(raw []byte, p *tickets.Parsed) inspection {
 		if name == "" {
 			name = mt
 		}
-		in.extra = append(in.extra, tickets.SafeFilename(name, mt))
+		name = tickets.SafeFilename(name, mt)
+		in.extra = append(in.extra, name)
+		// go-message undoes the transfer encoding; the submission size limit bounds the read.
+		// The copy is labelled octet-stream so no charset conversion touches the file's bytes.
+		dh := h.Copy()
+		dh.Set("Content-Type", "application/octet-stream")
+		e, err := message.New(message.Header{Header: dh}, body)
+		if err != nil {
+			in.broken = append(in.broken, name+": "+err.Error())
+			return
+		}
+		data, err := io.ReadAll(e.Body)
+		if err != nil {
+			in.broken = append(in.broken, name+": "+err.Error())
+			return
+		}
+		in.attachments = append(in.attachments, tickets.ParsedAttachment{Name: name, ContentType: mt, Data: data})
 	}
 	walk(h, br, 0, false)
 	return in
+}
+
+// forwardText is the agent's whole text for colleagues: unflowed, the forwarded message kept.
+func forwardText(p *tickets.Parsed, in inspection) string {
+	text := p.Text
+	if strings.TrimSpace(text) == "" && p.HTML != "" {
+		text = tickets.HTMLToText(p.HTML)
+	}
+	text = strings.ReplaceAll(text, "\r\n", "\n")
+	if in.flowed {
+		text = unflow(text, in.delSp)
+	}
+	return text
+}
+
+// ourFieldRe matches a header line the IMAP view adds (X-Mailgate-*) or that inbound wrote
+// (Authentication-Results), as it appears in a forwarded or quoted message's text, possibly
+// behind quote marks.
+var ourFieldRe = regexp.MustCompile(`(?i)^([ \t]*(?:>[ \t]?)*)(x-mailgate-[a-z0-9-]*|authentication-results)[ \t]*:`)
+
+// stripOurFields removes those header lines and their continuation lines from text: a
+// customer must not get mailgate's verdicts on their own or anybody's mail, nor ticket
+// internals such as the author's account name, when an agent forwards or quotes a message
+// with its header shown.
+func stripOurFields(text string) string {
+	lines := strings.Split(text, "\n")
+	out := lines[:0]
+	skipping, prefix := false, ""
+	for _, l := range lines {
+		if skipping {
+			rest, ok := strings.CutPrefix(l, prefix)
+			if ok && rest != "" && (rest[0] == ' ' || rest[0] == '\t') && strings.TrimSpace(rest) != "" {
+				continue
+			}
+			skipping = false
+		}
+		if m := ourFieldRe.FindStringSubmatch(l); m != nil {
+			skipping, prefix = true, m[1]
+			continue
+		}
+		out = append(out, l)
+	}
+	return strings.Join(out, "\n")
 }
 
 // replyText is the agent's own words: the first text part (or the HTML rendered as text),
@@ -106,7 +168,7 @@ func replyText(p *tickets.Parsed, in inspection) string {
 	if in.flowed {
 		text = unflow(text, in.delSp)
 	}
-	return stripQuoted(text, fromHTML)
+	return stripQuoted(stripOurFields(text), fromHTML)
 }
 
 // unflow joins the soft line breaks of format=flowed text (RFC 3676 4.1, 4.2, 4.4). Quoted lines

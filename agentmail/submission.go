@@ -27,14 +27,16 @@ type SubmissionOptions struct {
 	Tickets *tickets.Service
 	Access  *access.Service
 	Audit   *audit.Log
-	// TLSConfig carries the [smtp] certificate. With it, port 465 speaks TLS from the first byte
-	// and other ports offer STARTTLS; AUTH is offered only over TLS. Without it only loopback
-	// listeners are served (AUTH in plain text is allowed there).
+	// TLSConfig carries the [smtp] certificate; AUTH is offered only over TLS. Without it only
+	// loopback listeners are served (AUTH in plain text is allowed there).
 	TLSConfig *tls.Config
-	Hostname  string // greeting name (cfg.Hostname)
-	Logger    *slog.Logger
+	// TLSMode is TLSAuto (""; implicit TLS on port 465, STARTTLS elsewhere), TLSImplicit or
+	// TLSStartTLS, for every listener ([smtp] submission_tls).
+	TLSMode  string
+	Hostname string // greeting name (cfg.Hostname)
+	Logger   *slog.Logger
 	// Limits; zero means the default in brackets.
-	MaxMessageBytes int64         // [10 MiB] replies are text; attachments are refused anyway
+	MaxMessageBytes int64         // [25 MiB] a reply with its attachments, as submitted (base64 grows them by a third)
 	MaxRecipients   int           // [20]
 	ReadTimeout     time.Duration // [5m] covers a whole DATA transfer (go-smtp sets it once)
 	WriteTimeout    time.Duration // [1m]
@@ -44,8 +46,10 @@ type SubmissionOptions struct {
 // Submission is the SMTP submission server for agents' mail clients (RFC 6409). It accepts an
 // agent's answer to a ticket message and files it through tickets.Reply, the path the web
 // page takes: tickets decides the recipients (the ticket's customer and participants), the
-// queue address sends, outbound signs, encrypts and queues. The envelope recipients only
-// select between a reply and an internal note (<queue local part>+note@<queue domain>).
+// queue address sends, outbound signs, encrypts and queues. The recipients select between a
+// reply (To/Cc name the customer or the queue address; other Cc addresses join the ticket),
+// an internal note (<queue local part>+note@<queue domain>) and a forward to colleagues or
+// queues (tickets.Forward); anything else is refused, see plan.
 type Submission struct {
 	opts   SubmissionOptions
 	log    *slog.Logger
@@ -70,7 +74,7 @@ func NewSubmission(opts SubmissionOptions) *Submission {
 		opts.Logger = slog.Default()
 	}
 	if opts.MaxMessageBytes <= 0 {
-		opts.MaxMessageBytes = 10 << 20
+		opts.MaxMessageBytes = 25 << 20
 	}
 	if opts.MaxRecipients <= 0 {
 		opts.MaxRecipients = 20
@@ -108,14 +112,19 @@ func NewSubmission(opts SubmissionOptions) *Submission {
 }
 
 // Serve answers SMTP submission on l until Close. A loopback listener allows AUTH in plain
-// text; any other needs the TLS certificate (port 465: implicit TLS; others: STARTTLS).
-func (s *Submission) Serve(l net.Listener) error { return s.serve(l, false) }
+// text; any other needs the TLS certificate (implicit TLS or STARTTLS by TLSMode).
+func (s *Submission) Serve(l net.Listener) error { return s.serve(l, s.opts.TLSMode) }
 
-// ServeTLS is Serve with TLS from the first byte whatever the port.
-func (s *Submission) ServeTLS(l net.Listener) error { return s.serve(l, true) }
+// ServeTLS is Serve with TLS from the first byte whatever the port and mode.
+func (s *Submission) ServeTLS(l net.Listener) error { return s.serve(l, TLSImplicit) }
 
-func (s *Submission) serve(l net.Listener, implicit bool) error {
-	pl, ll, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSSubmission, implicit, s.opts.MaxConnsPerIP)
+// TLSMode describes what a listener on addr speaks: "implicit TLS", "STARTTLS", or why neither.
+func (s *Submission) TLSMode(addr net.Addr) string {
+	return describeTLS(s.opts.TLSConfig, s.opts.TLSMode, addr, implicitTLSSubmission)
+}
+
+func (s *Submission) serve(l net.Listener, mode string) error {
+	pl, ll, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSSubmission, mode, s.opts.MaxConnsPerIP)
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("submission: %w", err)
@@ -238,7 +247,7 @@ func (ss *subSession) Auth(mech string) (sasl.Server, error) {
 	}
 	return sasl.NewPlainServer(func(identity, user, pass string) error {
 		if !ss.tls && !ss.loop { // go-smtp already hides AUTH here; this holds if a listener is misfiled
-			return &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "TLS is required to log in: use STARTTLS or port 465"}
+			return &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "TLS is required to log in: use STARTTLS"}
 		}
 		ag, err := login(ss.srv.opts.Access, user, pass, ss.remote)
 		if err != nil {
@@ -353,22 +362,46 @@ func (ss *subSession) file(raw []byte) error {
 		return ss.refuse(id, permanent(550, 7, 0, "mailgate cannot read encrypted submissions: send the reply unencrypted over this TLS connection; mailgate encrypts to the customer itself"),
 			"encrypted submission")
 	}
-	if len(in.extra) > 0 {
-		return ss.refuse(id, permanent(550, 6, 0, "attachments are not sent with replies from mail clients: send the text alone ("+clip(strings.Join(in.extra, ", "), 200)+")"),
-			fmt.Sprintf("attachments: %d", len(in.extra)))
+	if len(in.broken) > 0 {
+		return ss.refuse(id, permanent(550, 6, 0, "the message's MIME structure cannot be taken apart ("+clip(strings.Join(in.broken, ", "), 200)+"): send the text and attach files directly"),
+			"unreadable structure")
 	}
-	text := replyText(p, in)
+	if note && len(in.attachments) > 0 {
+		return ss.refuse(id, permanent(550, 6, 0, "a note carries text only: attach files to a reply or a forward ("+clip(strings.Join(in.extra, ", "), 200)+")"),
+			fmt.Sprintf("note with attachments: %d", len(in.attachments)))
+	}
+	var pl plan
+	if !note {
+		ad, err := ss.srv.opts.Tickets.Addressing(ss.actor, id, "ticket.reply")
+		if errors.Is(err, tickets.ErrNotFound) {
+			return permanent(550, 7, 1, fmt.Sprintf("ticket #%d is not in your queues (or no longer exists)", id))
+		}
+		if err != nil {
+			ss.srv.log.Error("ticket addressing", "agent", ss.agent.Name, "ticket", id, "err", err)
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary problem; try again"}
+		}
+		var perr *smtp.SMTPError
+		var detail string
+		if pl, perr, detail = ss.plan(p, ad, id); perr != nil {
+			return ss.refuse(id, perr, detail)
+		}
+	}
 	key := ss.dedupeKey(p.MessageID)
 	if key != nil && ss.seenBefore(key) {
 		ss.srv.log.Info("duplicate submission ignored", "agent", ss.agent.Name, "ticket", id)
 		return nil
 	}
 	what := "reply"
-	if note {
+	switch {
+	case note:
 		what = "note"
-		_, err = ss.srv.opts.Tickets.AddNote(ss.actor, id, text)
-	} else {
-		_, err = ss.srv.opts.Tickets.Reply(ss.actor, id, text)
+		_, err = ss.srv.opts.Tickets.AddNote(ss.actor, id, replyText(p, in))
+	case pl.forward:
+		what = "forward"
+		_, err = ss.srv.opts.Tickets.Forward(ss.actor, id, forwardText(p, in), pl.to, in.attachments)
+	default:
+		_, err = ss.srv.opts.Tickets.ReplyWith(ss.actor, id, replyText(p, in),
+			tickets.ReplyOptions{Cc: pl.cc, Attachments: customerAttachments(in.attachments)})
 	}
 	switch {
 	case err == nil:
@@ -379,7 +412,7 @@ func (ss *subSession) file(raw []byte) error {
 		return permanent(550, 7, 1, fmt.Sprintf("you may not write in the queue of ticket #%d", id))
 	case errors.Is(err, tickets.ErrInvalid):
 		return ss.refuse(id, permanent(550, 6, 0, err.Error()), what+": "+err.Error())
-	case strings.HasPrefix(err.Error(), "reply not sent:"):
+	case errors.Is(err, tickets.ErrNotSent):
 		// Composing failed for a reason retrying will not fix (PGP policy, a bad address);
 		// tickets audited it and left a note on the ticket.
 		return permanent(554, 7, 0, err.Error())

@@ -286,7 +286,7 @@ func TestSubmissionRefusals(t *testing.T) {
 			agentReply("alice@example.com", customer, "i1@example.net", "r7@example.com", "Fine.\r\n"), 550, "not in your queues", ""},
 		{"only the quote", "alice", e.users["alice"], "alice@example.com", []string{customer},
 			agentReply("alice@example.com", customer, "o1@example.net", "r8@example.com", "On Monday, Customer wrote:\r\n> Hello\r\n"), 550, "the text is empty", "reply: invalid request"},
-		{"attachment", "alice", e.users["alice"], "alice@example.com", []string{customer}, attach, 550, "label.pdf", "attachments: 1"},
+		{"attachment on a note", "alice", e.users["alice"], "alice@example.com", []string{"support+note@example.com"}, attach, 550, "a note carries text only: attach files to a reply or a forward (label.pdf)", "note with attachments: 1"},
 		{"note mixed with the customer", "alice", e.users["alice"], "alice@example.com", []string{"support+note@example.com", customer}, good("r9@example.com"), 550, "note address alone", "note address mixed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -230,3 +230,72 @@ func TestRenderGone(t *testing.T) {
 		t.Fatalf("gone message:\n%s", sv.body)
 	}
 }
+
+// A message whose Message-ID an earlier message holds (issue 11.2) is served under its view
+// id, so that a mail client's reply to it finds this ticket, not the one the index names.
+func TestRenderIDTakenGetsViewID(t *testing.T) {
+	r := &renderer{hostname: testHost, queueAddr: func(string) string { return "support@example.com" }}
+	raw := []byte("From: mallory@evil.example\r\nMessage-ID: <c1@customer.example>\r\nmessage-id:\r\n <c1@customer.example>\r\nSubject: hi\r\n\r\nMessage-ID: <body@stays>\r\n")
+	m := &tickets.Message{Ticket: 7, Seq: 1, Direction: tickets.In, From: "mallory@evil.example", MessageID: "c1@customer.example", IDTaken: true}
+	sv := r.render("support", 7, 1, m, raw)
+	if contains(sv.body, "<c1@customer.example>") || !contains(sv.body, "Message-ID: <mailgate-view.7.1@"+testHost+">\r\n") || !contains(sv.body, "<body@stays>") {
+		t.Fatalf("served:\n%s", sv.body)
+	}
+	if got, ok := r.parseViewID(envelope(sv.body).MessageID); !ok || got != 7 {
+		t.Fatalf("envelope Message-ID names ticket %d (%v)", got, ok)
+	}
+	m.IDTaken = false
+	if sv := r.render("support", 7, 1, m, raw); !contains(sv.body, "Message-ID: <c1@customer.example>") {
+		t.Fatalf("the holder of an id lost it:\n%s", sv.body)
+	}
+}
+
+// An attachment name with a bidi override is never served as sent (issue 11.5): the client
+// gets the text form, which lists the neutralised name.
+func TestRenderHidesBidiAttachmentNames(t *testing.T) {
+	r := &renderer{hostname: testHost, queueAddr: func(string) string { return "support@example.com" }}
+	for _, disp := range []string{
+		"attachment; filename*=UTF-8''invoice%E2%80%AEfdp.exe",
+		"attachment; filename=\"=?UTF-8?Q?invoice=E2=80=AEfdp.exe?=\"",
+		"attachment; filename=\"invoice\u202efdp.exe\"",
+	} {
+		raw := []byte("From: carol@customer.example\r\nSubject: inv\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n" +
+			"--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--B\r\nContent-Type: application/octet-stream\r\nContent-Disposition: " + disp + "\r\n\r\nMZ\r\n--B--\r\n")
+		p := tickets.Parse(raw)
+		m := &tickets.Message{Ticket: 1, Seq: 1, Direction: tickets.In, From: "carol@customer.example", Subject: "inv", Text: p.Text,
+			Attachments: []tickets.Attachment{{Name: p.Attachments[0].Name, ContentType: p.Attachments[0].ContentType, Size: 2}}}
+		sv := r.render("support", 1, 1, m, raw)
+		body := string(sv.body)
+		if strings.Contains(body, "\u202e") || strings.Contains(body, "%E2%80%AE") || strings.Contains(body, "=E2=80=AE") || !strings.Contains(body, "invoicefdp.exe") ||
+			!strings.Contains(body, "X-Mailgate-Problem: attachment names hold invisible") {
+			t.Errorf("%s: served\n%s", disp, body)
+		}
+	}
+	// A plain name is served as sent.
+	raw := []byte("From: a@b.example\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"invoice.pdf\"\r\n\r\n%PDF\r\n--B--\r\n")
+	sv := r.render("support", 1, 1, &tickets.Message{Ticket: 1, Seq: 1, Direction: tickets.In}, raw)
+	if !contains(sv.body, "filename=\"invoice.pdf\"") {
+		t.Fatalf("plain name not served raw:\n%s", sv.body)
+	}
+}
+
+func TestStripOurFields(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"Hi\nX-Mailgate-Ticket: 7\nBye", "Hi\nBye"},
+		{"Hi\nx-mailgate-verified:yes\n", "Hi\n"},
+		{"> X-Mailgate-Author: carol\n> Hello", "> Hello"},
+		{"> > X-Mailgate-Auth: spf=pass\n> > Hello", "> > Hello"},
+		{"   X-Mailgate-Direction: in\nkept", "kept"},
+		{"Authentication-Results: mx; spf=pass\n dkim=pass;\n\tdmarc=pass\nFrom: a@b\n", "From: a@b\n"},
+		{"> Authentication-Results: mx;\n>  dkim=pass\n> body", "> body"},
+		// A continuation ends at a line that is not indented under the same prefix.
+		{"Authentication-Results: mx;\n\nSee above.", "\nSee above."},
+		// Not ours, or not a field: kept.
+		{"X-Mailer: Thunderbird\nThe Authentication-Results header says: pass", "X-Mailer: Thunderbird\nThe Authentication-Results header says: pass"},
+		{"X-Mailgate is our product name.", "X-Mailgate is our product name."},
+	} {
+		if got := stripOurFields(tc.in); got != tc.want {
+			t.Errorf("stripOurFields(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

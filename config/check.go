@@ -183,6 +183,7 @@ func (c *Config) checkSMTP(r *reporter) {
 	r.listeners("smtp.submission_listen", "submission_listen in [smtp]", s.SubmissionListen, "0.0.0.0:587", tls,
 		"agents' passwords would cross the network in clear text")
 	r.tlsPair("smtp", s.TLSCert, s.TLSKey)
+	r.listenerTLS("smtp.submission_tls", "submission_tls in [smtp]", s.SubmissionTLS, tls, len(s.SubmissionListen) > 0)
 	r.positive("smtp.max_message_bytes", "max_message_bytes in [smtp]", s.MaxMessageBytes, "max_message_bytes = 26214400")
 	r.positive("smtp.max_recipients", "max_recipients in [smtp]", int64(s.MaxRecipients), "max_recipients = 50")
 	if s.MaxLineLength < 1000 {
@@ -365,6 +366,15 @@ func (c *Config) checkIMAP(r *reporter) {
 	r.listeners("imap.listen", "listen in [imap]", m.Listen, "0.0.0.0:993", m.TLSCert != "",
 		"agents' passwords and customer mail would cross the network in clear text")
 	r.tlsPair("imap", m.TLSCert, m.TLSKey)
+	r.listenerTLS("imap.tls", "tls in [imap]", m.TLS, m.TLSCert != "", len(m.Listen) > 0)
+}
+
+// listenerTLS checks a listener's TLS mode; implicit TLS cannot work without a certificate.
+func (r *reporter) listenerTLS(path, name, mode string, haveCert, used bool) {
+	r.enum(path, name, mode, "auto", "implicit", "starttls")
+	if mode == "implicit" && !haveCert && used {
+		r.at(path, `%s is "implicit" but no tls_cert is set: TLS from the first byte needs a certificate; set tls_cert and tls_key, or write %s = "starttls" (plain text on loopback only)`, name, path[strings.LastIndexByte(path, '.')+1:])
+	}
 }
 
 func (c *Config) checkFetch(r *reporter) {

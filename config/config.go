@@ -46,6 +46,10 @@ type SMTP struct {
 	TLSCert          string   `toml:"tls_cert"`
 	TLSKey           string   `toml:"tls_key"`
 
+	// SubmissionTLS is how submission_listen speaks TLS: implicit (TLS from the first byte),
+	// starttls, or auto (implicit on port 465, STARTTLS elsewhere: the behaviour before the key).
+	SubmissionTLS string `toml:"submission_tls"`
+
 	// Limits go-smtp leaves open (STYLE.md "set every limit").
 	MaxMessageBytes        int64    `toml:"max_message_bytes"`
 	MaxRecipients          int      `toml:"max_recipients"`
@@ -120,6 +124,10 @@ type IMAP struct {
 	Listen  []string `toml:"listen"`
 	TLSCert string   `toml:"tls_cert"`
 	TLSKey  string   `toml:"tls_key"`
+
+	// TLS is how listen speaks TLS: implicit, starttls, or auto (implicit on port 993,
+	// STARTTLS elsewhere: the behaviour before the key).
+	TLS string `toml:"tls"`
 }
 
 // Fetch is the [fetch] table.
@@ -209,6 +217,7 @@ func Default() *Config {
 		SMTP: SMTP{
 			Listen:                 []string{"0.0.0.0:25"}, // public MX
 			SubmissionListen:       []string{},             // off until asked for
+			SubmissionTLS:          "auto",                 // implicit on :465, STARTTLS elsewhere
 			MaxMessageBytes:        26214400,               // 25 MiB
 			MaxRecipients:          50,                     //
 			MaxLineLength:          4096,                   // RFC 5321 asks for at least 1000
@@ -247,6 +256,7 @@ func Default() *Config {
 		},
 		IMAP: IMAP{
 			Listen: []string{}, // off until asked for
+			TLS:    "auto",     // implicit on :993, STARTTLS elsewhere
 		},
 		Audit:     Audit{File: ""},                    // no mirror
 		Retention: Retention{ClosedAfter: Duration{}}, // keep closed tickets until an admin purges them

@@ -154,6 +154,7 @@ key_file = {{KEY_FILE}}	# 32-byte data key, mode 0600; back it up apart from dat
 [smtp]
 listen = [{{SMTP_LISTEN}}]	# where customers' mail servers connect (MX)
 submission_listen = []	# e.g. ["0.0.0.0:587"]: agents' mail clients, AUTH required
+submission_tls = "auto"	# implicit (TLS from the first byte) | starttls | auto (implicit on :465, else STARTTLS)
 tls_cert = {{TLS_CERT}}	# PEM certificate; STARTTLS is offered when set
 tls_key = {{TLS_KEY}}	# PEM private key, mode 0600
 max_message_bytes = {{MAX_MESSAGE_BYTES}}	# larger messages are refused (552)
@@ -208,6 +209,7 @@ tls_key = {{TLS_KEY}}	# PEM private key, mode 0600
 
 [imap]
 listen = []	# e.g. ["0.0.0.0:993"]: agents' mail clients, one folder per queue
+tls = "auto"	# implicit (TLS from the first byte) | starttls | auto (implicit on :993, else STARTTLS)
 tls_cert = {{TLS_CERT}}	# PEM certificate; required unless listen is loopback
 tls_key = {{TLS_KEY}}	# PEM private key, mode 0600
 

@@ -19,7 +19,10 @@ func TestBackupUnderLoadAndRestore(t *testing.T) {
 	s := newSite(t, "")
 	d := s.start(t)
 	l := s.startLoad(t, "-n", "2000", "-c", "8", "-size", "4096", "-timeout", "8s")
-	time.Sleep(time.Second) // mail is arriving
+	// The backup must be taken while mail is arriving: wait until the first tickets are
+	// stored (the load tool may take more than a second to prepare its messages on a busy
+	// machine, and a fixed sleep then backed up an empty store).
+	s.waitTickets(t, 1, 60*time.Second)
 	backup := filepath.Join(t.TempDir(), "mailgate-backup.db")
 	if code, out := s.cli(t, "backup", "-out", backup); code != 0 {
 		t.Fatalf("backup while running: exit %d\n%s", code, out)
@@ -133,3 +136,20 @@ func TestBackupUnderLoadAndRestore(t *testing.T) {
 // passOrLate: the verdict on the load tool's signed mail is pass, or temperror when its DNS
 // answer came too late on a starved machine.
 func passOrLate(v string) bool { return v == "pass" || v == "temperror" }
+
+// waitTickets polls the running daemon until it holds at least n tickets.
+func (s *site) waitTickets(t *testing.T, n int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		code, out := s.cli(t, "ticket", "list", "--json")
+		var list []json.RawMessage
+		if code == 0 && json.Unmarshal([]byte(out), &list) == nil && len(list) >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %d tickets after %v: exit %d\n%.300s", n, within, code, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

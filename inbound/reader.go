@@ -19,16 +19,31 @@ import (
 // change what a DKIM signature covers. Legitimate MTAs (Postfix, Exim, Exchange, Gmail) send
 // CRLF only, so refusing costs only broken scripts, which get a clear permanent error. This is
 // chasquid's choice too; Postfix normalises instead.
+//
+// It also notes NUL bytes. Mail text may not hold NUL (RFC 5322 3.5 "text" excludes it, RFC
+// 2045 2.7 and 2.8 forbid it in 7bit and 8bit data; only BINARYMIME allows it, and mailgate
+// does not offer BINARYMIME). Exchange refuses it, and Postfix's documented setting is
+// message_reject_characters = \0. Binary content travels base64-encoded, so a NUL in the
+// stream is a broken or hostile client; C code downstream (an IMAP client, a filter) would cut
+// the message at it and see something other than what was verified.
+//
+// go-smtp (the copy in third_party, see PATCHED.md) hands the CR of a CRLF "." CR "X" line on
+// instead of dropping it, so that form is caught here too; BDAT chunks pass through the same
+// reader.
 type strictReader struct {
 	r      io.Reader
 	prevCR bool
 	bare   bool
+	nul    bool
 }
 
 func (s *strictReader) Read(p []byte) (int, error) {
 	n, err := s.r.Read(p)
 	if n > 0 && !s.bare {
 		s.scan(p[:n])
+	}
+	if n > 0 && !s.nul && bytes.IndexByte(p[:n], 0) >= 0 {
+		s.nul = true
 	}
 	if err == io.EOF && s.prevCR {
 		s.bare = true // cannot happen after CRLF.CRLF, but a BDAT body may end anywhere

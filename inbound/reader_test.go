@@ -26,6 +26,18 @@ func TestStrictReader(t *testing.T) {
 		{"ends in CR\r", true},
 		{"x\r\n\r", true},
 	}
+	for _, c := range []string{"\x00", "a\r\n\x00\r\n", "ab\x00"} {
+		for _, chunk := range []int{1, 2, 1 << 20} {
+			sr := &strictReader{r: &chunkReader{b: []byte(c), n: chunk}}
+			if io.Copy(io.Discard, sr); !sr.nul {
+				t.Errorf("%q in chunks of %d: NUL not seen", c, chunk)
+			}
+		}
+	}
+	clean := &strictReader{r: &chunkReader{b: []byte("a\r\nb\r\n"), n: 1}}
+	if io.Copy(io.Discard, clean); clean.nul {
+		t.Error("NUL seen in clean text")
+	}
 	for _, c := range cases {
 		// Every way of cutting the input into reads must give the same answer: the state
 		// carries across chunk boundaries (a CR at the end of one read, LF at the start of the next).
@@ -78,6 +90,9 @@ func FuzzStrictReader(f *testing.F) {
 		want := bytes.ContainsAny(bytes.ReplaceAll(in, []byte("\r\n"), nil), "\r\n")
 		if sr.bare != want {
 			t.Fatalf("%q: bare=%v want %v", in, sr.bare, want)
+		}
+		if sr.nul != bytes.Contains(in, []byte{0}) {
+			t.Fatalf("%q: nul=%v", in, sr.nul)
 		}
 	})
 }

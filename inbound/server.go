@@ -89,6 +89,7 @@ const (
 	ResultQuarantined  = "quarantined"
 	ResultTooLarge     = "too_large"
 	ResultBareNewline  = "bare_newline"
+	ResultNUL          = "nul"
 	ResultDMARCReject  = "dmarc_reject"
 	ResultDNSDefer     = "dns_defer"
 	ResultStorageError = "storage_error"

@@ -151,6 +151,11 @@ func (x *session) Data(r io.Reader) error {
 			Message: "message refused: it holds a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)"},
 			ResultBareNewline, buf.Len(), start, nil)
 	}
+	if sr.nul {
+		return x.refuse(&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+			Message: "message refused: it holds a NUL byte, which mail text may not contain (RFC 5322 3.5); send binary data as a base64 attachment"},
+			ResultNUL, buf.Len(), start, nil)
+	}
 	raw := buf.Bytes()
 
 	vd := s.v.Verify(x.ctx, x.spf, raw)

@@ -111,6 +111,8 @@ func (o *Outbound) Compose(og tickets.Outgoing) (raw []byte, encrypted bool, err
 		// RFC 3834 5: mark it, and ask Exchange-style responders not to answer it.
 		h.add("Auto-Submitted", "auto-replied")
 		h.add("X-Auto-Response-Suppress", "All")
+	} else if og.Forward {
+		h.add("X-Auto-Response-Suppress", "All")
 	}
 	h.add("MIME-Version", "1.0")
 
@@ -119,6 +121,11 @@ func (o *Outbound) Compose(og tickets.Outgoing) (raw []byte, encrypted bool, err
 	msg.Grow(len(text)*11/10 + 1024)
 	if key != nil {
 		inner := pgp.ProtectedInner(subject, fromValue, to, date.Format(dateLayout), msgID, []byte(text))
+		if len(og.Attachments) > 0 {
+			if inner, err = protectedMixed(subject, fromValue, to, date.Format(dateLayout), msgID, text, og.Attachments); err != nil {
+				return nil, false, err
+			}
+		}
 		body, ct, err := pgp.EncryptTo(inner, key, o.gateway)
 		if err != nil {
 			return nil, false, fmt.Errorf("encrypt reply to %s: %w", to, err)
@@ -127,6 +134,21 @@ func (o *Outbound) Compose(og tickets.Outgoing) (raw []byte, encrypted bool, err
 		if err := textproto.WriteHeader(&msg, h.textproto()); err != nil {
 			return nil, false, fmt.Errorf("%w: %v", ErrHeader, err)
 		}
+		msg.Write(body)
+	} else if len(og.Attachments) > 0 {
+		mh := message.Header{Header: h.textproto()}
+		mh.SetContentType("multipart/mixed", nil)
+		headerLen, err := writeMixed(&msg, mh, text, og.Attachments)
+		if err != nil {
+			return nil, false, err
+		}
+		if !bytes.HasSuffix(msg.Bytes(), []byte("\r\n")) {
+			msg.WriteString("\r\n")
+		}
+		// The text part is quoted-printable and the attachments base64, so armoring the
+		// whole body touches only the text part's lines.
+		body := armorQP(msg.Bytes()[headerLen:])
+		msg.Truncate(headerLen)
 		msg.Write(body)
 	} else {
 		h.add("Content-Type", "text/plain; charset=utf-8")
@@ -356,4 +378,71 @@ func bareLF(b []byte) int {
 		i += 1 + j
 	}
 	return -1
+}
+
+// writeMixed writes a multipart/mixed entity with header h: the text as a quoted-printable
+// first part, then each attachment base64-encoded. It returns the length of the top header.
+func writeMixed(buf *bytes.Buffer, h message.Header, text string, atts []tickets.ParsedAttachment) (int, error) {
+	start := buf.Len()
+	w, err := message.CreateWriter(buf, h)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrHeader, err)
+	}
+	headerLen := buf.Len() - start
+	var th message.Header
+	th.SetContentType("text/plain", map[string]string{"charset": "utf-8"})
+	th.Set("Content-Transfer-Encoding", "quoted-printable")
+	pw, err := w.CreatePart(th)
+	if err != nil {
+		return 0, fmt.Errorf("compose: %w", err)
+	}
+	if _, err := pw.Write([]byte(text)); err != nil {
+		return 0, fmt.Errorf("compose: %w", err)
+	}
+	if err := pw.Close(); err != nil {
+		return 0, fmt.Errorf("compose: %w", err)
+	}
+	for _, a := range atts {
+		name := tickets.SafeFilename(a.Name, a.ContentType)
+		ct := strings.ToLower(a.ContentType)
+		if t, _, err := mime.ParseMediaType(ct); err != nil || t != ct || !strings.Contains(ct, "/") {
+			ct = "application/octet-stream"
+		}
+		var ah message.Header
+		ah.SetContentType(ct, map[string]string{"name": name})
+		ah.SetContentDisposition("attachment", map[string]string{"filename": name})
+		ah.Set("Content-Transfer-Encoding", "base64")
+		aw, err := w.CreatePart(ah)
+		if err != nil {
+			return 0, fmt.Errorf("compose: attachment %q: %w", name, err)
+		}
+		if _, err := aw.Write(a.Data); err != nil {
+			return 0, fmt.Errorf("compose: attachment %q: %w", name, err)
+		}
+		if err := aw.Close(); err != nil {
+			return 0, fmt.Errorf("compose: attachment %q: %w", name, err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		return 0, fmt.Errorf("compose: %w", err)
+	}
+	return headerLen, nil
+}
+
+// protectedMixed is pgp.ProtectedInner for a reply with attachments: a multipart/mixed entity
+// carrying the protected headers (RFC 9788 style, protected-headers="v1"), the text and the
+// attachments, all of which go inside the encryption.
+func protectedMixed(subject, from, to, date, msgID, text string, atts []tickets.ParsedAttachment) ([]byte, error) {
+	var h message.Header
+	h.SetContentType("multipart/mixed", map[string]string{"protected-headers": "v1"})
+	h.Set("From", from)
+	h.Set("To", to)
+	h.Set("Subject", mime.QEncoding.Encode("utf-8", subject))
+	h.Set("Date", date)
+	h.Set("Message-ID", "<"+msgID+">")
+	var b bytes.Buffer
+	if _, err := writeMixed(&b, h, text, atts); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }

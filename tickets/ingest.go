@@ -1,14 +1,18 @@
 package tickets
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"mailgate/access"
 	"mailgate/store"
@@ -80,6 +84,7 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	for i, a := range p.Attachments {
 		m.Attachments = append(m.Attachments, Attachment{Index: i, Name: a.Name, ContentType: a.ContentType, Size: len(a.Data)})
 	}
+	m.Digest = digest(p)
 	// Audited as the channel and peer it came from (smtp:<ip>, imap:<account>), as the issue asks.
 	actor := actorMail
 	actor.Remote = in.Remote
@@ -193,7 +198,7 @@ func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incomi
 	}
 	if in.Kind == "bounce" {
 		for _, id := range in.BounceOf {
-			t, seq, err := s.lookupID(tx, id)
+			t, seq, err := s.lookupID(tx, q.Name, id)
 			if err != nil {
 				return Result{}, nil, err
 			}
@@ -212,7 +217,7 @@ func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incomi
 	var linked []uint64
 	refs := append(append([]string(nil), m.InReplyTo...), m.References...)
 	for i := len(refs) - 1; i >= 0; i-- { // nearest ancestor first
-		t, _, err := s.lookupID(tx, refs[i])
+		t, _, err := s.lookupID(tx, q.Name, refs[i])
 		if err != nil {
 			return Result{}, nil, err
 		}
@@ -306,10 +311,13 @@ func (s *Service) newTicket(tx *store.Tx, q Queue, m *Message) (*Ticket, error) 
 	return t, nil
 }
 
-// duplicate reports whether m was already stored in q from the same sender: an SMTP client that
-// lost our 250 sends again, and the second copy must not become a second ticket.
+// duplicate reports whether m was already stored in q with the same content: an SMTP client
+// that lost our 250 sends again, and the second copy must not become a second ticket. Another
+// message that merely reuses the Message-ID is not a duplicate: it is stored on its own and
+// never takes the id over (addMessage), so nobody can steal a customer's thread by quoting
+// its Message-ID in new mail.
 func (s *Service) duplicate(tx *store.Tx, q Queue, m *Message) (uint64, bool, error) {
-	v, err := tx.GetPlain(bMsgID, s.db.Index("msgid", normID(m.MessageID)))
+	v, err := s.idEntry(tx, q.Name, m.MessageID)
 	if err != nil || len(v) != 12 {
 		return 0, false, err
 	}
@@ -322,17 +330,51 @@ func (s *Service) duplicate(tx *store.Tx, q Queue, m *Message) (uint64, bool, er
 	if err != nil {
 		return 0, false, nil
 	}
-	if om.Direction == In && t.Queue == q.Name && equalAddr(om.From, m.From) && om.Subject == m.Subject {
-		return id, true, nil
+	if om.Direction != In || t.Queue != q.Name {
+		return 0, false, nil
 	}
-	return 0, false, nil
+	if om.Digest != "" {
+		return id, om.Digest == m.Digest, nil
+	}
+	// Stored before digests existed: the old rule. At worst it drops a forgery that copies
+	// sender and subject; it never moves the index.
+	return id, equalAddr(om.From, m.From) && om.Subject == m.Subject, nil
 }
 
-// lookupID finds the ticket that holds the message with Message-ID id. An id in mailgate's own
-// form must carry a MAC that verifies for one of the ticket's participants; a forged one (a
-// guessed ticket number) is ignored.
-func (s *Service) lookupID(tx *store.Tx, id string) (*Ticket, int, error) {
-	v, err := tx.GetPlain(bMsgID, s.db.Index("msgid", normID(id)))
+// digest identifies what a message says (not how it travelled: the Received and
+// Authentication-Results fields mailgate adds differ between two deliveries of one message).
+func digest(p *Parsed) string {
+	h := sha256.New()
+	field := func(s string) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		io.WriteString(h, s)
+	}
+	field(p.From)
+	field(p.FromName)
+	field(p.To)
+	field(strings.Join(p.Cc, "\x00"))
+	field(p.Subject)
+	field(p.MessageID)
+	field(strings.Join(p.InReplyTo, "\x00"))
+	field(strings.Join(p.References, "\x00"))
+	field(p.Date.UTC().Format(time.RFC3339Nano))
+	field(p.Text)
+	field(p.HTML)
+	for _, a := range p.Attachments {
+		field(a.Name)
+		field(a.ContentType)
+		field(string(a.Data))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// lookupID finds the ticket that holds the message with Message-ID id, as queue's index entry
+// names it. An id in mailgate's own form must carry a MAC that verifies for one of the
+// ticket's participants; a forged one (a guessed ticket number) is ignored.
+func (s *Service) lookupID(tx *store.Tx, queue, id string) (*Ticket, int, error) {
+	v, err := s.idEntry(tx, queue, id)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -125,6 +125,12 @@ type Message struct {
 	Kind string `json:"kind,omitempty"`
 	// UID is the message's IMAP UID in its queue's mailbox.
 	UID uint32 `json:"uid,omitempty"`
+	// Digest identifies an inbound message's content, so that a retransmission is told apart
+	// from another message that reuses its Message-ID.
+	Digest string `json:"digest,omitempty"`
+	// IDTaken is set when an earlier message already held this Message-ID: the index keeps
+	// pointing at that one, and mail that refers to the id never threads here.
+	IDTaken bool `json:"id_taken,omitempty"`
 }
 
 // Errors callers map to protocol answers.

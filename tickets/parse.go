@@ -209,7 +209,7 @@ func SafeFilename(name, contentType string) string {
 	name = strings.ReplaceAll(name, "\\", "/")
 	name = filepath.Base(name)
 	name = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || r == '/' || r == '"' || r == unicode.ReplacementChar {
+		if unicode.IsControl(r) || hiddenFormat(r) || r == '/' || r == '"' || r == unicode.ReplacementChar {
 			return -1
 		}
 		return r
@@ -230,6 +230,31 @@ func SafeFilename(name, contentType string) string {
 		}
 	}
 	return name
+}
+
+// HiddenInName reports whether a file name as sent (RFC 2047 words allowed) holds a character
+// SafeFilename drops as a control or hidden format character: where mailgate passes a name on
+// as it came (the IMAP view), it must not.
+func HiddenInName(name string) bool {
+	if name == "" {
+		return false
+	}
+	if dec, err := new(mime.WordDecoder).DecodeHeader(name); err == nil {
+		name = dec
+	}
+	return strings.ContainsFunc(name, func(r rune) bool { return unicode.IsControl(r) || hiddenFormat(r) })
+}
+
+// hiddenFormat reports the invisible characters that can make a file name read as something it
+// is not: the bidi controls (U+202E turns "invoice\u202Efdp.exe" into "invoiceexe.pdf" on the
+// screen, Unicode TR36 2.2), every other format character (zero-width spaces, word joiners,
+// byte order marks, tag characters) and the line and paragraph separators. Zero-width
+// (non-)joiners stay: Persian and Indic names need them, and they reorder nothing.
+func hiddenFormat(r rune) bool {
+	if r == '\u200C' || r == '\u200D' {
+		return false
+	}
+	return unicode.Is(unicode.Bidi_Control, r) || unicode.Is(unicode.Cf, r) || unicode.Is(unicode.Zl, r) || unicode.Is(unicode.Zp, r)
 }
 
 // cleanLine removes control characters (CR, LF, NUL…) from a one-line value so it can never

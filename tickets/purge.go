@@ -46,11 +46,12 @@ func (s *Service) purgeTx(tx *store.Tx, t *Ticket) error {
 		m, err := loadMessage(tx, t.ID, seq)
 		if err == nil {
 			if m.MessageID != "" {
-				k := s.db.Index("msgid", normID(m.MessageID))
-				// Only drop the index entry if it points here: another ticket may hold the same id.
-				if v, _ := tx.GetPlain(bMsgID, k); len(v) == 12 && store.FromU64(v) == t.ID {
-					if err := tx.Delete(bMsgID, k); err != nil {
-						return err
+				for _, k := range [][]byte{s.db.Index("msgid", normID(m.MessageID)), queueIDKey(s.db, t.Queue, m.MessageID)} {
+					// Only drop an index entry that points here: another ticket may hold the id.
+					if v, _ := tx.GetPlain(bMsgID, k); len(v) == 12 && store.FromU64(v) == t.ID {
+						if err := tx.Delete(bMsgID, k); err != nil {
+							return err
+						}
 					}
 				}
 			}

@@ -13,11 +13,40 @@ import (
 
 const bAutoAck = "autoack" // U64(ticket) → nothing: an acknowledgement owed, survives restarts
 
+// Limits on what one reply or forward may carry besides its text; the submission server's
+// message size limit is the outer bound.
+const (
+	MaxAttachments     = 20
+	MaxAttachmentBytes = 10 << 20 // all attachments of one message together
+	MaxCc              = 10       // addresses one reply may add to a ticket
+)
+
+// ReplyOptions are the optional parts of a reply.
+type ReplyOptions struct {
+	// Cc lists addresses the agent copies: each joins the ticket as a participant (so it gets
+	// this reply and the following ones, and its answers thread into the ticket) and is shown.
+	Cc []string
+	// Attachments are sent with the reply (encrypted with it) and stored, sealed, on the ticket.
+	Attachments []ParsedAttachment
+}
+
 // Reply is the one path every agent reply takes (web page, admin command, agents' mail
 // clients): it checks that a may reply in the ticket's queue, composes the message through the
 // Mailer, and commits the message, its delivery job and the audit event together before it returns.
 func (s *Service) Reply(a access.Actor, id uint64, text string) (*Message, error) {
+	return s.ReplyWith(a, id, text, ReplyOptions{})
+}
+
+// ReplyWith is Reply with copies and attachments.
+func (s *Service) ReplyWith(a access.Actor, id uint64, text string, ro ReplyOptions) (*Message, error) {
 	text, err := checkText(text)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkAttachments(ro.Attachments); err != nil {
+		return nil, err
+	}
+	cc, err := s.checkCc(ro.Cc)
 	if err != nil {
 		return nil, err
 	}
@@ -45,10 +74,12 @@ func (s *Service) Reply(a access.Actor, id uint64, text string) (*Message, error
 		s.denied(a, "ticket.reply", id, "no write access to queue "+t.Queue)
 		return nil, ErrForbidden
 	}
+	added := addParticipants(t, cc)
 	o, err := s.outgoing(t, last, text, false)
 	if err != nil {
 		return nil, err
 	}
+	o.Attachments = ro.Attachments
 	raw, encrypted, err := s.opts.Mailer.Compose(o)
 	if err != nil {
 		// Nothing leaves; the ticket says why, so the next agent sees it too.
@@ -63,7 +94,7 @@ func (s *Service) Reply(a access.Actor, id uint64, text string) (*Message, error
 	m := &Message{
 		Direction: Out, From: o.Queue.Address, FromName: o.Queue.Name, To: o.To, Cc: o.Cc, Subject: o.Subject,
 		MessageID: o.MessageID, References: o.References, Date: o.Date, Text: text, Encrypted: encrypted,
-		Author: a.Name, Delivery: "queued",
+		Author: a.Name, Delivery: "queued", Attachments: attachmentList(ro.Attachments),
 	}
 	if o.InReplyTo != "" {
 		m.InReplyTo = []string{o.InReplyTo}
@@ -74,7 +105,8 @@ func (s *Service) Reply(a access.Actor, id uint64, text string) (*Message, error
 		if err != nil {
 			return err
 		}
-		if err := s.addMessage(tx, t, &mm, raw, nil); err != nil {
+		addParticipants(t, added)
+		if err := s.addMessage(tx, t, &mm, raw, ro.Attachments); err != nil {
 			return err
 		}
 		if t.Status == StatusNew || t.Status == StatusOpen {
@@ -88,7 +120,14 @@ func (s *Service) Reply(a access.Actor, id uint64, text string) (*Message, error
 			return err
 		}
 		*m = mm
-		return s.audit(tx, a, "ticket.reply", object(id), "ok", fmt.Sprintf("message=%d encrypted=%t", mm.Seq, encrypted))
+		detail := fmt.Sprintf("message=%d encrypted=%t", mm.Seq, encrypted)
+		if len(ro.Attachments) > 0 {
+			detail += fmt.Sprintf(" attachments=%d", len(ro.Attachments))
+		}
+		if len(added) > 0 {
+			detail += " added cc=" + strings.Join(added, ",")
+		}
+		return s.audit(tx, a, "ticket.reply", object(id), "ok", detail)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("reply to ticket %d: %w", id, err)

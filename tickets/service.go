@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -24,7 +25,7 @@ const (
 	bMessages = "messages"  // U64(id)|U32(seq) → Message JSON (scoped)
 	bRaw      = "raw"       // U64(id)|U32(seq) → raw RFC 5322 bytes (scoped)
 	bAttach   = "attach"    // U64(id)|U32(seq)|U32(i) → attachment bytes (scoped)
-	bMsgID    = "msgid"     // HMAC(Message-ID) → U64(id)|U32(seq) (plain)
+	bMsgID    = "msgid"     // HMAC(Message-ID), HMAC(queue, Message-ID) → U64(id)|U32(seq) (plain)
 	bByQueue  = "byqueue"   // HMAC(queue)[:8]|U64(id) → nothing (plain), for listings
 	bMailbox  = "mailbox"   // HMAC(queue)[:8]|U32(uid) → U64(id)|U32(seq) (plain), IMAP view
 	bUIDs     = "uidvalid"  // HMAC(queue)[:8] → U32(uidvalidity)|U32(last uid) (plain)
@@ -56,6 +57,11 @@ type Outgoing struct {
 	Encrypt bool
 	// AutoReply marks an automatic acknowledgement (RFC 3834).
 	AutoReply bool
+	// Attachments go after the text in a multipart/mixed body (inside the encryption).
+	Attachments []ParsedAttachment
+	// Forward marks a forward to colleagues or queues: their auto-responders (out-of-office,
+	// a queue's acknowledgement) are asked not to answer, so no reply lands in a queue.
+	Forward bool
 }
 
 // Mailer builds and queues outbound mail. outbound implements it; tickets only decides what to say.
@@ -197,7 +203,7 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 		}
 	}
 	if m.MessageID != "" {
-		if err := tx.PutPlain(bMsgID, s.db.Index("msgid", normID(m.MessageID)), mkey(t.ID, m.Seq)); err != nil {
+		if err := s.claimID(tx, t, m); err != nil {
 			return err
 		}
 	}
@@ -214,6 +220,88 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 	}
 	t.Updated = s.opts.Now().UTC()
 	return saveTicket(tx, t)
+}
+
+// claimID points m's Message-ID at m, unless a message that still exists holds it already:
+// the first writer keeps its id. Otherwise whoever sends new mail quoting a customer's
+// Message-ID would take over the index, and the customer's genuine follow-up would thread into
+// the sender's ticket (or, when the sender cannot pass as the customer, open a new one).
+//
+// There are two entries: one per queue, which threading and duplicate detection read, and one
+// for the whole store (FindMessage, and the only one written before per-queue entries
+// existed). A message sent to two queues is then first in both, and only a second writer in
+// the same queue is marked as such.
+func (s *Service) claimID(tx *store.Tx, t *Ticket, m *Message) error {
+	kq, kg := queueIDKey(s.db, t.Queue, m.MessageID), s.db.Index("msgid", normID(m.MessageID))
+	if err := s.backfill(tx, kq, kg, t.Queue); err != nil {
+		return err
+	}
+	taken, err := s.claim(tx, kq, t, m)
+	if err != nil {
+		return err
+	}
+	if taken {
+		m.IDTaken = true
+		if m.Direction == In && m.Problem == "" {
+			m.Problem = "an earlier message already uses this Message-ID: replies that quote it thread to that message, not to this one"
+		}
+	}
+	_, err = s.claim(tx, kg, t, m)
+	return err
+}
+
+// backfill copies a store-wide entry written before per-queue entries existed into queue's
+// entry kq when it names a message of that queue: that message was the first writer there, and
+// a newcomer must not take its place.
+func (s *Service) backfill(tx *store.Tx, kq, kg []byte, queue string) error {
+	if v, err := tx.GetPlain(bMsgID, kq); err != nil || len(v) == 12 {
+		return err
+	}
+	g, err := tx.GetPlain(bMsgID, kg)
+	if err != nil || len(g) != 12 {
+		return err
+	}
+	ot, err := loadTicket(tx, store.FromU64(g))
+	if err != nil || ot.Queue != queue {
+		return nil // gone, or another queue's: nothing to keep here
+	}
+	return tx.PutPlain(bMsgID, kq, g)
+}
+
+// claim writes index entry k for m unless a message that still exists holds it (taken).
+func (s *Service) claim(tx *store.Tx, k []byte, t *Ticket, m *Message) (taken bool, err error) {
+	v, err := tx.GetPlain(bMsgID, k)
+	if err != nil {
+		return false, err
+	}
+	if len(v) == 12 {
+		id, seq := store.FromU64(v), int(binary.BigEndian.Uint32(v[8:]))
+		if id == t.ID && seq == m.Seq {
+			return false, nil
+		}
+		// A purged or destroyed ticket no longer holds anything: its id is free again.
+		if _, err := loadMessage(tx, id, seq); err == nil {
+			return true, nil
+		} else if !errors.Is(err, ErrNotFound) && !errors.Is(err, store.ErrScopeDestroyed) {
+			return false, err
+		}
+	}
+	return false, tx.PutPlain(bMsgID, k, mkey(t.ID, m.Seq))
+}
+
+// queueIDKey is the per-queue index entry of Message-ID id.
+func queueIDKey(db *store.DB, queue, id string) []byte {
+	return db.Index("msgid-queue", queue+"\x00"+normID(id))
+}
+
+// idEntry reads the index entry of Message-ID id for queue: the queue's own, else (mail
+// stored before per-queue entries) the store-wide one.
+func (s *Service) idEntry(tx *store.Tx, queue, id string) ([]byte, error) {
+	v, err := tx.GetPlain(bMsgID, queueIDKey(s.db, queue, id))
+	if err != nil || len(v) == 12 {
+		return v, err
+	}
+	return tx.GetPlain(bMsgID, s.db.Index("msgid", normID(id)))
 }
 
 // nextUID hands out the queue mailbox's next IMAP UID; UIDVALIDITY is fixed when the mailbox

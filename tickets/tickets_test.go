@@ -168,6 +168,16 @@ func TestDuplicateStoredOnce(t *testing.T) {
 	if r.Outcome == OutcomeDuplicate {
 		t.Fatal("foreign mail suppressed as duplicate")
 	}
+	// Same sender, subject and Message-ID but another text: its own message, and the index
+	// keeps naming the first one.
+	other := bytes.Replace(raw, []byte("my order is late"), []byte("pay to this account"), 1)
+	r = e.ingest(t, other, false)
+	if r.Outcome == OutcomeDuplicate || r.Ticket == 1 {
+		t.Fatalf("a different message with the same Message-ID: %+v", r)
+	}
+	if id, seq, ok := e.svc.FindMessage("dup@customer.example"); !ok || id != 1 || seq != 1 {
+		t.Fatalf("index moved to %d/%d", id, seq)
+	}
 }
 
 func TestAccessAndAudit(t *testing.T) {
@@ -525,5 +535,88 @@ func TestBounceOfOurReplyBecomesANote(t *testing.T) {
 	r, _ = e.svc.Ingest(Incoming{Queue: "support", Raw: []byte(strings.Replace(string(dsn), "dsn1", "dsn2", 1)), Via: "smtp", Kind: "bounce", BounceOf: []string{"unknown@elsewhere.example"}})
 	if !r.New || r.Ticket == 1 {
 		t.Fatalf("unmatched bounce: %+v", r)
+	}
+}
+
+// TestSafeFilenameDropsHiddenCharacters (issue 11.5): no bidi control, invisible format
+// character or separator survives, so the extension shown is the real one.
+func TestSafeFilenameDropsHiddenCharacters(t *testing.T) {
+	for _, r := range []rune{0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069,
+		0x200E, 0x200F, 0x061C, 0x200B, 0x2060, 0xFEFF, 0x00AD, 0x2028, 0x2029, 0xE0001, 0x01, 0x1B, 0x7F, 0x85, 0x9B} {
+		name := "invoice" + string(r) + "fdp.exe"
+		if got := SafeFilename(name, "application/octet-stream"); got != "invoicefdp.exe" {
+			t.Errorf("U+%04X: %q", r, got)
+		}
+	}
+	// Letters of right-to-left scripts and the joiners Persian needs stay.
+	for _, name := range []string{"חשבונית.pdf", "نامه\u200cها.pdf", "क्\u200dष.txt"} {
+		if got := SafeFilename(name, "application/pdf"); got != name {
+			t.Errorf("%q became %q", name, got)
+		}
+	}
+	if got := SafeFilename("\u202E\u2066", "application/pdf"); got != "attachment.pdf" {
+		t.Errorf("a name of controls only: %q", got)
+	}
+}
+
+func (e *env) ingestTo(t *testing.T, queue string, raw []byte) Result {
+	t.Helper()
+	r, err := e.svc.Ingest(Incoming{Queue: queue, Raw: raw, Via: "smtp", Remote: "127.0.0.1",
+		Auth: Auth{SPF: "pass", DKIM: "pass", DMARC: "pass", Verified: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// A message sent to two queues is the first writer of its Message-ID in both: neither copy is
+// marked, a retransmission is a duplicate in both, and a follow-up threads in each queue.
+func TestMessageIDPerQueue(t *testing.T) {
+	e := newEnv(t)
+	raw := msgText("carol@customer.example", "Both", "both@customer.example")
+	var first [2]Result
+	for i, q := range []string{"support", "sales"} {
+		first[i] = e.ingestTo(t, q, raw)
+		_, msgs, err := e.svc.Get(access.Actor{Name: "t", Role: access.RoleAdmin}, first[i].Ticket)
+		if err != nil || msgs[0].IDTaken || msgs[0].Problem != "" {
+			t.Fatalf("%s: %v %+v", q, err, msgs)
+		}
+	}
+	for i, q := range []string{"support", "sales"} {
+		if r := e.ingestTo(t, q, raw); r.Outcome != OutcomeDuplicate || r.Ticket != first[i].Ticket {
+			t.Errorf("%s: retransmission %+v", q, r)
+		}
+		follow := msgText("carol@customer.example", "Re: Both", "both2."+q+"@customer.example", "In-Reply-To: <both@customer.example>")
+		if r := e.ingestTo(t, q, follow); r.Outcome != OutcomeThreaded || r.Ticket != first[i].Ticket {
+			t.Errorf("%s: follow-up %+v, want ticket %d", q, r, first[i].Ticket)
+		}
+	}
+}
+
+// Mail stored before per-queue entries has only the store-wide one: it still holds its id
+// against a newcomer in its queue.
+func TestMessageIDLegacyEntryHolds(t *testing.T) {
+	e := newEnv(t)
+	first := e.ingest(t, msgText("carol@customer.example", "Order", "old@customer.example"), true)
+	e.db.Update(func(tx *store.Tx) error {
+		return tx.Delete(bMsgID, queueIDKey(e.db, "support", "old@customer.example"))
+	})
+	other := e.ingest(t, msgText("carol@customer.example", "Invoice update", "old@customer.example"), false)
+	if other.Ticket == first.Ticket || other.Outcome == OutcomeDuplicate {
+		t.Fatalf("newcomer %+v", other)
+	}
+	r := e.ingest(t, msgText("carol@customer.example", "Re: Order", "old2@customer.example", "In-Reply-To: <old@customer.example>"), true)
+	if r.Ticket != first.Ticket {
+		t.Fatalf("follow-up went to ticket %d, want %d", r.Ticket, first.Ticket)
+	}
+}
+
+// BenchmarkDigest: the content digest every inbound message gets, on an 8 KB message.
+func BenchmarkDigest(b *testing.B) {
+	p := Parse(msgText("carol@customer.example", "Order", "d@customer.example", strings.Repeat("X-Pad: "+strings.Repeat("x", 70)+"\r\n", 100)))
+	p.Text = strings.Repeat("Lorem ipsum dolor sit amet, consectetur adipiscing elit.\n", 140)
+	b.SetBytes(int64(len(p.Text)))
+	for b.Loop() {
+		digest(p)
 	}
 }

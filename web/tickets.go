@@ -227,7 +227,8 @@ func (s *Server) messageView(id uint64, m *tickets.Message, showHTML bool) msgVi
 		}
 	}
 	for _, at := range m.Attachments {
-		mv.Attach = append(mv.Attach, attachView{Name: at.Name, ContentType: at.ContentType, Size: at.Size,
+		// Names stored before SafeFilename dropped bidi controls are cleaned again here.
+		mv.Attach = append(mv.Attach, attachView{Name: tickets.SafeFilename(at.Name, at.ContentType), ContentType: at.ContentType, Size: at.Size,
 			URL: fmt.Sprintf("/tickets/%d/messages/%d/attachments/%d", id, m.Seq, at.Index)})
 	}
 	return mv

@@ -340,20 +340,20 @@ func (d *daemon) start() error {
 	// Agents' mail clients: submission of replies, and the IMAP view of the queues.
 	if len(cfg.SMTP.SubmissionListen) > 0 {
 		d.submission = agentmail.NewSubmission(agentmail.SubmissionOptions{
-			Tickets: a.Tickets, Access: a.Access, Audit: a.Audit, TLSConfig: tlsCfg, Hostname: cfg.Hostname, Logger: d.log,
+			Tickets: a.Tickets, Access: a.Access, Audit: a.Audit, TLSConfig: tlsCfg, TLSMode: cfg.SMTP.SubmissionTLS, Hostname: cfg.Hostname, Logger: d.log,
 		})
 		for _, addr := range cfg.SMTP.SubmissionListen {
 			l, err := d.listen("submission", addr)
 			if err != nil {
 				return err
 			}
-			d.lines = append(d.lines, fmt.Sprintf("listening: submission %s%s", l.Addr(), tlsNote(tlsCfg)))
+			d.lines = append(d.lines, fmt.Sprintf("listening: submission %s (%s)", l.Addr(), d.submission.TLSMode(l.Addr())))
 			d.serve("submission", l, d.submission.Serve)
 		}
 	}
 	if len(cfg.IMAP.Listen) > 0 {
 		d.imap = agentmail.NewIMAP(agentmail.IMAPOptions{
-			Tickets: a.Tickets, Access: a.Access, Audit: a.Audit, TLSConfig: imapTLS, Hostname: cfg.Hostname, Logger: d.log,
+			Tickets: a.Tickets, Access: a.Access, Audit: a.Audit, TLSConfig: imapTLS, TLSMode: cfg.IMAP.TLS, Hostname: cfg.Hostname, Logger: d.log,
 		})
 		a.notify = d.imap.Notify
 		for _, addr := range cfg.IMAP.Listen {
@@ -361,7 +361,7 @@ func (d *daemon) start() error {
 			if err != nil {
 				return err
 			}
-			d.lines = append(d.lines, fmt.Sprintf("listening: imap %s%s", l.Addr(), tlsNote(imapTLS)))
+			d.lines = append(d.lines, fmt.Sprintf("listening: imap %s (%s)", l.Addr(), d.imap.TLSMode(l.Addr())))
 			d.serve("imap", l, d.imap.Serve)
 		}
 	}
@@ -466,13 +466,6 @@ func loadTLS(section, cert, key string) (*tls.Config, error) {
 		return nil, fmt.Errorf("[%s] tls_cert and tls_key: %w", section, err)
 	}
 	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}, nil
-}
-
-func tlsNote(c *tls.Config) string {
-	if c == nil {
-		return " (no TLS: loopback only)"
-	}
-	return " (TLS)"
 }
 
 // health is /healthz: the store takes a durable write, every listener serves, and every

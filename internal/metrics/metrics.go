@@ -254,7 +254,7 @@ func Outcome(result string) string {
 	switch result {
 	case "accepted", "quarantined":
 		return Accepted
-	case "too_large", "bare_newline", "dmarc_reject", "unknown_recipient", "policy":
+	case "too_large", "bare_newline", "nul", "dmarc_reject", "unknown_recipient", "policy":
 		return Rejected
 	case "dns_defer", "storage_error", "rate_limited", "shutting_down":
 		return Deferred

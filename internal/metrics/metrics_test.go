@@ -58,7 +58,7 @@ func match(m *dto.Metric, labels map[string]string) bool {
 
 func TestSMTPAdapterMapsResults(t *testing.T) {
 	cases := []struct{ result, outcome string }{
-		{"accepted", Accepted}, {"quarantined", Accepted}, {"too_large", Rejected}, {"bare_newline", Rejected},
+		{"accepted", Accepted}, {"quarantined", Accepted}, {"too_large", Rejected}, {"bare_newline", Rejected}, {"nul", Rejected},
 		{"dmarc_reject", Rejected}, {"dns_defer", Deferred}, {"storage_error", Deferred}, {"read_error", Error},
 		{"something_new", "other"},
 	}
