@@ -15,6 +15,7 @@ import (
 
 	"mailgate/access"
 	"mailgate/audit"
+	"mailgate/internal/connlimit"
 	"mailgate/tickets"
 )
 
@@ -31,8 +32,11 @@ type IMAPOptions struct {
 	// Hostname names the server in Message-IDs of rendered notes (cfg.Hostname).
 	Hostname string
 	Logger   *slog.Logger
-	// MaxConnsPerIP caps connections per client address (IPv6: per /64); default 20.
+	// MaxConnsPerIP caps connections per client address (IPv6: per /64, and three times this
+	// per /48); default 20.
 	MaxConnsPerIP int
+	// MaxConns caps all the listeners' connections together ([imap] max_conns); 0: no cap.
+	MaxConns int
 	// FetchWindow is how many messages one FETCH reads ahead, so their audited reads share
 	// commits; default 16 (each may hold a whole message in memory until written).
 	FetchWindow int
@@ -52,6 +56,9 @@ type IMAPServer struct {
 
 	secure *imapserver.Server // non-loopback listeners: authentication only over TLS
 	local  *imapserver.Server // loopback listeners: plaintext login allowed
+
+	conns   *connlimit.Limiter
+	refused func(connlimit.Reason)
 
 	mu       sync.Mutex
 	watchers map[string]map[*selected]struct{} // queue → selected mailboxes of live sessions
@@ -80,6 +87,8 @@ func NewIMAP(opts IMAPOptions) *IMAPServer {
 		watchers: map[string]map[*selected]struct{}{},
 	}
 	s.render = &renderer{hostname: opts.Hostname, queueAddr: s.queueAddr}
+	s.conns = connlimit.New(limits(opts.MaxConns, opts.MaxConnsPerIP))
+	s.refused = refusalLog(s.log, s.conns)
 	mk := func(insecure bool) *imapserver.Server {
 		return imapserver.New(&imapserver.Options{
 			NewSession: s.newSession,
@@ -108,7 +117,8 @@ func (s *IMAPServer) TLSMode(addr net.Addr) string {
 }
 
 func (s *IMAPServer) serve(l net.Listener, mode string) error {
-	pl, _, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSIMAP, mode, s.opts.MaxConnsPerIP)
+	pl, _, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSIMAP, mode, s.conns,
+		"* BYE too many connections, try later", s.refused)
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("imap: %w", err)
@@ -128,6 +138,9 @@ func (s *IMAPServer) serve(l net.Listener, mode string) error {
 	}
 	return nil
 }
+
+// Conns returns the connection limiter of the IMAP listeners (metrics, tests).
+func (s *IMAPServer) Conns() *connlimit.Limiter { return s.conns }
 
 // Close stops the listeners and ends every connection.
 func (s *IMAPServer) Close() error {

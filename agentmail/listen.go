@@ -4,10 +4,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
+
+	"mailgate/internal/connlimit"
 )
 
 // Ports on which a listener in TLSAuto mode speaks TLS from the first byte (RFC 8314);
@@ -93,32 +97,22 @@ func tlsConfig(c *tls.Config) *tls.Config {
 	return c
 }
 
-// ipKey is the unit the connection limit counts: one IPv4 address or one IPv6 /64.
-func ipKey(addr net.Addr) string {
-	ta, ok := addr.(*net.TCPAddr)
-	if !ok || ta.IP == nil {
-		return "unknown"
-	}
-	if v4 := ta.IP.To4(); v4 != nil {
-		return v4.String()
-	}
-	return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
-}
-
-// limitListener closes connections beyond max per client address at accept, before any
-// protocol runs (neither go-imap nor go-smtp caps connections), and remembers the live ones so
-// a shutdown that runs out of patience can end them.
+// limitListener applies a service's connection caps at accept, before any protocol runs
+// (neither go-imap nor go-smtp caps connections), and remembers the live connections so a
+// shutdown that runs out of patience can end them. A refused client is told refuse (unless
+// the listener speaks TLS from the first byte, where plain text would be garbage) and closed.
 type limitListener struct {
 	net.Listener
-	max int // <= 0: no cap
+	lim     *connlimit.Limiter
+	refuse  string                 // the line a refused client reads; "" = close at once
+	refused func(connlimit.Reason) // told about each refusal (logs); may be nil
 
 	mu   sync.Mutex
-	n    map[string]int
 	live map[*limitConn]struct{}
 }
 
-func newLimitListener(l net.Listener, max int) *limitListener {
-	return &limitListener{Listener: l, max: max, n: map[string]int{}, live: map[*limitConn]struct{}{}}
+func newLimitListener(l net.Listener, lim *connlimit.Limiter, refuse string, refused func(connlimit.Reason)) *limitListener {
+	return &limitListener{Listener: l, lim: lim, refuse: refuse, refused: refused, live: map[*limitConn]struct{}{}}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -127,34 +121,30 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		k := ipKey(c.RemoteAddr())
-		l.mu.Lock()
-		ok := l.max <= 0 || l.n[k] < l.max
-		var lc *limitConn
-		if ok {
-			l.n[k]++
-			lc = &limitConn{Conn: c}
-			lc.release = func() { l.release(k, lc) }
-			l.live[lc] = struct{}{}
-		}
-		l.mu.Unlock()
-		if !ok {
-			c.Close()
+		release, why := l.lim.Acquire(connlimit.IP(c.RemoteAddr()))
+		if why != connlimit.None {
+			if l.refused != nil {
+				l.refused(why)
+			}
+			if l.refuse != "" {
+				connlimit.Reply(c, l.refuse)
+			} else {
+				c.Close()
+			}
 			continue
 		}
+		lc := &limitConn{Conn: c}
+		lc.release = func() {
+			release()
+			l.mu.Lock()
+			delete(l.live, lc)
+			l.mu.Unlock()
+		}
+		l.mu.Lock()
+		l.live[lc] = struct{}{}
+		l.mu.Unlock()
 		return lc, nil
 	}
-}
-
-func (l *limitListener) release(k string, c *limitConn) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.live, c)
-	if l.n[k] <= 1 {
-		delete(l.n, k)
-		return
-	}
-	l.n[k]--
 }
 
 // closeAll ends every live connection.
@@ -181,10 +171,29 @@ func (c *limitConn) Close() error {
 	return c.Conn.Close()
 }
 
-// prepare wraps l for serving: a connection cap, then TLS from the first byte when mode says
+// limits are the caps of one agentmail service: max is all its listeners together, perIP one
+// IPv4 address or IPv6 /64, and a /48 may hold three clients' worth.
+func limits(max, perIP int) connlimit.Limits {
+	return connlimit.Limits{Total: max, PerClient: perIP, PerNet48: 3 * perIP}
+}
+
+// refusalLog logs refusals of service at most every 10 s, with their count.
+func refusalLog(log *slog.Logger, lim *connlimit.Limiter) func(connlimit.Reason) {
+	every := &connlimit.Log{Every: 10 * time.Second}
+	return func(why connlimit.Reason) {
+		if ok, n := every.Refused(time.Now()); ok {
+			l := lim.Limits()
+			log.Warn("connections refused", "reason", string(why), "refused", n, "open", lim.Open(),
+				"max_conns", l.Total, "max_conns_per_ip", l.PerClient)
+		}
+	}
+}
+
+// prepare wraps l for serving: the connection caps, then TLS from the first byte when mode says
 // so (TLSAuto: on implicitPort). It refuses a non-loopback listener without TLS, and an
-// explicit implicit-TLS listener without a certificate.
-func prepare(l net.Listener, cfg *tls.Config, implicitPort int, mode string, maxPerIP int) (net.Listener, *limitListener, bool, error) {
+// explicit implicit-TLS listener without a certificate. A client over a cap is told refuse,
+// unless the listener speaks TLS from the first byte, where plain text would be garbage.
+func prepare(l net.Listener, cfg *tls.Config, implicitPort int, mode string, lim *connlimit.Limiter, refuse string, refused func(connlimit.Reason)) (net.Listener, *limitListener, bool, error) {
 	loop := isLoopback(l.Addr())
 	if cfg == nil && !loop {
 		return nil, nil, false, fmt.Errorf("%s: %w", l.Addr(), errNoTLS)
@@ -197,9 +206,13 @@ func prepare(l net.Listener, cfg *tls.Config, implicitPort int, mode string, max
 	if mode == TLSImplicit && cfg == nil {
 		return nil, nil, false, fmt.Errorf("%s: implicit TLS needs a certificate: %w", l.Addr(), errNoTLS)
 	}
-	ll := newLimitListener(l, maxPerIP)
+	tlsFirst := cfg != nil && implicitFor(mode, l.Addr(), implicitPort)
+	if tlsFirst {
+		refuse = ""
+	}
+	ll := newLimitListener(l, lim, refuse, refused)
 	var out net.Listener = ll
-	if cfg != nil && implicitFor(mode, l.Addr(), implicitPort) {
+	if tlsFirst {
 		out = tls.NewListener(ll, cfg)
 	}
 	return out, ll, loop, nil

@@ -18,6 +18,7 @@ import (
 
 	"mailgate/access"
 	"mailgate/audit"
+	"mailgate/internal/connlimit"
 	"mailgate/store"
 	"mailgate/tickets"
 )
@@ -40,7 +41,8 @@ type SubmissionOptions struct {
 	MaxRecipients   int           // [20]
 	ReadTimeout     time.Duration // [5m] covers a whole DATA transfer (go-smtp sets it once)
 	WriteTimeout    time.Duration // [1m]
-	MaxConnsPerIP   int           // [10]
+	MaxConnsPerIP   int           // [10] one IPv4 address or IPv6 /64; a /48 gets three times this
+	MaxConns        int           // [no cap] all listeners together ([smtp] submission_max_conns)
 }
 
 // Submission is the SMTP submission server for agents' mail clients (RFC 6409). It accepts an
@@ -57,6 +59,9 @@ type Submission struct {
 
 	secure *smtp.Server // non-loopback listeners: AUTH only over TLS
 	local  *smtp.Server // loopback listeners: AUTH in plain text allowed
+
+	conns   *connlimit.Limiter
+	refused func(connlimit.Reason)
 
 	mu        sync.Mutex
 	closed    bool
@@ -93,6 +98,8 @@ func NewSubmission(opts SubmissionOptions) *Submission {
 	}
 	opts.TLSConfig = tlsConfig(opts.TLSConfig)
 	s := &Submission{opts: opts, log: opts.Logger.With("component", "submission")}
+	s.conns = connlimit.New(limits(opts.MaxConns, opts.MaxConnsPerIP))
+	s.refused = refusalLog(s.log, s.conns)
 	s.render = &renderer{hostname: opts.Hostname}
 	mk := func(insecure bool) *smtp.Server {
 		srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
@@ -124,7 +131,8 @@ func (s *Submission) TLSMode(addr net.Addr) string {
 }
 
 func (s *Submission) serve(l net.Listener, mode string) error {
-	pl, ll, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSSubmission, mode, s.opts.MaxConnsPerIP)
+	pl, ll, loop, err := prepare(l, s.opts.TLSConfig, implicitTLSSubmission, mode, s.conns,
+		"421 4.7.0 too many connections, try later", s.refused)
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("submission: %w", err)
@@ -150,6 +158,9 @@ func (s *Submission) serve(l net.Listener, mode string) error {
 	}
 	return nil
 }
+
+// Conns returns the connection limiter of the submission listeners (metrics, tests).
+func (s *Submission) Conns() *connlimit.Limiter { return s.conns }
 
 // Close stops the listeners and ends every connection now. A reply is committed before its
 // 250, so an interrupted client sends again, and the second copy is recognised, not re-sent.

@@ -150,6 +150,7 @@ func (c *Config) checkValues() Errors {
 	c.checkWeb(r)
 	c.checkIMAP(r)
 	c.checkFetch(r)
+	c.checkMetrics(r)
 	c.checkListenersDistinct(r)
 
 	if c.Retention.ClosedAfter.Duration < 0 {
@@ -194,6 +195,24 @@ func (c *Config) checkSMTP(r *reporter) {
 	r.positive("smtp.max_conns_per_ip", "max_conns_per_ip in [smtp]", int64(s.MaxConnsPerIP), "max_conns_per_ip = 20")
 	r.positive("smtp.messages_per_minute_per_ip", "messages_per_minute_per_ip in [smtp]", int64(s.MessagesPerMinutePerIP), "messages_per_minute_per_ip = 600")
 	r.positive("smtp.max_dkim_signatures", "max_dkim_signatures in [smtp]", int64(s.MaxDKIMSignatures), "max_dkim_signatures = 5")
+	r.maxConns("smtp.max_conns", "max_conns in [smtp]", s.MaxConns)
+	r.maxConns("smtp.submission_max_conns", "submission_max_conns in [smtp]", s.SubmissionMaxConns)
+	r.positive("smtp.max_conns_per_ipv6_48", "max_conns_per_ipv6_48 in [smtp]", int64(s.MaxConnsPerIPv6Net48), "max_conns_per_ipv6_48 = 50")
+	if s.MaxConns > 0 && s.MaxConns < s.MaxConnsPerIP {
+		r.at("smtp.max_conns", "max_conns in [smtp] (%d) is below max_conns_per_ip (%d); raise max_conns, or write 0 for a share of the open-file limit", s.MaxConns, s.MaxConnsPerIP)
+	}
+	r.positiveDur("smtp.idle_timeout", "idle_timeout in [smtp]", s.IdleTimeout, `idle_timeout = "5m"`)
+	r.positiveDur("smtp.busy_idle_timeout", "busy_idle_timeout in [smtp]", s.BusyIdleTimeout, `busy_idle_timeout = "10s"`)
+	if s.BusyIdleTimeout.Duration > s.IdleTimeout.Duration && s.IdleTimeout.Duration > 0 {
+		r.at("smtp.busy_idle_timeout", "busy_idle_timeout in [smtp] (%s) is longer than idle_timeout (%s); it is the shorter timeout used when the server is busy, write e.g. busy_idle_timeout = \"10s\"", s.BusyIdleTimeout, s.IdleTimeout)
+	}
+}
+
+// maxConns checks a connection cap: 0 (a share of the open-file limit) or a positive number.
+func (r *reporter) maxConns(path, name string, n int) {
+	if n < 0 {
+		r.at(path, "%s must not be negative, got %d; write 0 for a share of the open-file limit, or a number such as 500", name, n)
+	}
 }
 
 func (c *Config) checkDNS(r *reporter) {
@@ -359,6 +378,29 @@ func (c *Config) checkWeb(r *reporter) {
 	case w.TLSCert == "" && !isLoopback(host):
 		r.at("web.listen", `listen in [web] is %q without tls_cert; plain HTTP is allowed only on a loopback address: set tls_cert and tls_key, or write listen = "127.0.0.1:8443"`, w.Listen)
 	}
+	r.maxConns("web.max_conns", "max_conns in [web]", w.MaxConns)
+	for i, h := range w.AllowedHosts {
+		if !isDomain(strings.TrimSuffix(h, ".")) {
+			r.at(indexPath("web.allowed_hosts", i), `allowed_hosts in [web]: %q is not a host name; write names only, without port or scheme, e.g. allowed_hosts = ["support.example.com"]`, h)
+		}
+	}
+}
+
+func (c *Config) checkMetrics(r *reporter) {
+	m := &c.Metrics
+	if m.Listen == "" {
+		return
+	}
+	host, err := hostPort(m.Listen, false)
+	switch {
+	case err != nil:
+		r.at("metrics.listen", `listen in [metrics]: %v; write e.g. listen = "127.0.0.1:9025", or "" for no metrics listener`, err)
+	case isLoopback(host):
+	case m.TokenFile == "":
+		r.at("metrics.listen", `listen in [metrics] is %q, not a loopback address, and there is no token_file, so anyone who reaches it reads the counters; set token_file, or write listen = "127.0.0.1:9025"`, m.Listen)
+	case c.Web.TLSCert == "":
+		r.at("metrics.listen", `listen in [metrics] is %q, not a loopback address, and [web] has no tls_cert, so the token would cross the network in clear text; set tls_cert and tls_key in [web] (the metrics listener uses them), or write listen = "127.0.0.1:9025"`, m.Listen)
+	}
 }
 
 func (c *Config) checkIMAP(r *reporter) {
@@ -367,6 +409,7 @@ func (c *Config) checkIMAP(r *reporter) {
 		"agents' passwords and customer mail would cross the network in clear text")
 	r.tlsPair("imap", m.TLSCert, m.TLSKey)
 	r.listenerTLS("imap.tls", "tls in [imap]", m.TLS, m.TLSCert != "", len(m.Listen) > 0)
+	r.maxConns("imap.max_conns", "max_conns in [imap]", m.MaxConns)
 }
 
 // listenerTLS checks a listener's TLS mode; implicit TLS cannot work without a certificate.
@@ -474,6 +517,9 @@ func (c *Config) checkListenersDistinct(r *reporter) {
 	for i, a := range c.IMAP.Listen {
 		add(indexPath("imap.listen", i), "listen in [imap]", a)
 	}
+	if c.Metrics.Listen != "" {
+		add("metrics.listen", "listen in [metrics]", c.Metrics.Listen)
+	}
 }
 
 // fileKind says how a path setting is checked on disk.
@@ -507,6 +553,7 @@ func (c *Config) files() []fileRef {
 		{"imap.tls_cert", "tls_cert in [imap]", &c.IMAP.TLSCert, publicFile},
 		{"imap.tls_key", "tls_key in [imap]", &c.IMAP.TLSKey, secretFile},
 		{"audit.file", "file in [audit]", &c.Audit.File, pathOnly},
+		{"metrics.token_file", "token_file in [metrics]", &c.Metrics.TokenFile, secretFile},
 	}
 	for i := range c.Fetch.Accounts {
 		refs = append(refs, fileRef{

@@ -29,6 +29,7 @@ type Config struct {
 	Audit     Audit     `toml:"audit"`
 	Retention Retention `toml:"retention"`
 	Log       Log       `toml:"log"`
+	Metrics   Metrics   `toml:"metrics"`
 
 	Dev  bool   `toml:"-"` // true for the embedded dev default
 	Path string `toml:"-"` // file it came from ("" for Dev and Default)
@@ -54,11 +55,20 @@ type SMTP struct {
 	MaxMessageBytes        int64    `toml:"max_message_bytes"`
 	MaxRecipients          int      `toml:"max_recipients"`
 	MaxLineLength          int      `toml:"max_line_length"`
-	ReadTimeout            Duration `toml:"read_timeout"`
+	ReadTimeout            Duration `toml:"read_timeout"` // a whole message (DATA)
 	WriteTimeout           Duration `toml:"write_timeout"`
-	MaxConnsPerIP          int      `toml:"max_conns_per_ip"`
+	MaxConnsPerIP          int      `toml:"max_conns_per_ip"` // an IPv4 address or an IPv6 /64
 	MessagesPerMinutePerIP int      `toml:"messages_per_minute_per_ip"`
 	MaxDKIMSignatures      int      `toml:"max_dkim_signatures"`
+
+	// Connection budgets (issue 11.3): a flood of one listener must not take the file
+	// descriptors of the others. 0 in MaxConns and SubmissionMaxConns means a share of the
+	// open-file limit, which serve fills in (connlimit.Split).
+	MaxConns             int      `toml:"max_conns"`
+	SubmissionMaxConns   int      `toml:"submission_max_conns"`
+	MaxConnsPerIPv6Net48 int      `toml:"max_conns_per_ipv6_48"`
+	IdleTimeout          Duration `toml:"idle_timeout"`      // waiting for the next command
+	BusyIdleTimeout      Duration `toml:"busy_idle_timeout"` // the same once 3/4 of max_conns are taken
 }
 
 // DNS is the [dns] table.
@@ -117,6 +127,10 @@ type Web struct {
 	Listen  string `toml:"listen"`
 	TLSCert string `toml:"tls_cert"`
 	TLSKey  string `toml:"tls_key"`
+	// MaxConns caps the page's connections; 0 = a share of the open-file limit.
+	MaxConns int `toml:"max_conns"`
+	// AllowedHosts are names besides hostname that requests may carry in Host (DNS rebinding).
+	AllowedHosts []string `toml:"allowed_hosts"`
 }
 
 // IMAP is the [imap] table: agents' mail clients.
@@ -128,6 +142,8 @@ type IMAP struct {
 	// TLS is how listen speaks TLS: implicit, starttls, or auto (implicit on port 993,
 	// STARTTLS elsewhere: the behaviour before the key).
 	TLS string `toml:"tls"`
+
+	MaxConns int `toml:"max_conns"` // 0 = a share of the open-file limit
 }
 
 // Fetch is the [fetch] table.
@@ -162,6 +178,13 @@ type Retention struct {
 type Log struct {
 	Format string `toml:"format"` // text | json
 	Level  string `toml:"level"`  // debug | info | warn | error
+}
+
+// Metrics is the [metrics] table: where Prometheus scrapes /metrics (and a detailed /healthz),
+// apart from the agents' page, whose /healthz says only ok or not.
+type Metrics struct {
+	Listen    string `toml:"listen"`     // "" = no metrics listener
+	TokenFile string `toml:"token_file"` // "" = no token; required off loopback
 }
 
 // Duration is a TOML string such as "10m" or "120h".
@@ -221,11 +244,16 @@ func Default() *Config {
 			MaxMessageBytes:        26214400,               // 25 MiB
 			MaxRecipients:          50,                     //
 			MaxLineLength:          4096,                   // RFC 5321 asks for at least 1000
-			ReadTimeout:            dur(10 * time.Minute),  // RFC 5321 4.5.3.2.7 (DATA block)
+			ReadTimeout:            dur(10 * time.Minute),  // a whole DATA transfer
 			WriteTimeout:           dur(time.Minute),       //
 			MaxConnsPerIP:          20,                     //
 			MessagesPerMinutePerIP: 600,                    //
 			MaxDKIMSignatures:      5,                      // verify at most this many per message
+			MaxConns:               0,                      // a share of the open-file limit
+			SubmissionMaxConns:     0,                      // a share of the open-file limit
+			MaxConnsPerIPv6Net48:   50,                     // a site's /48 holds 65536 /64s; at least MaxConnsPerIP
+			IdleTimeout:            dur(5 * time.Minute),   // RFC 5321 4.5.3.2.7
+			BusyIdleTimeout:        dur(10 * time.Second),  // as postfix under stress
 		},
 		DNS: DNS{
 			Resolver: "",                    // system resolver
@@ -252,17 +280,24 @@ func Default() *Config {
 			WKD:     false,            // looking keys up tells the customer's domain we write to them
 		},
 		Web: Web{
-			Listen: "127.0.0.1:8443", // loopback until TLS is set up
+			Listen:       "127.0.0.1:8443", // loopback until TLS is set up
+			MaxConns:     0,                // a share of the open-file limit
+			AllowedHosts: []string{},       // hostname and the listener's own address only
 		},
 		IMAP: IMAP{
-			Listen: []string{}, // off until asked for
-			TLS:    "auto",     // implicit on :993, STARTTLS elsewhere
+			Listen:   []string{}, // off until asked for
+			TLS:      "auto",     // implicit on :993, STARTTLS elsewhere
+			MaxConns: 0,          // a share of the open-file limit
 		},
 		Audit:     Audit{File: ""},                    // no mirror
 		Retention: Retention{ClosedAfter: Duration{}}, // keep closed tickets until an admin purges them
 		Log: Log{
 			Format: "text", //
 			Level:  "info", //
+		},
+		Metrics: Metrics{
+			Listen:    "127.0.0.1:9025", // loopback: the counts are for the operator only
+			TokenFile: "",               // no token
 		},
 	}
 }

@@ -50,6 +50,10 @@ func Example(domain, dir string) string {
 		"MAX_CONNS_PER_IP":    fmt.Sprint(d.SMTP.MaxConnsPerIP),
 		"MESSAGES_PER_MINUTE": fmt.Sprint(d.SMTP.MessagesPerMinutePerIP),
 		"MAX_DKIM_SIGNATURES": fmt.Sprint(d.SMTP.MaxDKIMSignatures),
+		"MAX_CONNS_PER_48":    fmt.Sprint(d.SMTP.MaxConnsPerIPv6Net48),
+		"IDLE_TIMEOUT":        quote(d.SMTP.IdleTimeout.String()),
+		"BUSY_IDLE_TIMEOUT":   quote(d.SMTP.BusyIdleTimeout.String()),
+		"METRICS_LISTEN":      quote(d.Metrics.Listen),
 		"DNS_TIMEOUT":         quote(d.DNS.Timeout.String()),
 		"DMARC_REJECT":        quote(d.Verify.DMARCReject),
 		"DMARC_QUARANTINE":    quote(d.Verify.DMARCQuarantine),
@@ -160,11 +164,16 @@ tls_key = {{TLS_KEY}}	# PEM private key, mode 0600
 max_message_bytes = {{MAX_MESSAGE_BYTES}}	# larger messages are refused (552)
 max_recipients = {{MAX_RECIPIENTS}}	# RCPT TO commands per message
 max_line_length = {{MAX_LINE_LENGTH}}	# bytes per line; RFC 5321 needs at least 1000
-read_timeout = {{READ_TIMEOUT}}	# idle time allowed while reading from a client
+read_timeout = {{READ_TIMEOUT}}	# time allowed to receive a whole message (DATA)
 write_timeout = {{WRITE_TIMEOUT}}	# time allowed for each reply to reach a client
-max_conns_per_ip = {{MAX_CONNS_PER_IP}}	# simultaneous connections from one address
+max_conns_per_ip = {{MAX_CONNS_PER_IP}}	# simultaneous connections from one IPv4 address or IPv6 /64
 messages_per_minute_per_ip = {{MESSAGES_PER_MINUTE}}	# accepted messages per minute from one address
 max_dkim_signatures = {{MAX_DKIM_SIGNATURES}}	# DKIM signatures verified per message; more are ignored
+max_conns = 0	# connections to the listen addresses together; 0 = 40% of the open-file limit after a reserve, at most 2000
+submission_max_conns = 0	# the same for submission_listen; 0 = 10% of the open-file limit after a reserve, at most 200
+max_conns_per_ipv6_48 = {{MAX_CONNS_PER_48}}	# simultaneous connections from one IPv6 /48 (never below max_conns_per_ip)
+idle_timeout = {{IDLE_TIMEOUT}}	# time a client may take to send its next command
+busy_idle_timeout = {{BUSY_IDLE_TIMEOUT}}	# idle_timeout outside a transaction once 3/4 of max_conns are taken
 
 [dns]
 resolver = ""	# "" = system resolver; "127.0.0.1:53" = only this server
@@ -206,12 +215,15 @@ wkd_url = ""	# "" = standard WKD; a base URL overrides it (tests)
 listen = {{WEB_LISTEN}}	# agents' pages; plain HTTP only on a loopback address
 tls_cert = {{TLS_CERT}}	# PEM certificate; "" = plain HTTP (loopback only)
 tls_key = {{TLS_KEY}}	# PEM private key, mode 0600
+max_conns = 0	# connections to the page; 0 = 20% of the open-file limit after a reserve, at most 500
+allowed_hosts = []	# names besides hostname the page is reached by; other Host headers get 421
 
 [imap]
 listen = []	# e.g. ["0.0.0.0:993"]: agents' mail clients, one folder per queue
 tls = "auto"	# implicit (TLS from the first byte) | starttls | auto (implicit on :993, else STARTTLS)
 tls_cert = {{TLS_CERT}}	# PEM certificate; required unless listen is loopback
 tls_key = {{TLS_KEY}}	# PEM private key, mode 0600
+max_conns = 0	# connections to the IMAP listeners together; 0 = 20% of the open-file limit after a reserve, at most 500
 
 # Optional: pull mail from an existing mailbox, beside or instead of SMTP.
 [fetch]
@@ -233,4 +245,8 @@ closed_after = "0s"	# destroy tickets closed this long ago (e.g. "365d"); "0s" k
 [log]
 format = {{LOG_FORMAT}}	# text | json
 level = {{LOG_LEVEL}}	# debug | info | warn | error
+
+[metrics]
+listen = {{METRICS_LISTEN}}	# Prometheus /metrics and a detailed /healthz; "" = off
+token_file = ""	# file holding a bearer token, mode 0600; required off loopback (with [web] tls_cert)
 `

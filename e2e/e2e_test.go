@@ -59,8 +59,9 @@ func TestMain(m *testing.M) {
 // site is one mailgate installation in a temporary directory: config, key, data dir.
 type site struct {
 	dir, cfg, key, data string
-	smtp                string // fixed 127.0.0.1:port, so the load tool finds it again after a restart
-	dns                 string // where the load tool answers DNS for the sender domain
+	smtp                string   // fixed 127.0.0.1:port, so the load tool finds it again after a restart
+	dns                 string   // where the load tool answers DNS for the sender domain
+	wrap                []string // a command serve runs under, e.g. prlimit; nil: none
 }
 
 const (
@@ -105,6 +106,9 @@ address = %q
 dkim_domain = "e2e.test"
 
 [web]
+listen = "127.0.0.1:0"
+
+[metrics]
 listen = "127.0.0.1:0"
 `, s.data, s.key, s.smtp, s.dns, queueAddr)
 	if err := os.WriteFile(s.cfg, []byte(cfg), 0o600); err != nil {
@@ -163,7 +167,11 @@ func (s *syncBuffer) String() string {
 func (s *site) start(t *testing.T) *daemon {
 	t.Helper()
 	d := &daemon{t: t, out: &syncBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(mailgateBin, "serve", "-config", s.cfg)
+	name, args := mailgateBin, []string{"serve", "-config", s.cfg}
+	if len(s.wrap) > 0 {
+		name, args = s.wrap[0], append(append(append([]string(nil), s.wrap[1:]...), mailgateBin), args...)
+	}
+	d.cmd = exec.Command(name, args...)
 	d.cmd.Dir = s.dir
 	stdout, err := d.cmd.StdoutPipe()
 	if err != nil {

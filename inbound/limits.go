@@ -7,9 +7,10 @@ import (
 	"time"
 )
 
-// Limits the SMTP server enforces in memory, before anything touches the store: connections
-// per client and messages per minute per client. Both count by ipKey. Nothing here scans the
-// store: a limit that reads the sender's history gets slower as history grows (STYLE.md).
+// Limits the SMTP server enforces in memory, before anything touches the store: messages per
+// minute per client, counted by ipKey (connections are counted by internal/connlimit). Nothing
+// here scans the store: a limit that reads the sender's history gets slower as history grows
+// (STYLE.md).
 
 // ipKey is the unit the limits count: one IPv4 address, or one IPv6 /64. A single host is
 // usually given a whole /64, so counting IPv6 addresses one by one would let it walk around
@@ -30,37 +31,6 @@ func remoteIP(c net.Conn) net.IP {
 		return a.IP
 	}
 	return nil
-}
-
-// connLimit counts open connections per client.
-type connLimit struct {
-	max int // <= 0: no limit
-	mu  sync.Mutex
-	n   map[string]int
-}
-
-func newConnLimit(max int) *connLimit { return &connLimit{max: max, n: map[string]int{}} }
-
-// acquire takes a slot for key; false when key already holds max connections.
-func (l *connLimit) acquire(key string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.max > 0 && l.n[key] >= l.max {
-		return false
-	}
-	l.n[key]++
-	return true
-}
-
-// release gives back a slot taken by acquire.
-func (l *connLimit) release(key string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.n[key] <= 1 {
-		delete(l.n, key) // the map holds only clients that are connected now
-		return
-	}
-	l.n[key]--
 }
 
 // rateLimit is a token bucket per client: perMinute tokens, refilled evenly over a minute, so a

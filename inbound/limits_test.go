@@ -24,29 +24,6 @@ func TestIPKey(t *testing.T) {
 	}
 }
 
-func TestConnLimit(t *testing.T) {
-	l := newConnLimit(2)
-	if !l.acquire("a") || !l.acquire("a") || l.acquire("a") {
-		t.Fatal("third connection of a allowed")
-	}
-	if !l.acquire("b") {
-		t.Fatal("b limited by a's connections")
-	}
-	l.release("a")
-	if !l.acquire("a") {
-		t.Fatal("released slot not reusable")
-	}
-	l.release("a")
-	l.release("a")
-	l.release("b")
-	if len(l.n) != 0 {
-		t.Fatalf("map keeps %d clients with no connection", len(l.n))
-	}
-	if u := newConnLimit(0); !u.acquire("x") || !u.acquire("x") {
-		t.Fatal("0 must mean no limit")
-	}
-}
-
 func TestRateLimit(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	r := newRateLimit(60, func() time.Time { return now })

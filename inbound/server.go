@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailgate/config"
+	"mailgate/internal/connlimit"
 	"mailgate/tickets"
 )
 
@@ -31,8 +32,10 @@ type Server struct {
 	smtp   *smtp.Server
 	queues map[string]string // lowercased address → queue name
 
-	conns *connLimit
-	rate  *rateLimit
+	conns     *connlimit.Limiter
+	rate      *rateLimit
+	refused   connlimit.Log // refusals are logged at most every 10 s
+	lastSweep atomic.Int64  // unix ns of the last shortenIdle
 
 	// ctx ends when the server closes; transactions derive from it.
 	ctx    context.Context
@@ -72,8 +75,8 @@ type ServerOptions struct {
 // Metrics receives the server's counters; a Prometheus adapter implements it. The methods
 // must be cheap and safe for concurrent use.
 type Metrics interface {
-	// Connection counts a TCP connection: "accepted", "too_many" (per-client limit) or
-	// "shutting_down".
+	// Connection counts a TCP connection: "accepted", "too_many" (per-client or per-/48
+	// limit), "full" (max_conns) or "shutting_down".
 	Connection(result string)
 	// Command counts MAIL and RCPT outcomes: cmd "mail" with "ok", "rate_limited",
 	// "shutting_down"; cmd "rcpt" with "ok", "unknown".
@@ -139,10 +142,13 @@ func NewServer(cfg *config.Config, tk *tickets.Service, v *Verifier, opts Server
 		opts:   opts,
 		log:    opts.Logger.With("component", "smtp"),
 		queues: map[string]string{},
-		conns:  newConnLimit(cfg.SMTP.MaxConnsPerIP),
-		rate:   newRateLimit(cfg.SMTP.MessagesPerMinutePerIP, opts.Now),
-		live:   map[*conn]struct{}{},
+		conns: connlimit.New(connlimit.Limits{
+			Total: cfg.SMTP.MaxConns, PerClient: cfg.SMTP.MaxConnsPerIP, PerNet48: cfg.SMTP.MaxConnsPerIPv6Net48,
+		}),
+		rate: newRateLimit(cfg.SMTP.MessagesPerMinutePerIP, opts.Now),
+		live: map[*conn]struct{}{},
 	}
+	s.refused.Every = 10 * time.Second
 	if v != nil {
 		s.v = *v
 	}
@@ -161,7 +167,12 @@ func NewServer(cfg *config.Config, tk *tickets.Service, v *Verifier, opts Server
 	srv.MaxMessageBytes = cfg.SMTP.MaxMessageBytes
 	srv.MaxRecipients = cfg.SMTP.MaxRecipients
 	srv.MaxLineLength = cfg.SMTP.MaxLineLength
-	srv.ReadTimeout = cfg.SMTP.ReadTimeout.Duration
+	// go-smtp sets ReadTimeout before each command line; conn.SetReadDeadline turns it into
+	// the idle timeout of the moment, and Data extends it to read_timeout for the message.
+	srv.ReadTimeout = cfg.SMTP.IdleTimeout.Duration
+	if srv.ReadTimeout <= 0 {
+		srv.ReadTimeout = 5 * time.Minute
+	}
 	srv.WriteTimeout = cfg.SMTP.WriteTimeout.Duration
 	srv.ErrorLog = slogAdapter{s.log}
 	// Submission (AUTH) is a separate listener of cmd/mailgate; the MX offers no AUTH at all,
@@ -224,6 +235,50 @@ func (s *Server) ListenAndServe(addrs []string) error {
 		}
 	}
 	return first
+}
+
+// Conns returns the connection limiter of the MX listeners (metrics, tests).
+func (s *Server) Conns() *connlimit.Limiter { return s.conns }
+
+// idleTimeout is how long a client may take to send its next command: [smtp] idle_timeout, or
+// busy_idle_timeout outside a transaction while 3/4 of max_conns are taken, so that a flood of
+// idle connections drains in seconds while a real client, which sends its next command at once,
+// does not notice.
+func (s *Server) idleTimeout(inTx bool) time.Duration {
+	d := s.cfg.SMTP.IdleTimeout.Duration
+	if d <= 0 {
+		d = 5 * time.Minute
+	}
+	if b := s.cfg.SMTP.BusyIdleTimeout.Duration; !inTx && b > 0 && b < d && s.conns.Busy() {
+		return b
+	}
+	return d
+}
+
+// shortenIdle gives the connections already waiting for a command the busy timeout once the
+// server is busy, counted from when they began to wait: otherwise a flood opened slowly would
+// keep the long timeout it got while the server was quiet. It runs at most once a second.
+func (s *Server) shortenIdle() {
+	b := s.idleTimeout(false)
+	if b >= s.idleTimeout(true) {
+		return // not busy (any more), or no shorter timeout configured
+	}
+	now := time.Now().UnixNano()
+	last := s.lastSweep.Load()
+	if now-last < int64(time.Second) || !s.lastSweep.CompareAndSwap(last, now) {
+		return
+	}
+	s.mu.Lock()
+	live := make([]*conn, 0, len(s.live))
+	for c := range s.live {
+		live = append(live, c)
+	}
+	s.mu.Unlock()
+	for _, c := range live {
+		if w := c.waitSince.Load(); w != 0 && !c.busy() {
+			c.Conn.SetReadDeadline(time.Unix(0, w).Add(b))
+		}
+	}
 }
 
 // Addrs returns the addresses being served.
@@ -363,8 +418,9 @@ func newID() string {
 	return hex.EncodeToString(b)
 }
 
-// listener applies the limits that must act before the 220 greeting: draining and
-// connections per client. go-smtp has no hook there, hence the wrapper.
+// listener applies the limits that must act before the 220 greeting: draining and the
+// connection caps (max_conns, per client, per IPv6 /48). go-smtp has no hook there, hence the
+// wrapper. A refused client is told so with 421 and closed at once, never left hanging.
 type listener struct {
 	net.Listener
 	s *Server
@@ -384,17 +440,37 @@ func (l *listener) Accept() (net.Conn, error) {
 			refuse(nc, "421 4.3.2 "+s.cfg.Hostname+" is shutting down, try again later")
 			continue
 		}
-		if !s.conns.acquire(key) {
-			s.opts.Metrics.Connection("too_many")
-			s.log.Warn("too many connections", "remote", nc.RemoteAddr().String(), "limit", s.cfg.SMTP.MaxConnsPerIP)
-			refuse(nc, "421 4.7.0 too many connections from your address, try again later")
+		release, why := s.conns.Acquire(ip)
+		if why != connlimit.None {
+			s.refuse(nc, why)
 			continue
 		}
 		s.opts.Metrics.Connection("accepted")
-		c := &conn{Conn: nc, s: s, key: key, ip: ip, id: newID()}
+		c := &conn{Conn: nc, s: s, key: key, ip: ip, id: newID(), release: release}
 		s.track(c)
+		if s.conns.Busy() {
+			s.shortenIdle()
+		}
 		return c, nil
 	}
+}
+
+// refuse answers a connection over a cap with 421 and closes it.
+func (s *Server) refuse(nc net.Conn, why connlimit.Reason) {
+	line, result := "421 4.7.0 too many connections, try later", "full"
+	switch why {
+	case connlimit.Client:
+		line, result = "421 4.7.0 too many connections from your address, try again later", "too_many"
+	case connlimit.Net48:
+		line, result = "421 4.7.0 too many connections from your network, try again later", "too_many"
+	}
+	s.opts.Metrics.Connection(result)
+	if ok, n := s.refused.Refused(time.Now()); ok {
+		lim := s.conns.Limits()
+		s.log.Warn("connections refused", "reason", string(why), "refused", n, "last_remote", nc.RemoteAddr().String(),
+			"open", s.conns.Open(), "max_conns", lim.Total, "max_conns_per_ip", lim.PerClient, "max_conns_per_ipv6_48", lim.PerNet48)
+	}
+	refuse(nc, line)
 }
 
 // refuse answers a connection that will not be served and closes it. A fresh socket's send
@@ -409,10 +485,13 @@ func refuse(nc net.Conn, line string) {
 // transaction is under way, which is what draining needs.
 type conn struct {
 	net.Conn
-	s   *Server
-	key string
-	ip  net.IP
-	id  string
+	s       *Server
+	key     string
+	ip      net.IP
+	id      string
+	release func() // the connection's slot in s.conns
+	// waitSince is when go-smtp began to wait for a command (unix ns); 0 once bytes arrived.
+	waitSince atomic.Int64
 
 	mu        sync.Mutex
 	inTx      bool
@@ -431,16 +510,38 @@ func (c *conn) Read(b []byte) (int, error) {
 	if c.s.draining.Load() && !c.busy() {
 		return 0, errDraining{}
 	}
-	return c.Conn.Read(b)
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.waitSince.Store(0)
+	}
+	return n, err
 }
 
 func (c *conn) Close() error {
 	err := c.Conn.Close()
 	c.closeOnce.Do(func() {
-		c.s.conns.release(c.key)
+		c.release()
 		c.s.untrack(c)
 	})
 	return err
+}
+
+// SetReadDeadline is how go-smtp starts waiting for a command (with ReadTimeout, before each
+// line and before a TLS handshake): the deadline becomes the idle timeout of the moment.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	if t.IsZero() {
+		return c.Conn.SetReadDeadline(t)
+	}
+	now := time.Now()
+	c.waitSince.Store(now.UnixNano())
+	return c.Conn.SetReadDeadline(now.Add(c.s.idleTimeout(c.busy())))
+}
+
+// beginData gives the message itself [smtp] read_timeout, from the 354 on.
+func (c *conn) beginData() {
+	if d := c.s.cfg.SMTP.ReadTimeout.Duration; d > 0 {
+		c.Conn.SetReadDeadline(time.Now().Add(d))
+	}
 }
 
 func (c *conn) busy() bool {

@@ -138,6 +138,9 @@ func (x *session) Data(r io.Reader) error {
 		return errShuttingDown(s.cfg.Hostname)
 	}
 	defer s.endData()
+	if x.c != nil {
+		x.c.beginData()
+	}
 	buf := getBuffer()
 	defer putBuffer(buf)
 	sr := &strictReader{r: r}

@@ -118,6 +118,7 @@ func newEnv(t testing.TB) *env {
 		KnownQueue: func(q string) bool { return q == "support" || q == "billing" }})
 	e.tk = tickets.New(db, l, tickets.Options{Hostname: "mail.example.com", Queues: testQueues, Mailer: e.mailer, Now: clk.Now})
 	e.cfg = config.Default()
+	e.cfg.Hostname = "mailgate.test" // the Host the test client sends
 	e.cfg.Web.Listen = "127.0.0.1:0"
 	e.srv, err = New(Options{Config: e.cfg, Access: e.acc, Tickets: e.tk, Audit: l, DB: db, Logger: logger, Now: clk.Now,
 		Health: func() error {

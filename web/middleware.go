@@ -22,6 +22,7 @@ import (
 
 	"mailgate/access"
 	"mailgate/audit"
+	"mailgate/config"
 )
 
 // CSP allows only the page's own stylesheet and images (plus data: images kept in sanitised
@@ -63,6 +64,58 @@ func secure(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// allowedHosts are the names the page answers to by Host: hostname and [web] allowed_hosts.
+func allowedHosts(cfg *config.Config) map[string]bool {
+	m := map[string]bool{}
+	for _, h := range append([]string{cfg.Hostname}, cfg.Web.AllowedHosts...) {
+		if h = strings.TrimSuffix(strings.ToLower(h), "."); h != "" {
+			m[h] = true
+		}
+	}
+	return m
+}
+
+// checkHost answers 421 Misdirected Request to a request whose Host is not this server: not
+// hostname or one of [web] allowed_hosts, not the IP address the client connected to, and not
+// "localhost" on a loopback connection. This stops DNS rebinding, where a hostile page points
+// its own name at this server (or at 127.0.0.1 on an agent's machine) and reads the answers as
+// same-origin: the browser then sends the hostile name in Host. A request without Host (HTTP/1.0
+// tools) is no browser and passes. The WKD keys are public and are fetched under the mail
+// domain's names (openpgpkey.example.com), so they are exempt.
+func (s *Server) checkHost(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.hostAllowed(r) || strings.HasPrefix(r.URL.Path, "/.well-known/openpgpkey/") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusMisdirectedRequest)
+		fmt.Fprint(w, "this server does not answer to that host name; an administrator can add it to [web] allowed_hosts\n")
+	})
+}
+
+func (s *Server) hostAllowed(r *http.Request) bool {
+	host := r.Host
+	if host == "" {
+		return true
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")), ".")
+	if s.hosts[host] {
+		return true
+	}
+	local, _ := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr)
+	if local == nil {
+		return false
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.Equal(local.IP) // an address literal cannot be rebound to another server
+	}
+	return host == "localhost" && local.IP.IsLoopback()
 }
 
 // reqInfo is what the middleware learns about a request; handlers read it from the context.

@@ -19,11 +19,11 @@ import (
 	"time"
 
 	"github.com/microcosm-cc/bluemonday"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"mailgate/access"
 	"mailgate/audit"
 	"mailgate/config"
+	"mailgate/internal/connlimit"
 	"mailgate/store"
 	"mailgate/tickets"
 )
@@ -43,9 +43,8 @@ type Options struct {
 	DB      *store.DB
 	// WKD serves /.well-known/openpgpkey/ (pgp.WKDHandler) when a gateway key exists; nil: not mounted.
 	WKD http.Handler
-	// Metrics serves /metrics; nil: the default Prometheus registry.
-	Metrics http.Handler
 	// Health says whether mailgate can take work (store writable, listeners up); nil: DB.Writable.
+	// /healthz answers only ok or not: the reason is for the metrics listener and the log.
 	Health func() error
 	Logger *slog.Logger
 	// Now is the clock for what web shows and decides itself (pagination of "since", cookie
@@ -66,6 +65,8 @@ type Server struct {
 	servers  []*http.Server
 	verified verifyCache
 	anon     anonLimit
+	conns    *connlimit.Limiter // [web] max_conns, all Serve calls together
+	hosts    map[string]bool    // hostname and [web] allowed_hosts, lower case
 }
 
 // New checks opts and builds the handler tree.
@@ -88,9 +89,6 @@ func New(opts Options) (*Server, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if opts.Metrics == nil {
-		opts.Metrics = promhttp.Handler()
-	}
 	if opts.Health == nil {
 		opts.Health = opts.DB.Writable
 	}
@@ -104,6 +102,8 @@ func New(opts Options) (*Server, error) {
 		pages:  pages,
 		policy: newPolicy(),
 		preKey: make([]byte, 32),
+		conns:  connlimit.New(connlimit.Limits{Total: opts.Config.Web.MaxConns}),
+		hosts:  allowedHosts(opts.Config),
 	}
 	rand.Read(s.preKey)
 	s.handler = s.routes()
@@ -118,7 +118,6 @@ func (s *Server) routes() http.Handler {
 	static, _ := fs.Sub(staticFS, "static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", staticHandler(static)))
 	mux.HandleFunc("GET /healthz", s.healthz)
-	mux.Handle("GET /metrics", s.opts.Metrics)
 	if s.opts.WKD != nil {
 		mux.Handle("/.well-known/openpgpkey/", s.opts.WKD)
 	}
@@ -139,7 +138,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /audit", s.authed(s.auditPage))
 	mux.HandleFunc("POST /audit/export", s.checkOrigin(s.authed(s.auditExport)))
 	mux.HandleFunc("/", s.notFound)
-	return s.observe(secure(mux))
+	return s.observe(secure(s.checkHost(mux)))
 }
 
 func (s *Server) root(w http.ResponseWriter, r *http.Request) {
@@ -150,15 +149,22 @@ func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
 	s.errorPage(w, r, http.StatusNotFound, "There is no such page.")
 }
 
+// healthz says ok or unavailable and nothing more: the page is public, and why mailgate is
+// unwell (which listener, which account) is for the operator, on the metrics listener and in
+// the log.
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if err := s.opts.Health(); err != nil {
+		s.log.Warn("healthz: unavailable", "rid", info(r).id, "err", err)
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, "unavailable: %v\n", err)
+		fmt.Fprint(w, "unavailable\n")
 		return
 	}
 	fmt.Fprint(w, "ok\n")
 }
+
+// Conns returns the connection limiter of the web listeners (metrics, tests).
+func (s *Server) Conns() *connlimit.Limiter { return s.conns }
 
 // staticHandler serves the embedded stylesheet. It holds no customer data, so it may be cached.
 func staticHandler(fsys fs.FS) http.Handler {
@@ -193,10 +199,39 @@ func (s *Server) Serve(l net.Listener) error {
 	} else if !loopback(l.Addr()) {
 		return fmt.Errorf("web: refusing plain HTTP on %s: set [web] tls_cert and tls_key, or listen on 127.0.0.1 behind a TLS proxy", l.Addr())
 	}
+	// Over [web] max_conns a plain-HTTP client reads 503; a TLS client is closed at once, since
+	// answering it would cost a handshake per refused connection.
+	refuse := func(c net.Conn, _ connlimit.Reason) { c.Close() }
+	if srv.TLSConfig == nil {
+		refuse = func(c net.Conn, _ connlimit.Reason) { connlimit.ReplyHTTP(c) }
+	}
+	l = &connlimit.Listener{Listener: l, Limiter: s.conns, Refuse: refuse}
+	// While 3/4 of max_conns are taken, keep-alive is off: idle connections are closed and
+	// every answer closes its connection, so a flood cannot park connections between requests.
+	var (
+		mu             sync.Mutex
+		busy, stopping bool
+	)
+	srv.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st != http.StateNew && st != http.StateClosed && st != http.StateHijacked {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if b := s.conns.Busy(); b != busy && !stopping {
+			busy = b
+			srv.SetKeepAlivesEnabled(!b)
+		}
+	}
+	srv.RegisterOnShutdown(func() {
+		mu.Lock()
+		stopping = true
+		mu.Unlock()
+	})
 	s.mu.Lock()
 	s.servers = append(s.servers, srv)
 	s.mu.Unlock()
-	s.log.Info("web listening", "addr", l.Addr().String(), "tls", web.TLSCert != "")
+	s.log.Info("web listening", "addr", l.Addr().String(), "tls", web.TLSCert != "", "max_conns", s.conns.Limits().Total)
 	var err error
 	if srv.TLSConfig != nil {
 		err = srv.ServeTLS(l, "", "") // certificates come from TLSConfig; ServeTLS adds HTTP/2

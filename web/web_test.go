@@ -798,6 +798,8 @@ func TestAuditPage(t *testing.T) {
 	}
 }
 
+// TestHealthAndMetrics: the public /healthz says ok or unavailable and never why, and /metrics
+// is not on the agents' page at all (it lives on the [metrics] listener).
 func TestHealthAndMetrics(t *testing.T) {
 	e := newEnv(t)
 	c := e.client()
@@ -805,14 +807,17 @@ func TestHealthAndMetrics(t *testing.T) {
 	if w.Code != http.StatusOK || w.Body.String() != "ok\n" {
 		t.Fatalf("healthz: %d %q", w.Code, w.Body.String())
 	}
-	e.health = errors.New("smtp listener down")
+	e.health = errors.New("smtp listener down; 3 failed logins")
 	w = c.get("/healthz")
-	if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), "smtp listener down") {
-		t.Errorf("unhealthy: %d %q", w.Code, w.Body.String())
+	if w.Code != http.StatusServiceUnavailable || w.Body.String() != "unavailable\n" {
+		t.Errorf("unhealthy: %d %q, want 503 and no reason", w.Code, w.Body.String())
+	}
+	if !strings.Contains(e.logs.String(), "smtp listener down") {
+		t.Error("the reason is not in the log")
 	}
 	w = c.get("/metrics")
-	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "mailgate_web_requests_total") {
-		t.Errorf("metrics: %d\n%s", w.Code, w.Body.String())
+	if w.Code != http.StatusNotFound || strings.Contains(w.Body.String(), "mailgate_") {
+		t.Errorf("metrics on the public page: %d\n%s", w.Code, w.Body.String())
 	}
 }
 

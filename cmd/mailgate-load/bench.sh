@@ -63,6 +63,9 @@ dkim_domain = "bench.test"
 
 [web]
 listen = "127.0.0.1:0"
+
+[metrics]
+listen = "127.0.0.1:0"                  # two daemons may run at once
 TOML
 	: > "$dir/serve.out"
 	"$WORK/mailgate" serve -config "$dir/mailgate.toml" > "$dir/serve.out" 2> "$dir/serve.log" &

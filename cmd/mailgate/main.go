@@ -154,7 +154,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("serve", stderr)
 	cfgPath := fs.String("config", "", "config file; without it mailgate runs in dev mode with its data in ./mailgate-data")
 	listen := map[string]*string{}
-	for _, s := range []string{"smtp", "submission", "web", "imap"} {
+	for _, s := range []string{"smtp", "submission", "web", "imap", "metrics"} {
 		listen[s] = fs.String("listen-"+s, "", "override the "+s+" listener(s): host:port[,host:port], port 0 = any free port, \"none\" = off (for tests and port clashes)")
 	}
 	pos, err := app.ParseArgs(fs, args)

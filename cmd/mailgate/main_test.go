@@ -161,7 +161,7 @@ type daemon struct {
 func startServe(t *testing.T, dir string, args ...string) *daemon {
 	t.Helper()
 	args = append([]string{"serve", "-listen-smtp", "127.0.0.1:0", "-listen-web", "127.0.0.1:0",
-		"-listen-submission", "127.0.0.1:0", "-listen-imap", "127.0.0.1:0"}, args...)
+		"-listen-submission", "127.0.0.1:0", "-listen-imap", "127.0.0.1:0", "-listen-metrics", "127.0.0.1:0"}, args...)
 	d := &daemon{cmd: exec.Command(bin, args...), ready: make(chan struct{}), done: make(chan error, 1)}
 	d.cmd.Dir = dir
 	d.cmd.Stderr = &syncWriter{w: &d.stderr, mu: &d.mu}
@@ -347,11 +347,20 @@ func TestDevModeEndToEnd(t *testing.T) {
 		t.Errorf("control socket: %v %v", err, st.Mode())
 	}
 
+	metricsURL := d.line(t, `^listening: metrics (http://127\.0\.0\.1:\d+/)metrics$`)[1]
 	if body := httpGet(t, webURL+"healthz"); strings.TrimSpace(body) != "ok" {
 		t.Fatalf("/healthz: %q", body)
 	}
-	if body := httpGet(t, webURL+"metrics"); !strings.Contains(body, "mailgate_") {
+	if body := httpGet(t, metricsURL+"healthz"); strings.TrimSpace(body) != "ok" {
+		t.Fatalf("metrics listener /healthz: %q", body)
+	}
+	if body := httpGet(t, metricsURL+"metrics"); !strings.Contains(body, "mailgate_") || !strings.Contains(body, `mailgate_connections_max{service="smtp"}`) {
 		t.Fatalf("/metrics has no mailgate_ metrics")
+	}
+	if resp, err := http.Get(webURL + "metrics"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/metrics on the public web listener: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 
 	sendMail(t, smtpAddr, "alice@example.org", "support@localhost", "Where is my order?", "Order 1234 has not arrived.")
@@ -364,7 +373,7 @@ func TestDevModeEndToEnd(t *testing.T) {
 	}
 	checkTicket(t, list[0], "Where is my order?")
 	id := fmt.Sprint(*list[0].ID)
-	if body := httpGet(t, webURL+"metrics"); !strings.Contains(body, `mailgate_tickets_threading_total{outcome="new"} 1`) {
+	if body := httpGet(t, metricsURL+"metrics"); !strings.Contains(body, `mailgate_tickets_threading_total{outcome="new"} 1`) {
 		t.Errorf("/metrics does not count the new ticket")
 	}
 

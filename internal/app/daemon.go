@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"mailgate/audit"
 	"mailgate/config"
 	"mailgate/inbound"
+	"mailgate/internal/connlimit"
 	"mailgate/internal/metrics"
 	"mailgate/pgp"
 	"mailgate/web"
@@ -30,7 +32,8 @@ import (
 type ServeOptions struct {
 	// ConfigPath is -config; "" is dev mode with its data in ./mailgate-data.
 	ConfigPath string
-	// Listen overrides listener addresses by service ("smtp", "submission", "web", "imap"),
+	// Listen overrides listener addresses by service ("smtp", "submission", "web", "imap",
+	// "metrics"),
 	// for tests and for dev mode on a machine where its fixed ports are taken; "none" turns
 	// a service off. A port of 0 takes any free port; serve prints what it bound.
 	Listen map[string]string
@@ -85,6 +88,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	}
 	levelVar := new(slog.LevelVar)
 	log := newLogger(o.Logs, cfg.Log, levelVar)
+	applyConnBudget(cfg, connlimit.FileLimit(), log)
 
 	a, err := Open(cfg, Options{Logger: log, LockTimeout: time.Second})
 	if err != nil {
@@ -119,11 +123,39 @@ func applyListen(cfg *config.Config, m map[string]string) error {
 				v = ""
 			}
 			cfg.Web.Listen = v
+		case "metrics":
+			if v == "none" {
+				v = ""
+			}
+			cfg.Metrics.Listen = v
 		default:
 			return fmt.Errorf("unknown listener %q", k)
 		}
 	}
 	return nil
+}
+
+// applyConnBudget fills every max_conns left at 0 with the service's share of the open-file
+// limit nofile (connlimit.Split), and warns when the caps together leave too little for the rest
+// of the process: then a flood of every listener at once could still exhaust the descriptors.
+func applyConnBudget(cfg *config.Config, nofile int, log *slog.Logger) {
+	b := connlimit.Split(nofile)
+	for _, f := range []struct {
+		v   *int
+		def int
+	}{{&cfg.SMTP.MaxConns, b.SMTP}, {&cfg.SMTP.SubmissionMaxConns, b.Submission}, {&cfg.IMAP.MaxConns, b.IMAP}, {&cfg.Web.MaxConns, b.Web}} {
+		if *f.v <= 0 {
+			*f.v = f.def
+		}
+	}
+	sum := cfg.SMTP.MaxConns + cfg.SMTP.SubmissionMaxConns + cfg.IMAP.MaxConns + cfg.Web.MaxConns
+	attrs := []any{"smtp", cfg.SMTP.MaxConns, "submission", cfg.SMTP.SubmissionMaxConns, "imap", cfg.IMAP.MaxConns,
+		"web", cfg.Web.MaxConns, "open_file_limit", nofile}
+	if nofile > 0 && sum > nofile-128 {
+		log.Warn("the max_conns settings add up to more than the open-file limit allows; raise the limit (LimitNOFILE= in systemd) or lower max_conns", attrs...)
+		return
+	}
+	log.Info("connection caps", attrs...)
 }
 
 func newLogger(w io.Writer, lc config.Log, level *slog.LevelVar) *slog.Logger {
@@ -161,6 +193,7 @@ type daemon struct {
 	imap       *agentmail.IMAPServer
 	fetchers   []*inbound.Fetcher
 	web        *web.Server
+	metricsSrv *http.Server
 	ctl        *Control
 	cancel     context.CancelFunc // ends the fetchers
 	up         atomic.Bool        // every listener is serving
@@ -323,6 +356,7 @@ func (d *daemon) start() error {
 			Metrics:   metrics.SMTP{},
 			OnRefused: d.refused,
 		})
+		connMetrics("smtp", d.smtp.Conns())
 		for _, addr := range cfg.SMTP.Listen {
 			l, err := d.listen("smtp", addr)
 			if err != nil {
@@ -341,7 +375,9 @@ func (d *daemon) start() error {
 	if len(cfg.SMTP.SubmissionListen) > 0 {
 		d.submission = agentmail.NewSubmission(agentmail.SubmissionOptions{
 			Tickets: a.Tickets, Access: a.Access, Audit: a.Audit, TLSConfig: tlsCfg, TLSMode: cfg.SMTP.SubmissionTLS, Hostname: cfg.Hostname, Logger: d.log,
+			MaxConns: cfg.SMTP.SubmissionMaxConns,
 		})
+		connMetrics("submission", d.submission.Conns())
 		for _, addr := range cfg.SMTP.SubmissionListen {
 			l, err := d.listen("submission", addr)
 			if err != nil {
@@ -354,7 +390,9 @@ func (d *daemon) start() error {
 	if len(cfg.IMAP.Listen) > 0 {
 		d.imap = agentmail.NewIMAP(agentmail.IMAPOptions{
 			Tickets: a.Tickets, Access: a.Access, Audit: a.Audit, TLSConfig: imapTLS, TLSMode: cfg.IMAP.TLS, Hostname: cfg.Hostname, Logger: d.log,
+			MaxConns: cfg.IMAP.MaxConns,
 		})
+		connMetrics("imap", d.imap.Conns())
 		a.notify = d.imap.Notify
 		for _, addr := range cfg.IMAP.Listen {
 			l, err := d.listen("imap", addr)
@@ -393,7 +431,7 @@ func (d *daemon) start() error {
 	// Agents' web page (and WKD for the gateway key).
 	if cfg.Web.Listen != "" {
 		wo := web.Options{Config: cfg, Access: a.Access, Tickets: a.Tickets, Audit: a.Audit, DB: a.DB, Logger: d.log,
-			Metrics: metrics.Handler(), Health: d.health}
+			Health: d.health}
 		if a.Gateway != nil {
 			var addrs []string
 			for _, q := range cfg.Queues {
@@ -405,6 +443,7 @@ func (d *daemon) start() error {
 		if err != nil {
 			return err
 		}
+		connMetrics("web", d.web.Conns())
 		l, err := d.listen("web", cfg.Web.Listen)
 		if err != nil {
 			return err
@@ -417,12 +456,89 @@ func (d *daemon) start() error {
 		d.lines = append(d.lines, "listening: web "+d.webURL)
 		d.serve("web", l, d.web.Serve)
 	}
+	if cfg.Metrics.Listen != "" {
+		if err := d.startMetrics(); err != nil {
+			return err
+		}
+	}
 	if age := cfg.Retention.ClosedAfter.Duration; age > 0 {
 		d.wg.Add(1)
 		go d.retention(fctx, age)
 	}
 	d.lines = append(d.lines, "control socket: "+SocketPath(cfg))
 	d.up.Store(true)
+	return nil
+}
+
+// connMetrics reports a service's connection limiter as mailgate_connections_*.
+func connMetrics(service string, l *connlimit.Limiter) {
+	metrics.Connections(service, func() metrics.ConnStats {
+		refused := map[string]uint64{}
+		for r, n := range l.Refused() {
+			refused[string(r)] = n
+		}
+		return metrics.ConnStats{Open: l.Open(), Max: l.Limits().Total, Refused: refused}
+	})
+}
+
+// metricsMaxConns caps the metrics listener: a scraper or two, and an operator's curl.
+const metricsMaxConns = 16
+
+// startMetrics serves /metrics and the detailed /healthz on [metrics] listen: plain HTTP on
+// loopback, else (check-config insists on a token there) TLS with the [web] certificate.
+func (d *daemon) startMetrics() error {
+	cfg := d.cfg
+	var token string
+	if cfg.Metrics.TokenFile != "" {
+		b, err := os.ReadFile(cfg.Metrics.TokenFile)
+		if err != nil {
+			return fmt.Errorf("[metrics] token_file: %w", err)
+		}
+		if token = strings.TrimSpace(string(b)); token == "" {
+			return fmt.Errorf("[metrics] token_file %s is empty; write a long random token into it (e.g. openssl rand -hex 32)", cfg.Metrics.TokenFile)
+		}
+	}
+	l, err := d.listen("metrics", cfg.Metrics.Listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           metrics.ListenerHandler(metrics.HandlerOptions{Token: token, Health: d.health, Hostname: cfg.Hostname}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+	}
+	scheme := "http"
+	if tcp, ok := l.Addr().(*net.TCPAddr); !ok || !tcp.IP.IsLoopback() {
+		tc, err := loadTLS("web", cfg.Web.TLSCert, cfg.Web.TLSKey)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		if tc == nil {
+			l.Close()
+			return fmt.Errorf("metrics: refusing plain HTTP on %s: set [web] tls_cert, or listen on 127.0.0.1", l.Addr())
+		}
+		srv.TLSConfig, scheme = tc, "https"
+	}
+	l = &connlimit.Listener{Listener: l, Limiter: connlimit.New(connlimit.Limits{Total: metricsMaxConns})}
+	d.metricsSrv = srv
+	d.lines = append(d.lines, fmt.Sprintf("listening: metrics %s://%s/metrics", scheme, l.Addr()))
+	d.serve("metrics", l, func(l net.Listener) error {
+		var err error
+		if srv.TLSConfig != nil {
+			err = srv.ServeTLS(l, "", "")
+		} else {
+			err = srv.Serve(l)
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	})
 	return nil
 }
 
@@ -541,6 +657,13 @@ func (d *daemon) stop(reason string) {
 			if err := d.web.Shutdown(ctx); err != nil {
 				d.log.Warn("web drain", "err", err)
 			}
+		}()
+	}
+	if d.metricsSrv != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.metricsSrv.Shutdown(ctx)
 		}()
 	}
 	wg.Wait()

@@ -35,7 +35,7 @@ var latencyBuckets = []float64{.0005, .001, .002, .005, .0075, .01, .015, .02, .
 
 var (
 	smtpConns = newCounterVec("mailgate_smtp_connections_total",
-		"SMTP connections by result: accepted, too_many (per-client limit), shutting_down.", "result")
+		"SMTP connections by result: accepted, too_many (per-client or per-/48 limit), full (max_conns), shutting_down.", "result")
 	smtpCommands = newCounterVec("mailgate_smtp_commands_total",
 		"SMTP MAIL and RCPT commands by result.", "command", "result")
 	smtpMessages = newCounterVec("mailgate_smtp_messages_total",

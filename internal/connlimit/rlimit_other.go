@@ -1,0 +1,6 @@
+//go:build !unix
+
+package connlimit
+
+// FileLimit is unknown here.
+func FileLimit() int { return 0 }
