@@ -5,7 +5,7 @@ TEST_TIMEOUT ?= 12m
 FUZZTIME     ?= 1m
 BENCHTIME    ?= 1s
 
-.PHONY: test check vet fmt-check deps fuzz bench build clean
+.PHONY: test check vet fmt-check deps fuzz bench build clean install
 
 # The README's test command: tools the tests need as peers, static checks, then every test
 # with the race detector.
@@ -41,3 +41,11 @@ build:
 
 clean:
 	rm -rf bin
+
+# Installs the binary and the systemd unit (README: "Installing as a service").
+# DESTDIR stages the files elsewhere, e.g. for a package.
+PREFIX     ?= /usr/local
+SYSTEMDDIR ?= /etc/systemd/system
+install: build
+	install -D -m 0755 bin/mailgate $(DESTDIR)$(PREFIX)/bin/mailgate
+	install -D -m 0644 contrib/mailgate.service $(DESTDIR)$(SYSTEMDDIR)/mailgate.service

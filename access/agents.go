@@ -609,7 +609,7 @@ func (s *Service) RevokeAppPassword(by Actor, name, id string) error {
 	return s.change(by, "apppassword.revoke", name, true, func(tx *store.Tx, r *record) (string, error) {
 		i := slices.IndexFunc(r.Apps, func(a appRecord) bool { return a.ID == id })
 		if i < 0 {
-			return "", fmt.Errorf("app password %s: %w", strconv.QuoteToASCII(clip(id, 32)), ErrNotFound)
+			return "", appPasswordNotFound(id)
 		}
 		label := r.Apps[i].Label
 		r.Apps = slices.Delete(r.Apps, i, i+1)
@@ -625,3 +625,37 @@ func (s *Service) EndSessions(by Actor, name string) error {
 		return "", nil
 	})
 }
+
+// ResetPassword gives the agent a new generated password, returned once, and ends its
+// sessions: what an admin does for an agent who forgot theirs. The TOTP secret and the app
+// passwords stay, so the agent's authenticator and mail clients keep working.
+func (s *Service) ResetPassword(by Actor, name string) (string, error) {
+	pw := newPassword()
+	if err := s.SetPassword(by, name, pw); err != nil {
+		return "", err
+	}
+	return pw, nil
+}
+
+// AppPasswords lists the agent's app passwords (label, created, last use; never the secret).
+// Agents may list their own.
+func (s *Service) AppPasswords(by Actor, name string) ([]AppPassword, error) {
+	if err := authorize(by, name, true); err != nil {
+		return nil, fmt.Errorf("app passwords of %s: %w", safeName(name), err)
+	}
+	a, err := s.Get(name)
+	if err != nil {
+		return nil, err
+	}
+	return a.AppPasswords, nil
+}
+
+// appPasswordNotFound is ErrNotFound (so callers answer 404) with a message about the app
+// password, not the agent, which does exist.
+type appPasswordNotFound string
+
+func (e appPasswordNotFound) Error() string {
+	return "no app password with id " + strconv.QuoteToASCII(clip(string(e), 32)) + " (agent app-passwords NAME lists them)"
+}
+
+func (e appPasswordNotFound) Unwrap() error { return ErrNotFound }

@@ -5,6 +5,7 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -59,6 +60,11 @@ type Log struct {
 	mirror *os.File
 	// OnAppend, when set, is called after each committed event (metrics).
 	OnAppend func(Event)
+	// MirrorRotated is set by New when the mirror file held events the database does not
+	// (it was restored from a backup): that file was renamed to this name and a new one began.
+	MirrorRotated string
+	// MirrorAhead is the last seq the rotated mirror held.
+	MirrorAhead uint64
 }
 
 // New opens the log on db. mirrorFile, when not empty, receives every committed event as a JSON
@@ -66,6 +72,9 @@ type Log struct {
 func New(db *store.DB, mirrorFile string) (*Log, error) {
 	l := &Log{db: db}
 	if mirrorFile != "" {
+		if err := l.rotateMirror(mirrorFile); err != nil {
+			return nil, fmt.Errorf("audit mirror: %w", err)
+		}
 		f, err := os.OpenFile(mirrorFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("audit mirror: %w", err)
@@ -73,6 +82,65 @@ func New(db *store.DB, mirrorFile string) (*Log, error) {
 		l.mirror = f
 	}
 	return l, nil
+}
+
+// rotateMirror starts a new mirror segment when the mirror is ahead of the database. After a
+// restore the database's chain continues from the backup's last seq, so appending to the old
+// mirror would give it two different events under the same seq; the old file is kept, renamed,
+// as the record of what happened before the restore.
+func (l *Log) rotateMirror(file string) error {
+	last, err := lastMirrorSeq(file)
+	if err != nil || last == 0 {
+		return err
+	}
+	var seq uint64
+	if err := l.db.View(func(tx *store.Tx) error { seq = tx.Seq(Bucket); return nil }); err != nil {
+		return err
+	}
+	if last <= seq {
+		return nil
+	}
+	name := fmt.Sprintf("%s.before-restore.%s.seq%d", file, time.Now().UTC().Format("20060102T150405Z"), last)
+	if _, err := os.Lstat(name); err == nil {
+		return fmt.Errorf("%s holds events up to seq %d but the database only up to %d, and %s exists already; move it away", file, last, seq, name)
+	}
+	if err := os.Rename(file, name); err != nil {
+		return err
+	}
+	l.MirrorRotated, l.MirrorAhead = name, last
+	return nil
+}
+
+// lastMirrorSeq returns the seq of the mirror's last complete line (0: no file, no event).
+func lastMirrorSeq(file string) (uint64, error) {
+	f, err := os.Open(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	const tail = 1 << 20 // events are far shorter than this
+	off := max(0, st.Size()-tail)
+	b := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+		return 0, err
+	}
+	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
+	for i := len(lines) - 1; i >= 0; i-- {
+		var ev struct {
+			Seq uint64 `json:"seq"`
+		}
+		if json.Unmarshal(lines[i], &ev) == nil && ev.Seq > 0 {
+			return ev.Seq, nil
+		}
+	}
+	return 0, nil
 }
 
 // Close closes the mirror file.

@@ -264,6 +264,14 @@ func (c *Config) checkQueues(r *reporter) {
 				names[q.Name] = i
 			}
 		}
+		for lang, text := range q.AutoAckTexts {
+			switch {
+			case !langTag.MatchString(lang):
+				r.at(p+".auto_ack_texts", "auto_ack_texts in %s has the language %q; write a language tag in lower case, e.g. de or fr-ch", sec, lang)
+			case strings.TrimSpace(text) == "":
+				r.at(p+".auto_ack_texts", "auto_ack_texts in %s has an empty text for %q; write the text or leave the language out", sec, lang)
+			}
+		}
 		switch a, err := mail.ParseAddress(q.Address); {
 		case q.Address == "":
 			r.at(p+".address", `%s has no address; write e.g. address = "support@example.com"`, sec)
@@ -280,7 +288,38 @@ func (c *Config) checkQueues(r *reporter) {
 			}
 		}
 	}
+	postmasters := 0
+	for i, q := range c.Queues {
+		p := indexPath("queue", i)
+		sec := fmt.Sprintf("[[queue]] #%d", i+1)
+		if q.Postmaster {
+			if postmasters++; postmasters == 2 {
+				r.at(p+".postmaster", "postmaster = true in %s too; only one queue receives postmaster@ mail, set it on one", sec)
+			}
+		}
+		for j, al := range q.Aliases {
+			ap := indexPath(p+".aliases", j)
+			a, err := mail.ParseAddress(al)
+			switch {
+			case err != nil:
+				r.at(ap, "aliases in %s: %q is not an e-mail address (%v); write e.g. aliases = [\"help@example.com\"]", sec, al, err)
+				continue
+			case a.Address != al:
+				r.at(ap, "aliases in %s has %q; write only the address: %q", sec, al, a.Address)
+				continue
+			}
+			key := strings.ToLower(al)
+			if k, dup := addrs[key]; dup {
+				r.at(ap, "aliases in %s has %q, already used by [[queue]] #%d; each address feeds one queue", sec, al, k+1)
+			} else {
+				addrs[key] = i
+			}
+		}
+	}
 }
+
+// langTag is a language tag as auto_ack_texts keys it: a primary language and maybe a region.
+var langTag = regexp.MustCompile(`^[a-z]{2,3}(-[a-z0-9]{2,8})?$`)
 
 // simpleName turns "Support Team" into "support-team" for a suggestion.
 func simpleName(s string) string {

@@ -93,6 +93,15 @@ type Queue struct {
 	// AutoAckText is the acknowledgement's body; {ticket} becomes the ticket number.
 	// "" uses a short built-in text.
 	AutoAckText string `toml:"auto_ack_text"`
+	// AutoAckTexts are acknowledgements per language ("de", "fr-ch"…), chosen by the customer's
+	// Content-Language or Accept-Language; a language without one gets AutoAckText. Default: none.
+	AutoAckTexts map[string]string `toml:"auto_ack_texts"`
+	// Aliases are further addresses of the queue, typically its old addresses: customers keep
+	// replying to them long after a change.
+	Aliases []string `toml:"aliases"`
+	// Postmaster makes this queue receive postmaster@ mail (RFC 5321 4.5.1) and the DMARC
+	// reports init's record asks for; when no queue sets it, the first queue does.
+	Postmaster bool `toml:"postmaster"`
 }
 
 // Outbound is the [outbound] table: relay and DKIM signing.
@@ -304,7 +313,7 @@ func Default() *Config {
 
 // defaultQueue is where each [[queue]] starts.
 func defaultQueue() Queue {
-	return Queue{AutoAck: false}
+	return Queue{AutoAck: false, Aliases: []string{}}
 }
 
 // defaultFetchAccount is where each [[fetch.account]] starts. TLS is filled from
@@ -318,14 +327,64 @@ func defaultFetchAccount() FetchAccount {
 
 // QueueByAddress finds the queue for a recipient address, ignoring case in
 // both the local part and the domain. Surrounding angle brackets are ignored.
+// Aliases and postmaster addresses count (see Recipients).
 func (c *Config) QueueByAddress(addr string) (*Queue, bool) {
-	addr = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(addr), "<"), ">")
-	for i := range c.Queues {
-		if strings.EqualFold(c.Queues[i].Address, addr) {
-			return &c.Queues[i], true
-		}
+	addr = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(addr), "<"), ">"))
+	if name, ok := c.Recipients()[addr]; ok {
+		return c.QueueByName(name)
 	}
 	return nil, false
+}
+
+// Recipients maps every address mailgate receives for, lower-cased, to its queue's name: each
+// queue's address and aliases, and postmaster at each of their domains and at hostname, plus
+// the bare "postmaster" (RFC 5321 4.5.1 requires all of these). Postmaster mail goes to the
+// queue with postmaster = true, else to the first queue; a queue whose own address or alias
+// is a postmaster address keeps it.
+func (c *Config) Recipients() map[string]string {
+	m := map[string]string{}
+	var domains []string
+	for _, q := range c.Queues {
+		for _, a := range append([]string{q.Address}, q.Aliases...) {
+			a = strings.ToLower(a)
+			if _, dup := m[a]; !dup {
+				m[a] = q.Name
+			}
+			if at := strings.LastIndexByte(a, '@'); at >= 0 {
+				domains = append(domains, a[at+1:])
+			}
+		}
+	}
+	pm := c.PostmasterQueue()
+	if pm == "" {
+		return m
+	}
+	if h := strings.TrimSuffix(strings.ToLower(c.Hostname), "."); h != "" {
+		domains = append(domains, h)
+	}
+	for _, d := range append(domains, "") {
+		a := "postmaster"
+		if d != "" {
+			a += "@" + d
+		}
+		if _, ok := m[a]; !ok {
+			m[a] = pm
+		}
+	}
+	return m
+}
+
+// PostmasterQueue names the queue postmaster@ mail goes to ("" without queues).
+func (c *Config) PostmasterQueue() string {
+	for _, q := range c.Queues {
+		if q.Postmaster {
+			return q.Name
+		}
+	}
+	if len(c.Queues) > 0 {
+		return c.Queues[0].Name
+	}
+	return ""
 }
 
 // QueueByName finds a queue by its name.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -54,7 +55,7 @@ func TestMinimalGetsDefaults(t *testing.T) {
 	}
 	want := Default()
 	want.Hostname = "mail.example.com"
-	want.Queues = []Queue{{Name: "support", Address: "support@example.com"}}
+	want.Queues = []Queue{{Name: "support", Address: "support@example.com", Aliases: []string{}}}
 	want.Path = "min.toml"
 	want.lines, want.source = c.lines, c.source
 	if !reflect.DeepEqual(c, want) {
@@ -312,3 +313,90 @@ key_file = "/etc/mailgate/data.key"
 name = "support"
 address = "support@example.com"
 `
+
+func TestAutoAckTextsPerLanguage(t *testing.T) {
+	src := minimal("") + "auto_ack_texts = { de = \"Danke: #{ticket}\", fr-ch = \"Merci: #{ticket}\" }\n"
+	c, err := Parse("t.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Queues[0].AutoAckTexts; got["de"] != "Danke: #{ticket}" || got["fr-ch"] != "Merci: #{ticket}" {
+		t.Fatalf("auto_ack_texts: %v", got)
+	}
+	for _, bad := range []string{`{ German = "Danke" }`, `{ de = " " }`} {
+		src := minimal("") + "auto_ack_texts = " + bad + "\n"
+		errs := problems(t, src)
+		if len(errs) != 1 || !strings.Contains(errs[0].Msg, "auto_ack_texts") || errs[0].Line != lineOf(t, src, "auto_ack_texts") {
+			t.Errorf("%s: %v", bad, errs)
+		}
+	}
+}
+
+func TestQueueAliasesAndPostmaster(t *testing.T) {
+	c, err := Parse("q.toml", []byte(`hostname = "mx.example.net"
+[[queue]]
+name = "support"
+address = "support@example.com"
+aliases = ["help@example.com", "Support@Old-Example.org"]
+[[queue]]
+name = "billing"
+address = "billing@example.com"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for addr, want := range map[string]string{
+		"help@example.com": "support", "support@old-example.org": "support", "SUPPORT@OLD-EXAMPLE.ORG": "support",
+		"postmaster@example.com": "support", "Postmaster@old-example.org": "support", "postmaster@mx.example.net": "support",
+		"postmaster": "support", "billing@example.com": "billing", "postmaster@example.org": "", "help@old-example.org": "",
+	} {
+		q, ok := c.QueueByAddress(addr)
+		if want == "" && ok || want != "" && (!ok || q.Name != want) {
+			t.Errorf("QueueByAddress(%q) = %v, %v; want %q", addr, q, ok, want)
+		}
+	}
+	// postmaster = true moves postmaster mail; an explicit alias keeps its queue.
+	c, err = Parse("q.toml", []byte(`hostname = "mx.example.net"
+[[queue]]
+name = "support"
+address = "support@example.com"
+aliases = ["postmaster@old-example.org"]
+[[queue]]
+name = "reports"
+address = "dmarc@example.com"
+postmaster = true
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for addr, want := range map[string]string{"postmaster@example.com": "reports", "postmaster": "reports", "postmaster@old-example.org": "support"} {
+		if q, ok := c.QueueByAddress(addr); !ok || q.Name != want {
+			t.Errorf("QueueByAddress(%q) = %v, %v; want %q", addr, q, ok, want)
+		}
+	}
+
+	src := `hostname = "mx.example.net"
+[[queue]]
+name = "support"
+address = "support@example.com"
+aliases = ["not an address", "billing@example.com"]
+postmaster = true
+[[queue]]
+name = "billing"
+address = "billing@example.com"
+postmaster = true
+`
+	_, err = Parse("bad.toml", []byte(src))
+	if err == nil {
+		t.Fatal("bad aliases accepted")
+	}
+	for _, want := range []string{
+		"bad.toml:" + strconv.Itoa(lineOf(t, src, "aliases")) + `: aliases in [[queue]] #1: "not an address" is not an e-mail address`,
+		`aliases in [[queue]] #1 has "billing@example.com", already used by [[queue]] #2`,
+		"bad.toml:" + strconv.Itoa(lineOf(t, src, `name = "billing"`)+2) + ": postmaster = true in [[queue]] #2 too",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}

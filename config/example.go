@@ -22,15 +22,21 @@ const (
 // -domain domain` writes: every key with its default and a one-line comment,
 // paths under dir (made absolute, so the file can move without breaking).
 func Example(domain, dir string) string {
+	return ExampleWith(domain, dir, "")
+}
+
+// ExampleWith is Example with data_dir set to dataDir ("" = DIR/data).
+func ExampleWith(domain, dir, dataDir string) string {
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
 	d := Default()
 	in := func(name string) string { return quote(filepath.Join(dir, name)) }
 	v := map[string]string{
-		"HOSTNAME":     quote("mail." + domain),
-		"DOMAIN":       domain,
-		"DATA_DIR":     in(ExampleDataDir),
+		"HOSTNAME": quote("mail." + domain),
+		"DOMAIN":   domain,
+		"DATA_DIR": in(ExampleDataDir),
+
 		"KEY_FILE":     in(ExampleKeyFile),
 		"TLS_CERT":     in(ExampleTLSCert),
 		"TLS_KEY":      in(ExampleTLSKey),
@@ -72,6 +78,9 @@ func Example(domain, dir string) string {
 		"LOG_LEVEL":           quote(d.Log.Level),
 		"SMTP_LISTEN":         quote(d.SMTP.Listen[0]),
 		"DEFAULT_DATA_DIR":    d.DataDir,
+	}
+	if dataDir != "" {
+		v["DATA_DIR"] = quote(dataDir)
 	}
 	return alignComments(expand(exampleTemplate, v))
 }
@@ -190,6 +199,9 @@ name = "support"	# lower-case letters, digits and '-'
 address = {{QUEUE_ADDR}}
 auto_ack = true	# answer new tickets with an automatic acknowledgement
 auto_ack_text = ""	# its body; {ticket} is the ticket number; "" = a short built-in text
+auto_ack_texts = {}	# per language, e.g. { de = "…", fr-ch = "…" }: the customer's Content-Language (else Accept-Language) picks one, de-ch falls back to de, any other gets auto_ack_text
+aliases = []	# more addresses of this queue, e.g. old ones customers still reply to
+postmaster = false	# receives postmaster@ and DMARC reports; default: the first queue
 
 [outbound]
 relay = ""	# "" = write .eml files to <data_dir>/outbox; e.g. "smtp.example.com:587"

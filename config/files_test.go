@@ -101,7 +101,7 @@ func TestExampleLoads(t *testing.T) {
 	want.Outbound.DKIMKeyFile = filepath.Join(dir, ExampleDKIMKeyFile)
 	want.Outbound.DKIMEd25519KeyFile = filepath.Join(dir, ExampleDKIMEd25519Key)
 	want.PGP.KeyFile = filepath.Join(dir, ExamplePGPKeyFile)
-	want.Queues = []Queue{{Name: "support", Address: "support@example.com", AutoAck: true}}
+	want.Queues = []Queue{{Name: "support", Address: "support@example.com", AutoAck: true, Aliases: []string{}}}
 	want.Path, want.lines, want.source = c.Path, c.lines, c.source
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Example differs from the defaults:\n got %+v\nwant %+v", c, want)

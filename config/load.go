@@ -349,6 +349,25 @@ func (d *decoder) value(v reflect.Value, x any, path, key, section string) {
 			out = append(out, s)
 		}
 		v.Set(reflect.ValueOf(out))
+	case t.Kind() == reflect.Map && t.Key().Kind() == reflect.String && t.Elem().Kind() == reflect.String:
+		m, ok := x.(map[string]any)
+		if !ok {
+			wrong(`write e.g. ` + key + ` = { de = "..." }`)
+			return
+		}
+		if len(m) == 0 {
+			return // {} is the default: no entries
+		}
+		out := reflect.MakeMapWithSize(t, len(m))
+		for k, e := range m {
+			s, ok := e.(string)
+			if !ok {
+				d.at(path+"."+k, "%s: %s must be a string, not %s; quote it", where, k, tomlType(e))
+				continue
+			}
+			out.SetMapIndex(reflect.ValueOf(k), reflect.ValueOf(s))
+		}
+		v.Set(out)
 	case t.Kind() == reflect.Slice && isTable(t.Elem()):
 		var elems []map[string]any
 		switch a := x.(type) {

@@ -156,9 +156,8 @@ func NewServer(cfg *config.Config, tk *tickets.Service, v *Verifier, opts Server
 	if cfg.SMTP.MaxDKIMSignatures > 0 {
 		s.v.MaxSignatures = cfg.SMTP.MaxDKIMSignatures
 	}
-	for _, q := range cfg.Queues {
-		s.queues[strings.ToLower(q.Address)] = q.Name
-	}
+	// Queue addresses, their aliases, and postmaster (config.Recipients says which queue).
+	s.queues = cfg.Recipients()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.dataCond = sync.NewCond(&s.dataMu)
 

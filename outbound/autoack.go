@@ -1,12 +1,18 @@
 package outbound
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
 	"net/mail"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"mailgate/store"
 	"mailgate/tickets"
 )
 
@@ -152,35 +158,74 @@ func automatic(p *tickets.Parsed) bool {
 	return autoSubject.MatchString(p.Subject)
 }
 
-// limiter is the in-memory per-address acknowledgement limit. Memory only, by design
-// (STYLE.md: rate limits never scan the store); a restart forgets it, which at worst allows
-// one extra acknowledgement per address.
+// limiter is the per-address acknowledgement limit. Checks run in memory (STYLE.md: rate limits
+// never scan the store on the mail path), but every acknowledgement taken is also written to the
+// store under an HMAC of the address, and the daemon reads those records back when it starts:
+// otherwise each restart would hand every sender a fresh allowance, and a loop with another
+// autoresponder, or someone forging a victim's address, would get past the limit by waiting
+// for a restart.
 type limiter struct {
 	per    int
 	window time.Duration
+	db     *store.DB // nil: memory only (tests of the arithmetic)
+	log    *slog.Logger
 
 	mu    sync.Mutex
 	sent  map[string][]ackStamp
 	swept time.Time
+	stale [][]byte // stored keys found expired at load, deleted with the next write
 }
 
+// limitBucket holds, per HMAC("autoack", address), the sealed stamps of the last window.
+const limitBucket = "autoack_limit"
+
 type ackStamp struct {
-	ticket uint64
-	at     time.Time
+	Ticket uint64    `json:"t"`
+	At     time.Time `json:"at"`
 }
 
 func newLimiter(per int, window time.Duration) *limiter {
-	return &limiter{per: per, window: window, sent: map[string][]ackStamp{}}
+	return &limiter{per: per, window: window, sent: map[string][]ackStamp{}, log: slog.New(slog.DiscardHandler)}
 }
 
-func limitKey(addr string) string { return strings.ToLower(strings.TrimSpace(addr)) }
+// load reads the stamps a previous run stored (one read at start, never on the mail path).
+func (l *limiter) load(now time.Time) error {
+	if l.db == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.db.View(func(tx *store.Tx) error {
+		return tx.ForEach(limitBucket, func(k, v []byte) error {
+			var st []ackStamp
+			if err := json.Unmarshal(v, &st); err != nil {
+				return fmt.Errorf("auto-ack limit: %w", err)
+			}
+			key := string(k)
+			l.sent[key] = st
+			if l.live(key, now) == nil {
+				l.stale = append(l.stale, bytes.Clone(k))
+			}
+			return nil
+		})
+	})
+}
+
+// limitKey is the map key (and, with a store, the stored key) of an address.
+func (l *limiter) limitKey(addr string) string {
+	a := strings.ToLower(strings.TrimSpace(addr))
+	if l.db == nil {
+		return a
+	}
+	return string(l.db.Index("autoack", a))
+}
 
 // live drops stamps older than the window; the caller holds mu.
 func (l *limiter) live(k string, now time.Time) []ackStamp {
 	s := l.sent[k]
 	keep := s[:0]
 	for _, st := range s {
-		if now.Sub(st.at) < l.window {
+		if now.Sub(st.At) < l.window {
 			keep = append(keep, st)
 		}
 	}
@@ -194,11 +239,12 @@ func (l *limiter) live(k string, now time.Time) []ackStamp {
 
 // blocked reports, without taking anything, whether addr has used up its acknowledgements.
 func (l *limiter) blocked(addr string, now time.Time) bool {
+	k := l.limitKey(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n := 0
-	for _, st := range l.sent[limitKey(addr)] {
-		if now.Sub(st.at) < l.window {
+	for _, st := range l.sent[k] {
+		if now.Sub(st.At) < l.window {
 			n++
 		}
 	}
@@ -206,27 +252,65 @@ func (l *limiter) blocked(addr string, now time.Time) bool {
 }
 
 // take uses one acknowledgement of addr for ticket. It is idempotent per ticket: a second
-// call for a ticket that already holds a slot succeeds without using another one.
+// call for a ticket that already holds a slot succeeds without using another one. With a
+// store, the slot is durable before take returns, so the acknowledgement it allows is never
+// queued before its record.
 func (l *limiter) take(addr string, ticket uint64, now time.Time) bool {
-	k := limitKey(addr)
+	k := l.limitKey(addr)
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	var gone []string
 	if now.Sub(l.swept) >= l.window {
-		// Forget expired addresses once per window, so memory holds one window's senders.
+		// Forget expired addresses once per window, so memory (and the store) holds one
+		// window's senders.
 		for other := range l.sent {
-			l.live(other, now)
+			if l.live(other, now) == nil {
+				gone = append(gone, other)
+			}
 		}
 		l.swept = now
 	}
 	s := l.live(k, now)
 	for _, st := range s {
-		if st.ticket == ticket {
+		if st.Ticket == ticket {
+			l.mu.Unlock()
 			return true
 		}
 	}
 	if len(s) >= l.per {
+		l.mu.Unlock()
 		return false
 	}
-	l.sent[k] = append(s, ackStamp{ticket: ticket, at: now})
+	s = append(s, ackStamp{Ticket: ticket, At: now.UTC()})
+	l.sent[k] = s
+	stamps := slices.Clone(s)
+	stale := l.stale
+	l.stale = nil
+	l.mu.Unlock()
+	if l.db != nil {
+		if err := l.persist(k, stamps, gone, stale); err != nil {
+			// The acknowledgement still goes out: the limit holds in memory until a restart.
+			l.log.Warn("auto-ack limit not stored", "err", err)
+		}
+	}
 	return true
+}
+
+func (l *limiter) persist(k string, stamps []ackStamp, gone []string, stale [][]byte) error {
+	b, err := json.Marshal(stamps)
+	if err != nil {
+		return err
+	}
+	return l.db.Batch(func(tx *store.Tx) error {
+		for _, g := range gone {
+			if err := tx.Delete(limitBucket, []byte(g)); err != nil {
+				return err
+			}
+		}
+		for _, g := range stale {
+			if err := tx.Delete(limitBucket, g); err != nil {
+				return err
+			}
+		}
+		return tx.Put(limitBucket, []byte(k), b)
+	})
 }

@@ -1,6 +1,7 @@
 package outbound
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -221,5 +222,54 @@ func TestAutoAckEndToEnd(t *testing.T) {
 	}
 	if n := len(outboxFiles(t, e.ob.Outbox())); n != 2 {
 		t.Errorf("%d messages sent, want 2 acknowledgements", n)
+	}
+}
+
+// TestAutoAckLimitSurvivesRestart: the acknowledgements taken are in the store, so a restart
+// (here: closing and reopening the database) does not give a sender a fresh allowance.
+func TestAutoAckLimitSurvivesRestart(t *testing.T) {
+	e := newEnvWith(t, nil, func(e *env, o *Options) { e.autoAck = true; o.AutoAckPerHour = 2 })
+	e.start()
+	for i := range 2 {
+		id := e.ticket(customer)
+		if a := e.wait(); a.Ticket != id || a.Outcome != "sent" {
+			t.Fatalf("acknowledgement %d: %+v", i+1, a)
+		}
+	}
+	e.reopen()
+	e.start()
+	p := tickets.Parse(customerMail(customer, "Third problem"))
+	if e.ob.AutoAck(p, tickets.Incoming{Via: "smtp", MailFrom: customer, Auth: verified}) {
+		t.Fatal("after a restart the sender got a fresh allowance")
+	}
+	og := outgoing()
+	og.AutoReply, og.Ticket.ID, og.Cc = true, 99, nil
+	if _, _, err := e.ob.Compose(og); !errors.Is(err, ErrAutoAckLimited) {
+		t.Fatalf("Compose of a third acknowledgement after the restart: %v", err)
+	}
+	third := e.ticket(customer)
+	for _, m := range e.messages(third) {
+		if m.Direction == tickets.Out {
+			t.Error("the third ticket got an acknowledgement")
+		}
+	}
+	// Another sender is not limited, and the window still ends after the hour.
+	if !e.ob.AutoAck(tickets.Parse(customerMail("other@example.org", "Hi")), tickets.Incoming{Via: "smtp", MailFrom: "other@example.org", Auth: verified}) {
+		t.Error("another sender is limited")
+	}
+	e.clock.Add(time.Hour + time.Minute)
+	e.reopen()
+	e.start()
+	if !e.ob.AutoAck(p, tickets.Incoming{Via: "smtp", MailFrom: customer, Auth: verified}) {
+		t.Error("still limited an hour later")
+	}
+	// The record names the sender only by an HMAC: the address is not in the file.
+	e.close()
+	raw, err := os.ReadFile(filepath.Join(e.dir, "mailgate.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte(customer)) {
+		t.Error("the database holds the sender's address in clear")
 	}
 }

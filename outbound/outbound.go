@@ -165,6 +165,10 @@ func New(cfg *config.Config, db *store.DB, log *audit.Log, tk *tickets.Service, 
 	if tk != nil {
 		o.tickets = tk
 	}
+	o.limiter.db, o.limiter.log = db, o.log
+	if err := o.limiter.load(opts.Now()); err != nil {
+		return nil, err
+	}
 	setDefault(&o.giveUp, defaultGiveUpAfter)
 	setDefault(&o.firstRetry, defaultFirstRetry)
 	if o.hostname == "" {

@@ -17,6 +17,9 @@ type Tx struct {
 // OnCommit runs fn after the transaction commits durably; never when it rolls back or re-runs.
 func (tx *Tx) OnCommit(fn func()) { tx.btx.OnCommit(fn) }
 
+// DB is the store tx belongs to: for caches kept beside it that must learn of each commit.
+func (tx *Tx) DB() *DB { return tx.db }
+
 // Writable reports whether tx may write.
 func (tx *Tx) Writable() bool { return tx.btx.Writable() }
 
@@ -267,4 +270,16 @@ func (tx *Tx) scope(id uint64, create bool) (*sealer, error) {
 	}
 	tx.newScopes[id] = s
 	return s, nil
+}
+
+// SetSeq raises the bucket's sequence to n (never lowers it), so NextSeq continues after n.
+func (tx *Tx) SetSeq(bucket string, n uint64) error {
+	b, err := tx.bucket(bucket, true)
+	if err != nil {
+		return err
+	}
+	if n <= b.Sequence() {
+		return nil
+	}
+	return b.SetSequence(n)
 }

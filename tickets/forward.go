@@ -44,7 +44,8 @@ func (s *Service) Addressing(a access.Actor, id uint64, action string) (*Address
 	return ad, nil
 }
 
-// IsQueueAddress reports whether addr is a queue's address or one of its +tag addresses.
+// IsQueueAddress reports whether addr is a queue's address or alias, or one of their +tag
+// addresses.
 func (s *Service) IsQueueAddress(addr string) bool {
 	local, domain, ok := splitAddr(addr)
 	if !ok {
@@ -52,7 +53,7 @@ func (s *Service) IsQueueAddress(addr string) bool {
 	}
 	base, _, _ := strings.Cut(local, "+")
 	for _, q := range s.opts.Queues {
-		if equalAddr(q.Address, base+"@"+domain) {
+		if q.Owns(base + "@" + domain) {
 			return true
 		}
 	}

@@ -70,6 +70,7 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 		Subject: p.Subject, MessageID: p.MessageID, InReplyTo: p.InReplyTo, References: p.References,
 		Date: p.Date.UTC(), Received: s.opts.Now().UTC(), Text: p.Text, HTML: p.HTML, Problem: p.Problem, Kind: in.Kind,
 	}
+	m.Language = mailLanguage(p)
 	if m.Text == "" && m.HTML != "" {
 		m.Text = HTMLToText(m.HTML)
 	}
@@ -227,7 +228,7 @@ func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incomi
 		if t.Queue == q.Name && m.From != "" {
 			if pp, ok := t.Participant(m.From); ok {
 				s.joinParticipant(pp, m)
-				return Result{Ticket: t.ID, Outcome: OutcomeThreaded}, reopen(t), nil
+				return Result{Ticket: t.ID, Outcome: OutcomeThreaded}, reopen(t, in.Kind), nil
 			}
 		}
 		linked = appendUnique(linked, t.ID)
@@ -241,7 +242,7 @@ func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incomi
 			if t != nil && t.Queue == q.Name {
 				if pp, ok := t.Participant(m.From); ok && m.Verified {
 					s.joinParticipant(pp, m)
-					return Result{Ticket: t.ID, Outcome: OutcomeTagged}, reopen(t), nil
+					return Result{Ticket: t.ID, Outcome: OutcomeTagged}, reopen(t, in.Kind), nil
 				}
 				linked = appendUnique(linked, t.ID)
 			}
@@ -283,9 +284,11 @@ func (s *Service) joinParticipant(p *Participant, m *Message) {
 	}
 }
 
-// reopen moves a ticket the customer wrote to again back to open.
-func reopen(t *Ticket) *Ticket {
-	if t.Status != StatusNew {
+// reopen moves a ticket the customer wrote to again back to open. Automatic mail (an out-of-
+// office answer, a bounce) is no word from the customer: it joins the thread but leaves the
+// status as the agents set it.
+func reopen(t *Ticket, kind string) *Ticket {
+	if kind == "" && t.Status != StatusNew {
 		t.Status = StatusOpen
 	}
 	return t
@@ -294,6 +297,9 @@ func reopen(t *Ticket) *Ticket {
 func (s *Service) newTicket(tx *store.Tx, q Queue, m *Message) (*Ticket, error) {
 	id, err := tx.NextSeq(bTicketID)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.reserveID(id); err != nil {
 		return nil, err
 	}
 	now := s.opts.Now().UTC()
@@ -419,4 +425,21 @@ func appendUnique(list []uint64, id uint64) []uint64 {
 		}
 	}
 	return append(list, id)
+}
+
+var langRe = regexp.MustCompile(`^[a-z]{2,3}(-[a-z0-9]{2,8})?$`)
+
+// mailLanguage reads the language the customer writes in from Content-Language, else from the
+// first entry of Accept-Language (some clients send it); anything not a plain tag is ignored.
+func mailLanguage(p *Parsed) string {
+	for _, h := range []string{"Content-Language", "Accept-Language"} {
+		v := p.Header.Get(h)
+		first, _, _ := strings.Cut(v, ",")
+		first, _, _ = strings.Cut(first, ";")
+		tag := strings.ToLower(strings.TrimSpace(first))
+		if langRe.MatchString(tag) {
+			return tag
+		}
+	}
+	return ""
 }

@@ -59,6 +59,43 @@ type Ticket struct {
 	// Encrypted is set once the customer wrote PGP-encrypted mail: replies are then encrypted
 	// whenever a key is known.
 	Encrypted bool `json:"encrypted,omitempty"`
+
+	// Work-queue fields, derived from the thread as messages join it (noteMessage).
+
+	// Waiting is when the oldest customer message without an agent's answer arrived; zero
+	// when the agents have answered (or only automatic mail came).
+	Waiting time.Time `json:"waiting,omitzero"`
+	// Unverified: the newest customer message had no DMARC-aligned pass (it may be spoofed).
+	Unverified bool `json:"unverified,omitempty"`
+	// Quarantined: the newest customer message failed DMARC under a quarantine policy.
+	Quarantined bool `json:"quarantined,omitempty"`
+	// AutoReply: the newest inbound mail was automatic (out of office, RFC 3834).
+	AutoReply bool `json:"auto_reply,omitempty"`
+	// Bounced: a reply bounced or could not be delivered, and no reply was sent since.
+	Bounced bool `json:"bounced,omitempty"`
+	// Derived is the version of these fields; older tickets are brought up to date at start.
+	Derived int `json:"derived,omitempty"`
+	// Events are the agents' changes (status, assignment, links), shown in the thread; the
+	// audit log has them too, with everything else.
+	Events []Event `json:"events,omitempty"`
+}
+
+// Event is one change an agent made to a ticket.
+type Event struct {
+	Time  time.Time `json:"time"`
+	Actor string    `json:"actor"`
+	What  string    `json:"what"` // "status", "assign", "link"
+	Value string    `json:"value"`
+}
+
+// maxEvents bounds the events a ticket keeps (older ones stay in the audit log).
+const maxEvents = 200
+
+func (t *Ticket) addEvent(e Event) {
+	t.Events = append(t.Events, e)
+	if len(t.Events) > maxEvents {
+		t.Events = t.Events[len(t.Events)-maxEvents:]
+	}
 }
 
 // Participant returns the participant with address addr.
@@ -123,6 +160,9 @@ type Message struct {
 	Problem string `json:"problem,omitempty"`
 	// Kind marks special inbound mail: "bounce", "auto-reply".
 	Kind string `json:"kind,omitempty"`
+	// Language is the customer's language as the mail says it (Content-Language, else the first
+	// of Accept-Language), a lower-case tag; "" when it says none.
+	Language string `json:"language,omitempty"`
 	// UID is the message's IMAP UID in its queue's mailbox.
 	UID uint32 `json:"uid,omitempty"`
 	// Digest identifies an inbound message's content, so that a retransmission is told apart

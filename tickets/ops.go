@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -259,6 +260,7 @@ func (s *Service) SetStatus(a access.Actor, id uint64, st Status) error {
 	return s.write(a, id, "ticket.status", "status="+string(st), func(tx *store.Tx, t *Ticket) error {
 		t.Status = st
 		t.Updated = s.opts.Now().UTC()
+		t.addEvent(Event{Time: t.Updated, Actor: a.Name, What: "status", Value: string(st)})
 		return nil
 	})
 }
@@ -269,6 +271,7 @@ func (s *Service) Assign(a access.Actor, id uint64, agent string) error {
 	return s.write(a, id, "ticket.assign", "assignee="+agent, func(tx *store.Tx, t *Ticket) error {
 		t.Assignee = agent
 		t.Updated = s.opts.Now().UTC()
+		t.addEvent(Event{Time: t.Updated, Actor: a.Name, What: "assign", Value: agent})
 		return nil
 	})
 }
@@ -311,7 +314,18 @@ func (s *Service) SetDelivery(tx *store.Tx, id uint64, seq int, state string) er
 		return err
 	}
 	m.Delivery = state
-	return saveMessage(tx, m)
+	if err := saveMessage(tx, m); err != nil {
+		return err
+	}
+	if (state == "failed" || state == "bounced") && m.Kind == "" { // not the acknowledgement
+		t, err := loadTicket(tx, id)
+		if err != nil {
+			return err
+		}
+		t.Bounced = true
+		return saveTicket(tx, t)
+	}
+	return nil
 }
 
 // Link links two tickets of the same queue (an agent's merge hint) both ways.
@@ -331,6 +345,9 @@ func (s *Service) Link(a access.Actor, id, other uint64) error {
 		}
 		t.Links = appendUnique(t.Links, other)
 		o.Links = appendUnique(o.Links, id)
+		now := s.opts.Now().UTC()
+		t.addEvent(Event{Time: now, Actor: a.Name, What: "link", Value: strconv.FormatUint(other, 10)})
+		o.addEvent(Event{Time: now, Actor: a.Name, What: "link", Value: strconv.FormatUint(id, 10)})
 		return saveTicket(tx, o)
 	})
 	if refused {

@@ -45,6 +45,10 @@ func (s *Service) purgeTx(tx *store.Tx, t *Ticket) error {
 	for seq := 1; seq <= t.Messages; seq++ {
 		m, err := loadMessage(tx, t.ID, seq)
 		if err == nil {
+			// The index must not remember which words a destroyed ticket held.
+			if err := s.unindexMessage(tx, t, m); err != nil {
+				return err
+			}
 			if m.MessageID != "" {
 				for _, k := range [][]byte{s.db.Index("msgid", normID(m.MessageID)), queueIDKey(s.db, t.Queue, m.MessageID)} {
 					// Only drop an index entry that points here: another ticket may hold the id.
@@ -82,6 +86,7 @@ func (s *Service) purgeTx(tx *store.Tx, t *Ticket) error {
 	if err := tx.Delete(bTickets, tkey(t.ID)); err != nil {
 		return err
 	}
+	forget(tx, t.ID)
 	return tx.DestroyScope(t.ID)
 }
 

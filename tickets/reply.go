@@ -161,7 +161,7 @@ func (s *Service) outgoing(t *Ticket, last *Message, text string, auto bool) (Ou
 	}
 	o := Outgoing{Ticket: *t, Queue: q, To: t.Customer, Text: text, Date: s.opts.Now().UTC(), Encrypt: t.Encrypted, AutoReply: auto}
 	for _, p := range t.Participants {
-		if !equalAddr(p.Address, t.Customer) && !equalAddr(p.Address, q.Address) {
+		if !equalAddr(p.Address, t.Customer) && !q.Owns(p.Address) {
 			o.Cc = append(o.Cc, p.Address)
 		}
 	}
@@ -223,8 +223,12 @@ func (s *Service) sendAutoAck(id uint64) error {
 		return err
 	}
 	text := fmt.Sprintf("Thank you for writing to us. Your request has been received as ticket #%d\nand an agent will answer soon. Please keep [#%d] in the subject when you write again.\n\nThis is an automatic message.\n", id, id)
-	if q, ok := s.Queue(t.Queue); ok && strings.TrimSpace(q.AutoAckText) != "" {
-		text = strings.ReplaceAll(q.AutoAckText, "{ticket}", strconv.FormatUint(id, 10))
+	lang := ""
+	if last != nil {
+		lang = last.Language
+	}
+	if q, ok := s.Queue(t.Queue); ok && strings.TrimSpace(q.ackText(lang)) != "" {
+		text = strings.ReplaceAll(q.ackText(lang), "{ticket}", strconv.FormatUint(id, 10))
 	}
 	o, err := s.outgoing(t, last, text, true)
 	if err != nil {

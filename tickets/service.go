@@ -39,6 +39,39 @@ type Queue struct {
 	AutoAck bool
 	// AutoAckText is the acknowledgement's body; {ticket} becomes the ticket number.
 	AutoAckText string
+	// AutoAckTexts are acknowledgements per language tag (lower case: "de", "fr-ch").
+	AutoAckTexts map[string]string
+	// Aliases are further addresses of the queue (old ones customers still reply to).
+	Aliases []string
+}
+
+// ackText picks the acknowledgement for a customer writing in lang (a tag, maybe empty): the
+// exact tag, then its primary language, then the queue's default.
+func (q Queue) ackText(lang string) string {
+	lang = strings.ToLower(lang)
+	if t, ok := q.AutoAckTexts[lang]; ok && lang != "" {
+		return t
+	}
+	if primary, _, ok := strings.Cut(lang, "-"); ok {
+		if t, ok := q.AutoAckTexts[primary]; ok {
+			return t
+		}
+	}
+	return q.AutoAckText
+}
+
+// Owns reports whether addr is the queue's address or one of its aliases: mail to it would
+// come straight back into the queue, so replies never copy it.
+func (q Queue) Owns(addr string) bool {
+	if equalAddr(addr, q.Address) {
+		return true
+	}
+	for _, a := range q.Aliases {
+		if equalAddr(addr, a) {
+			return true
+		}
+	}
+	return false
 }
 
 // Outgoing is what tickets asks the mail composer to build for a reply.
@@ -98,13 +131,18 @@ type Options struct {
 	// Notify runs after a commit that added a message to queue (IMAP IDLE, metrics).
 	Notify func(queue string)
 	Now    func() time.Time
+	// IDFile, when set, records outside the database the highest ticket id that may have been
+	// handed out, so a restored database never reuses one (see CheckIDs).
+	IDFile string
 }
 
 // Service is the ticket system.
 type Service struct {
-	db   *store.DB
-	log  *audit.Log
-	opts Options
+	db    *store.DB
+	log   *audit.Log
+	opts  Options
+	ids   idMark
+	skeys map[string][]byte // search index key per queue
 }
 
 // New returns a Service.
@@ -112,7 +150,11 @@ func New(db *store.DB, log *audit.Log, opts Options) *Service {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Service{db: db, log: log, opts: opts}
+	skeys := map[string][]byte{}
+	for _, q := range opts.Queues {
+		skeys[q.Name] = db.MAC("search queue key", []byte(q.Name))
+	}
+	return &Service{db: db, log: log, opts: opts, ids: idMark{file: opts.IDFile}, skeys: skeys}
 }
 
 // Queues returns the configured queues.
@@ -162,7 +204,11 @@ func saveTicket(tx *store.Tx, t *Ticket) error {
 	if err != nil {
 		return err
 	}
-	return tx.PutScoped(t.ID, bTickets, tkey(t.ID), b)
+	if err := tx.PutScoped(t.ID, bTickets, tkey(t.ID), b); err != nil {
+		return err
+	}
+	remember(tx, t)
+	return nil
 }
 
 func loadMessage(tx *store.Tx, id uint64, seq int) (*Message, error) {
@@ -219,6 +265,10 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 		return err
 	}
 	t.Updated = s.opts.Now().UTC()
+	t.noteMessage(m, t.Updated)
+	if err := s.queueForIndex(tx, t.ID, m.Seq); err != nil {
+		return err
+	}
 	return saveTicket(tx, t)
 }
 

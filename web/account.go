@@ -61,6 +61,7 @@ func (s *Server) showAccount(w http.ResponseWriter, r *http.Request, status int,
 		return
 	}
 	v.Me = me
+	v.Zones = commonZones
 	s.render(w, r, status, "account", v)
 }
 

@@ -91,6 +91,13 @@ func (s *Server) adminPost(w http.ResponseWriter, r *http.Request) {
 	queues := slices.DeleteFunc(slices.Clone(f["queue"]), func(q string) bool { return q == "" })
 	v := &adminView{}
 	var err error
+	// Dangerous actions need the "I mean it" box of that agent's row: a slip of the mouse, or a
+	// form for another row, does not lock anyone out.
+	if act := f.Get("action"); (act == "disable" || act == "reset-mfa") && f.Get("confirm") != name {
+		v.Error = "Nothing done: tick “I mean it” in " + name + "'s row to " + act + "."
+		s.showAdmin(w, r, http.StatusBadRequest, v)
+		return
+	}
 	switch f.Get("action") {
 	case "add":
 		v.Password, v.TOTPURI, err = s.opts.Access.Add(a, name, f.Get("email"), access.Role(f.Get("role")), queues)
@@ -117,6 +124,19 @@ func (s *Server) adminPost(w http.ResponseWriter, r *http.Request) {
 	case "queues":
 		if err = s.opts.Access.SetQueues(a, name, queues); err == nil {
 			v.Notice = "Queues of " + name + " are updated."
+		}
+	case "role":
+		if err = s.opts.Access.SetRole(a, name, access.Role(f.Get("role"))); err == nil {
+			v.Notice = "Role of " + name + " is now " + f.Get("role") + "."
+		}
+	case "reset-password":
+		if v.Password, err = s.opts.Access.ResetPassword(a, name); err == nil {
+			v.NewName = name
+			v.Notice = "Agent " + name + " has a new password (below, shown only this once); their sessions have ended. TOTP and app passwords are unchanged."
+		}
+	case "revoke-app-password":
+		if err = s.opts.Access.RevokeAppPassword(a, name, f.Get("id")); err == nil {
+			v.Notice = "App password " + f.Get("id") + " of " + name + " is revoked."
 		}
 	default:
 		s.errorPage(w, r, http.StatusBadRequest, "Unknown action.")

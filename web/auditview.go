@@ -54,6 +54,7 @@ type auditView struct {
 	Chain   chainStatus
 	Actor   string
 	Action  string
+	Object  string
 	Result  string
 	Since   string
 	Results []string
@@ -80,10 +81,10 @@ func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	v := &auditView{base: s.base(r, "Audit log"), Actor: q.Get("actor"), Action: q.Get("action"),
+	v := &auditView{base: s.base(r, "Audit log"), Actor: q.Get("actor"), Action: q.Get("action"), Object: q.Get("object"),
 		Result: q.Get("result"), Since: q.Get("since"), Page: 1,
 		Results: []string{audit.OK, audit.Denied, audit.Failed}}
-	f := audit.Filter{Actor: clip(v.Actor, 200), Action: clip(v.Action, 200), Result: v.Result, Limit: auditPageSize + 1}
+	f := audit.Filter{Actor: clip(v.Actor, 200), Action: clip(v.Action, 200), Object: clip(v.Object, 200), Result: v.Result, Limit: auditPageSize + 1}
 	if v.Result != "" && v.Result != audit.OK && v.Result != audit.Denied && v.Result != audit.Failed {
 		s.errorPage(w, r, http.StatusBadRequest, "Unknown result: use ok, denied or failed.")
 		return
@@ -105,8 +106,8 @@ func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) {
 		v.Page = n
 	}
 	// The view is recorded before it is read, so it appears in what the auditor sees.
-	detail := fmt.Sprintf("actor=%s action=%s result=%s since=%s page=%d",
-		strconv.QuoteToASCII(f.Actor), strconv.QuoteToASCII(f.Action), v.Result, strconv.QuoteToASCII(clip(v.Since, 40)), v.Page)
+	detail := fmt.Sprintf("actor=%s action=%s object=%s result=%s since=%s page=%d",
+		strconv.QuoteToASCII(f.Actor), strconv.QuoteToASCII(f.Action), strconv.QuoteToASCII(f.Object), v.Result, strconv.QuoteToASCII(clip(v.Since, 40)), v.Page)
 	if err := s.opts.Audit.Append(audit.Event{Actor: a.Name, Action: "audit.view", Object: "audit", Remote: a.Remote, Result: audit.OK, Detail: detail}); err != nil {
 		s.internalError(w, r, "audit the audit view", err)
 		return
@@ -117,7 +118,7 @@ func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	link := func(page int) string {
-		return pageLink("/audit", map[string]string{"actor": v.Actor, "action": v.Action, "result": v.Result, "since": v.Since}, page)
+		return pageLink("/audit", map[string]string{"actor": v.Actor, "action": v.Action, "object": v.Object, "result": v.Result, "since": v.Since}, page)
 	}
 	if len(events) > auditPageSize {
 		events = events[:auditPageSize]

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"mime"
 	"net"
 	"net/http"
 	"net/url"
@@ -23,6 +24,7 @@ import (
 	"mailgate/access"
 	"mailgate/audit"
 	"mailgate/config"
+	"mailgate/tickets"
 )
 
 // CSP allows only the page's own stylesheet and images (plus data: images kept in sanitised
@@ -318,8 +320,22 @@ func (s *Server) authed(next http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// parseForm reads a urlencoded body of bounded size.
+// maxUploadBytes bounds a multipart form (a reply with attachments): the text and every
+// attachment tickets accepts, with room for the multipart framing.
+const maxUploadBytes = maxFormBytes + tickets.MaxAttachmentBytes + 1<<20
+
+// parseForm reads a urlencoded or multipart body of bounded size. A multipart body is kept in
+// memory whole (the memory limit is the body limit): uploads are customer data and must never
+// sit unsealed in a temporary file.
 func (s *Server) parseForm(w http.ResponseWriter, r *http.Request) bool {
+	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct == "multipart/form-data" {
+		r.Body = http.MaxBytesReader(w, r.Body, maxUploadBytes)
+		if err := r.ParseMultipartForm(maxUploadBytes); err != nil {
+			s.errorPage(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("The form could not be read: attachments may add up to %d MB.", tickets.MaxAttachmentBytes>>20))
+			return false
+		}
+		return true
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 	if err := r.ParseForm(); err != nil {
 		s.errorPage(w, r, http.StatusBadRequest, "The form could not be read: it is too large or malformed.")

@@ -13,7 +13,7 @@ import (
 
 // pageNames are the templates under templates/, each rendered inside layout.html; reauth.html
 // (the step-up fields) is available to every page.
-var pageNames = []string{"login", "code", "tickets", "ticket", "account", "admin", "audit", "error"}
+var pageNames = []string{"login", "code", "tickets", "ticket", "account", "admin", "audit", "error", "canned"}
 
 var funcs = template.FuncMap{
 	"when": func(t time.Time) string {
@@ -31,7 +31,36 @@ var funcs = template.FuncMap{
 		}
 		return fmt.Sprintf("%d bytes", n)
 	},
-	"join": strings.Join,
+	"join":     strings.Join,
+	"ago":      ago,
+	"mailtext": mailText,
+	"whenIn": func(loc *time.Location, t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		if loc == nil {
+			loc = time.UTC
+		}
+		return t.In(loc).Format("2006-01-02 15:04 MST")
+	},
+}
+
+// ago says how long before now t was, the way a person would: "3 min ago", "2 h ago", "4 days ago".
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	d := now.Sub(t)
+	switch {
+	case d < time.Minute:
+		return "just now"
+	case d < time.Hour:
+		return fmt.Sprintf("%d min ago", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%d h ago", int(d/time.Hour))
+	default:
+		return fmt.Sprintf("%d days ago", int(d/(24*time.Hour)))
+	}
 }
 
 func parsePages() (map[string]*template.Template, error) {
@@ -54,6 +83,8 @@ type base struct {
 	Notice string // what just succeeded
 	Error  string // what just failed and what to do
 	RID    string
+	Loc    *time.Location // the agent's time zone for times on ticket pages
+	Zones  []string
 }
 
 func (b *base) page() *base { return b }
@@ -74,8 +105,10 @@ func (b *base) CanTickets() bool {
 func (s *Server) base(r *http.Request, title string) base {
 	ri := info(r)
 	b := base{Title: title, RID: ri.id}
+	b.Loc = time.UTC
 	if ri.sess != nil {
 		b.Agent, b.CSRF = ri.sess.Agent, ri.sess.CSRF
+		b.Loc = s.location(ri.sess.Agent.Name)
 	}
 	return b
 }

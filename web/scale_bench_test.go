@@ -31,7 +31,7 @@ import (
 
 // scaleSeedVersion names the cached seeded stores in os.TempDir(). Bump it whenever the store
 // format, the tickets model or the seed below changes, so no run measures a stale file.
-const scaleSeedVersion = "v1"
+const scaleSeedVersion = "v2" // v2: work-queue fields and the sealed search index
 
 // scaleKey is the master key of the seeded stores (the same fixed key newEnv uses).
 var scaleKey = bytes.Repeat([]byte{9}, 32)
@@ -51,6 +51,22 @@ func BenchmarkScale(b *testing.B) {
 			base, cookie := scaleEnv(b, seededStore(b, n))
 			b.Run("list", func(b *testing.B) {
 				scaleLoad(b, base, cookie, func(*rand.Rand) string { return "/tickets" })
+			})
+			b.Run("list-by-activity", func(b *testing.B) {
+				scaleLoad(b, base, cookie, func(*rand.Rand) string { return "/tickets?sort=activity" })
+			})
+			// Issue 14.2: a search finding one customer by address, and the worst case, a word
+			// in every ticket (all of them match and are sorted).
+			b.Run("search-address", func(b *testing.B) {
+				scaleLoad(b, base, cookie, func(r *rand.Rand) string {
+					return "/tickets?q=c" + strconv.Itoa(1+r.IntN(n)) + "%40customer.example"
+				})
+			})
+			b.Run("search-two-words", func(b *testing.B) {
+				scaleLoad(b, base, cookie, func(r *rand.Rand) string { return "/tickets?q=order+" + strconv.Itoa(1+r.IntN(n)) })
+			})
+			b.Run("search-common-word", func(b *testing.B) {
+				scaleLoad(b, base, cookie, func(*rand.Rand) string { return "/tickets?q=late" })
 			})
 			b.Run("ticket", func(b *testing.B) {
 				scaleLoad(b, base, cookie, func(r *rand.Rand) string { return "/tickets/" + strconv.Itoa(1+r.IntN(n)) })
@@ -166,7 +182,7 @@ func scaleEnv(b *testing.B, src string) (string, string) {
 	cookie := httpLogin(b, e, ts.URL, "scale")
 
 	// One look at each page before timing: the session works and the pages show the seed.
-	for path, want := range map[string]string{"/tickets": "Question ", "/tickets/1": "Question "} {
+	for path, want := range map[string]string{"/tickets": "Question ", "/tickets/1": "Question ", "/tickets?q=c1%40customer.example": "Question 1<"} {
 		code, body := scaleGet(http.DefaultClient, ts.URL, cookie, path)
 		if code != http.StatusOK || !strings.Contains(body, want) {
 			b.Fatalf("GET %s: %d, want 200 with %q", path, code, want)

@@ -107,7 +107,7 @@ func TestStepUpRequired(t *testing.T) {
 			}},
 		{"app password", alice, "alice", "/account", func() url.Values { return url.Values{"action": {"app-new"}, "label": {"phone"}} },
 			func(w *httptest.ResponseRecorder) bool { return strings.Contains(w.Body.String(), `id="app-password"`) }},
-		{"MFA reset", root, "root", "/admin/agents", func() url.Values { return url.Values{"action": {"reset-mfa"}, "name": {"carl"}} },
+		{"MFA reset", root, "root", "/admin/agents", func() url.Values { return url.Values{"action": {"reset-mfa"}, "name": {"carl"}, "confirm": {"carl"}} },
 			func(w *httptest.ResponseRecorder) bool { return strings.Contains(w.Body.String(), "otpauth://") }},
 		{"audit export (auditor)", eve, "eve", "/audit/export", func() url.Values { return url.Values{} },
 			func(w *httptest.ResponseRecorder) bool {

@@ -64,6 +64,8 @@ type Server struct {
 	mu       sync.Mutex
 	servers  []*http.Server
 	verified verifyCache
+	viewers  viewTracker
+	prefs    prefCache
 	anon     anonLimit
 	conns    *connlimit.Limiter // [web] max_conns, all Serve calls together
 	hosts    map[string]bool    // hostname and [web] allowed_hosts, lower case
@@ -133,8 +135,11 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /tickets/{id}/messages/{seq}/attachments/{i}", s.authed(s.attachment))
 	mux.HandleFunc("GET /account", s.authed(s.accountPage))
 	mux.HandleFunc("POST /account", s.checkOrigin(s.authed(s.accountPost)))
+	mux.HandleFunc("POST /account/timezone", s.checkOrigin(s.authed(s.timezonePost)))
 	mux.HandleFunc("GET /admin/agents", s.authed(s.adminPage))
 	mux.HandleFunc("POST /admin/agents", s.checkOrigin(s.authed(s.adminPost)))
+	mux.HandleFunc("GET /admin/canned", s.authed(s.cannedPage))
+	mux.HandleFunc("POST /admin/canned", s.checkOrigin(s.authed(s.cannedPost)))
 	mux.HandleFunc("GET /audit", s.authed(s.auditPage))
 	mux.HandleFunc("POST /audit/export", s.checkOrigin(s.authed(s.auditExport)))
 	mux.HandleFunc("/", s.notFound)

@@ -4,12 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"mailgate/access"
 	"mailgate/audit"
@@ -80,12 +83,36 @@ type listView struct {
 	Tickets  []tickets.Ticket
 	Queues   []string
 	Statuses []tickets.Status
+	Views    []viewTab
+	Sorts    []viewTab
 	Queue    string
 	Status   string
 	Assignee string
+	Search   string
+	View     string
+	Sort     string
+	Now      time.Time
+	Total    int
 	Page     int
+	Pages    int
+	First    string
 	Prev     string
 	Next     string
+	Last     string
+}
+
+// viewTab is one link of the view or sort bar.
+type viewTab struct {
+	Name, Label, URL string
+	Count            int
+	Current          bool
+}
+
+var viewLabels = map[string]string{tickets.ViewOpen: "All open", tickets.ViewMine: "Mine", tickets.ViewUnassigned: "Unassigned",
+	tickets.ViewAttention: "Attention", tickets.ViewAll: "All"}
+
+var sortLabels = []struct{ name, label string }{
+	{tickets.SortWaiting, "waiting longest"}, {tickets.SortActivity, "last activity"}, {tickets.SortNumber, "number"},
 }
 
 // visibleQueues are the configured queues a may see, in config order.
@@ -110,7 +137,8 @@ func (s *Server) ticketList(w http.ResponseWriter, r *http.Request) {
 	a := info(r).actor
 	q := r.URL.Query()
 	v := &listView{base: s.base(r, "Tickets"), Queues: s.visibleQueues(a), Statuses: statuses,
-		Queue: q.Get("queue"), Status: q.Get("status"), Assignee: q.Get("assignee"), Page: 1}
+		Queue: q.Get("queue"), Status: q.Get("status"), Assignee: q.Get("assignee"), Search: strings.TrimSpace(q.Get("q")),
+		View: q.Get("view"), Sort: q.Get("sort"), Page: 1, Now: s.opts.Now()}
 	if v.Queue != "" && !slices.Contains(v.Queues, v.Queue) {
 		s.webEvent(r, a.Name, "ticket.list", audit.Denied, "queue "+strconv.QuoteToASCII(clip(v.Queue, 64))+" is not among the agent's queues")
 		s.errorPage(w, r, http.StatusNotFound, "There is no such queue among yours.")
@@ -124,6 +152,23 @@ func (s *Server) ticketList(w http.ResponseWriter, r *http.Request) {
 		s.errorPage(w, r, http.StatusBadRequest, "Unknown assignee: use an agent's user name.")
 		return
 	}
+	if !tickets.ValidView(v.View) || !tickets.ValidSort(v.Sort) {
+		s.errorPage(w, r, http.StatusBadRequest, "Unknown view or sort: use the links above the list.")
+		return
+	}
+	if len(v.Search) > 200 || !utf8.ValidString(v.Search) {
+		s.errorPage(w, r, http.StatusBadRequest, "The search is too long: use at most 200 characters.")
+		return
+	}
+	if v.View == "" {
+		v.View = tickets.ViewOpen
+		if v.Status != "" || v.Search != "" {
+			v.View = tickets.ViewAll // a status or a search asks for tickets in any state
+		}
+	}
+	if v.Sort == "" {
+		v.Sort = tickets.SortWaiting
+	}
 	if p := q.Get("page"); p != "" {
 		n, ok := parseIndex(p, 1)
 		if !ok || n > 100000 {
@@ -132,23 +177,36 @@ func (s *Server) ticketList(w http.ResponseWriter, r *http.Request) {
 		}
 		v.Page = n
 	}
-	list, err := s.opts.Tickets.List(a, tickets.Filter{Queue: v.Queue, Status: tickets.Status(v.Status),
-		Assignee: v.Assignee, Offset: (v.Page - 1) * pageSize, Limit: pageSize + 1})
+	res, err := s.opts.Tickets.Work(a, tickets.ListQuery{View: v.View, Queue: v.Queue, Status: tickets.Status(v.Status),
+		Assignee: v.Assignee, Search: v.Search, Sort: v.Sort, Offset: (v.Page - 1) * pageSize, Limit: pageSize})
 	if err != nil {
 		s.ticketError(w, r, "list tickets", err)
 		return
 	}
-	link := func(page int) string {
-		return pageLink("/tickets", map[string]string{"queue": v.Queue, "status": v.Status, "assignee": v.Assignee}, page)
+	link := func(view, sort string, page int) string {
+		if view == tickets.ViewOpen && v.Status == "" && v.Search == "" {
+			view = "" // the default
+		}
+		if sort == tickets.SortWaiting {
+			sort = ""
+		}
+		return pageLink("/tickets", map[string]string{"view": view, "sort": sort, "queue": v.Queue, "status": v.Status,
+			"assignee": v.Assignee, "q": v.Search}, page)
 	}
-	if len(list) > pageSize {
-		list = list[:pageSize]
-		v.Next = link(v.Page + 1)
+	for _, name := range tickets.Views {
+		v.Views = append(v.Views, viewTab{Name: name, Label: viewLabels[name], URL: link(name, v.Sort, 1), Count: res.Counts[name], Current: name == v.View})
 	}
+	for _, so := range sortLabels {
+		v.Sorts = append(v.Sorts, viewTab{Name: so.name, Label: so.label, URL: link(v.View, so.name, 1), Current: so.name == v.Sort})
+	}
+	v.Tickets, v.Total = res.Tickets, res.Total
+	v.Pages = max(1, (res.Total+pageSize-1)/pageSize)
 	if v.Page > 1 {
-		v.Prev = link(v.Page - 1)
+		v.First, v.Prev = link(v.View, v.Sort, 1), link(v.View, v.Sort, min(v.Page-1, v.Pages))
 	}
-	v.Tickets = list
+	if v.Page < v.Pages {
+		v.Next, v.Last = link(v.View, v.Sort, v.Page+1), link(v.View, v.Sort, v.Pages)
+	}
 	s.render(w, r, http.StatusOK, "tickets", v)
 }
 
@@ -176,13 +234,32 @@ type ticketView struct {
 	base
 	Ticket    *tickets.Ticket
 	Messages  []msgView
+	Thread    []threadItem
 	Statuses  []tickets.Status
 	Assignees []string
 	CanWrite  bool
+	Now       time.Time
+	// Seen is the message count the page shows: a reply posted from it is checked against it.
+	Seen         int
+	Draft        string
+	Conflict     []string // what happened since the agent loaded the page, when a reply was held back
+	Viewers      []viewer
+	CustomerName string
+	Others       []tickets.Ticket // the customer's other tickets
+	AuditURL     string
+	Sent         int // the message just sent, for the notice
+	Canned       []cannedReply
+	DraftCc      string
+}
+
+// threadItem is a message or an agent's change, in time order.
+type threadItem struct {
+	Msg   *msgView
+	Event *tickets.Event
+	New   bool // arrived after the page the agent replied from was loaded
 }
 
 func (s *Server) ticketPage(w http.ResponseWriter, r *http.Request) {
-	a := info(r).actor
 	id, ok := parseID(r.PathValue("id"), 1)
 	if !ok {
 		s.errorPage(w, r, http.StatusNotFound, "There is no such ticket: ticket numbers are whole numbers from 1.")
@@ -197,23 +274,149 @@ func (s *Server) ticketPage(w http.ResponseWriter, r *http.Request) {
 		}
 		showHTML = n
 	}
+	sent := 0
+	if v := r.URL.Query().Get("sent"); v != "" {
+		sent, _ = parseIndex(v, 1)
+	}
+	var held *heldReply
+	if c := r.URL.Query().Get("canned"); c != "" {
+		n, ok := parseID(c, 1)
+		if !ok {
+			s.errorPage(w, r, http.StatusBadRequest, "canned= takes the number of a canned reply.")
+			return
+		}
+		held = &heldReply{canned: n}
+	}
+	s.showTicket(w, r, http.StatusOK, id, showHTML, sent, held)
+}
+
+// heldReply is a reply the page did not send because the ticket changed under the agent.
+type heldReply struct {
+	seen  int
+	draft string
+	then  string
+	what  []string
+	// canned asks for a canned reply as the draft instead (nothing was held back).
+	canned uint64
+	cc     string
+	files  bool // the held reply had attachments, which a page cannot put back
+}
+
+// replyOptions reads the reply form's copies (comma- or space-separated) and attachments.
+func replyOptions(r *http.Request) (tickets.ReplyOptions, error) {
+	var ro tickets.ReplyOptions
+	ro.Cc = strings.FieldsFunc(r.PostForm.Get("cc"), func(c rune) bool { return c == ',' || c == ';' || unicode.IsSpace(c) })
+	if r.MultipartForm == nil {
+		return ro, nil
+	}
+	for _, fh := range r.MultipartForm.File["attach"] {
+		if fh.Filename == "" && fh.Size == 0 {
+			continue // the empty file input of a form sent without a file
+		}
+		f, err := fh.Open()
+		if err != nil {
+			return ro, err
+		}
+		data, err := io.ReadAll(io.LimitReader(f, tickets.MaxAttachmentBytes+1))
+		f.Close()
+		if err != nil {
+			return ro, err
+		}
+		ro.Attachments = append(ro.Attachments, tickets.ParsedAttachment{Name: fh.Filename, ContentType: fh.Header.Get("Content-Type"), Data: data})
+	}
+	return ro, nil
+}
+
+func (s *Server) showTicket(w http.ResponseWriter, r *http.Request, status int, id uint64, showHTML, sent int, held *heldReply) {
+	a := info(r).actor
 	t, msgs, err := s.opts.Tickets.Get(a, id)
 	if err != nil {
 		s.ticketError(w, r, "show ticket", err)
 		return
 	}
-	v := &ticketView{base: s.base(r, fmt.Sprintf("#%d %s", t.ID, t.Subject)), Ticket: t, Statuses: statuses, CanWrite: a.CanWrite(t.Queue)}
+	now := s.opts.Now()
+	v := &ticketView{base: s.base(r, fmt.Sprintf("#%d %s", t.ID, t.Subject)), Ticket: t, Statuses: statuses, CanWrite: a.CanWrite(t.Queue),
+		Now: now, Seen: t.Messages, Sent: sent}
 	v.Messages = make([]msgView, len(msgs))
 	for i := range msgs {
 		v.Messages[i] = s.messageView(t.ID, &msgs[i], msgs[i].Seq == showHTML)
 	}
+	v.Thread = thread(v.Messages, t.Events)
+	if v.CanWrite {
+		if v.Canned, err = s.cannedList(t.Queue); err != nil {
+			s.internalError(w, r, "list canned replies", err)
+			return
+		}
+	}
+	if held != nil && held.canned != 0 {
+		c, ok := s.canned(held.canned, t.Queue)
+		if !ok || !v.CanWrite {
+			s.errorPage(w, r, http.StatusNotFound, "There is no such canned reply for this queue.")
+			return
+		}
+		v.Draft = fillCanned(c.Text, t, a.Name)
+		s.webEvent(r, a.Name, "canned.use", audit.OK, fmt.Sprintf("ticket=%d canned=%d", t.ID, c.ID))
+		held = nil
+	}
+	if held != nil {
+		v.Draft, v.Conflict, v.DraftCc = held.draft, held.what, held.cc
+		if held.files {
+			v.Conflict = append(v.Conflict, "(attach your files again: a page cannot keep them)")
+		}
+		for i := range v.Thread {
+			if m := v.Thread[i].Msg; m != nil && m.M.Seq > held.seen {
+				v.Thread[i].New = true
+			}
+		}
+	}
+	if p, ok := t.Participant(t.Customer); ok && p.Verified {
+		v.CustomerName = p.Name // an unverified sender's display name is theirs to choose: not shown as the customer's
+	}
+	if v.Others, err = s.opts.Tickets.CustomerTickets(a, t, 10); err != nil {
+		s.internalError(w, r, "customer's tickets", err)
+		return
+	}
+	if a.CanAudit() {
+		v.AuditURL = "/audit?object=" + url.QueryEscape(fmt.Sprintf("ticket/%d", t.ID))
+	}
+	v.Viewers = s.viewers.seen(t.ID, a.Name, now)
 	if v.CanWrite {
 		if v.Assignees, err = s.assignees(t.Queue); err != nil {
 			s.internalError(w, r, "list agents", err)
 			return
 		}
 	}
-	s.render(w, r, http.StatusOK, "ticket", v)
+	switch {
+	case sent > 0:
+		v.Notice = "Your reply is queued for delivery."
+		if sent <= len(v.Messages) && v.Messages[sent-1].M.Direction == tickets.Note {
+			v.Notice = "Your note is added."
+		}
+	case held != nil:
+		v.Error = "Not sent: the ticket changed since you opened it. Read what is new below, then send again."
+	}
+	s.render(w, r, status, "ticket", v)
+}
+
+// thread interleaves messages and events by time; events after the last message go last.
+func thread(msgs []msgView, events []tickets.Event) []threadItem {
+	out := make([]threadItem, 0, len(msgs)+len(events))
+	j := 0
+	for i := range msgs {
+		at := msgs[i].M.Received
+		if at.IsZero() {
+			at = msgs[i].M.Date
+		}
+		for j < len(events) && events[j].Time.Before(at) {
+			out = append(out, threadItem{Event: &events[j]})
+			j++
+		}
+		out = append(out, threadItem{Msg: &msgs[i]})
+	}
+	for ; j < len(events); j++ {
+		out = append(out, threadItem{Event: &events[j]})
+	}
+	return out
 }
 
 func (s *Server) messageView(id uint64, m *tickets.Message, showHTML bool) msgView {
@@ -267,11 +470,29 @@ func (s *Server) ticketPost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var err error
+	var m *tickets.Message
+	then := r.PostForm.Get("then")
+	if then != "" && !tickets.ValidStatus(tickets.Status(then)) {
+		s.errorPage(w, r, http.StatusBadRequest, "Unknown status: use new, open, pending, solved or closed.")
+		return
+	}
 	switch action {
 	case "reply":
-		_, err = s.opts.Tickets.Reply(a, id, r.PostForm.Get("body"))
+		if held := s.heldBack(a, id, r.PostForm.Get("seen"), r.PostForm.Get("body"), then); held != nil {
+			held.cc = r.PostForm.Get("cc")
+			held.files = r.MultipartForm != nil && len(r.MultipartForm.File["attach"]) > 0
+			s.showTicket(w, r, http.StatusConflict, id, -1, 0, held)
+			return
+		}
+		var ro tickets.ReplyOptions
+		if ro, err = replyOptions(r); err != nil {
+			break
+		}
+		if m, err = s.opts.Tickets.ReplyWith(a, id, r.PostForm.Get("body"), ro); err == nil && then != "" {
+			err = s.opts.Tickets.SetStatus(a, id, tickets.Status(then))
+		}
 	case "note":
-		_, err = s.opts.Tickets.AddNote(a, id, r.PostForm.Get("body"))
+		m, err = s.opts.Tickets.AddNote(a, id, r.PostForm.Get("body"))
 	case "status":
 		err = s.opts.Tickets.SetStatus(a, id, tickets.Status(r.PostForm.Get("status")))
 	case "assign":
@@ -291,7 +512,31 @@ func (s *Server) ticketPost(w http.ResponseWriter, r *http.Request) {
 		s.ticketError(w, r, "ticket "+action, err)
 		return
 	}
+	if m != nil {
+		// The page jumps to the new message and says it went.
+		http.Redirect(w, r, fmt.Sprintf("/tickets/%d?sent=%d#m%d", id, m.Seq, m.Seq), http.StatusSeeOther)
+		return
+	}
 	http.Redirect(w, r, fmt.Sprintf("/tickets/%d", id), http.StatusSeeOther)
+}
+
+// heldBack decides whether a reply must wait for the agent to see what changed since the page
+// was loaded (seen is the message count the page showed): a new customer message, or another
+// agent's reply. nil means send.
+func (s *Server) heldBack(a access.Actor, id uint64, seenField, draft, then string) *heldReply {
+	seen, ok := parseIndex(seenField, 0)
+	if !ok {
+		return nil // a form without the field (a script, an old page): nothing to compare with
+	}
+	n, ok := s.opts.Tickets.MessageCount(a, id)
+	if !ok || n <= seen {
+		return nil
+	}
+	what, err := s.opts.Tickets.Since(a, id, seen)
+	if err != nil || len(what) == 0 {
+		return nil
+	}
+	return &heldReply{seen: seen, draft: draft, then: then, what: what}
 }
 
 // assign checks against access that the new assignee may work the ticket's queue (tickets

@@ -556,16 +556,21 @@ func TestTicketListPages(t *testing.T) {
 	if n := len(rows.FindAllString(body, -1)); n != pageSize {
 		t.Fatalf("page 1: %d rows", n)
 	}
-	// Newest first.
-	if strings.Index(body, "Question 55") > strings.Index(body, "Question 54") || strings.Index(body, "Question 55") < 0 {
-		t.Error("not newest first")
+	// The customer waiting longest first: they all wait since the same minute, so by number.
+	if strings.Index(body, "Question 1<") > strings.Index(body, "Question 2<") || strings.Index(body, "Question 1<") < 0 {
+		t.Error("not the longest waiting first")
 	}
-	mustContain(t, "page 1", body, `href="/tickets?page=2"`)
+	mustContain(t, "page 1", body, `href="/tickets?page=2"`, `rel="last"`, "page 1 of 2 · 55 tickets")
 	w = c.get("/tickets?page=2")
 	if n := len(rows.FindAllString(w.Body.String(), -1)); n != 5 {
 		t.Errorf("page 2: %d rows", n)
 	}
-	mustContain(t, "page 2", w.Body.String(), "Question 1<", `href="/tickets"`)
+	mustContain(t, "page 2", w.Body.String(), "Question 55<", `href="/tickets"`, "page 2 of 2")
+	// Newest first on request.
+	w = c.get("/tickets?sort=number")
+	if b := w.Body.String(); strings.Index(b, "Question 55<") > strings.Index(b, "Question 54<") || strings.Index(b, "Question 55<") < 0 {
+		t.Error("sort=number is not newest first")
+	}
 	if err := e.tk.SetStatus(access.Actor{Name: "x", Role: access.RoleAdmin}, 3, tickets.StatusClosed); err != nil {
 		t.Fatal(err)
 	}
@@ -753,17 +758,17 @@ func TestAdminPage(t *testing.T) {
 	if ag, _ := e.acc.Get("carl"); strings.Join(ag.Queues, ",") != "billing" {
 		t.Errorf("queues now %v", ag.Queues)
 	}
-	w = c.post("/admin/agents", e.reauth("root", url.Values{"action": {"reset-mfa"}, "name": {"carl"}}))
+	w = c.post("/admin/agents", e.reauth("root", url.Values{"action": {"reset-mfa"}, "name": {"carl"}, "confirm": {"carl"}}))
 	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "otpauth://") || strings.Contains(w.Body.String(), uri[1]) {
 		t.Errorf("reset MFA: %d", w.Code)
 	}
-	if w := c.post("/admin/agents", url.Values{"action": {"disable"}, "name": {"carl"}}); w.Code != http.StatusOK {
+	if w := c.post("/admin/agents", url.Values{"action": {"disable"}, "name": {"carl"}, "confirm": {"carl"}}); w.Code != http.StatusOK {
 		t.Fatalf("disable: %d", w.Code)
 	}
 	if ag, _ := e.acc.Get("carl"); !ag.Disabled {
 		t.Error("not disabled")
 	}
-	if w := c.post("/admin/agents", url.Values{"action": {"disable"}, "name": {"root"}}); w.Code != http.StatusBadRequest {
+	if w := c.post("/admin/agents", url.Values{"action": {"disable"}, "name": {"root"}, "confirm": {"root"}}); w.Code != http.StatusBadRequest {
 		t.Errorf("disabling the last admin: %d", w.Code)
 	}
 	for _, a := range []string{"agent.add", "agent.queues", "mfa.reset", "agent.disable"} {

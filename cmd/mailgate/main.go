@@ -57,12 +57,16 @@ const usage = `mailgate: a secure support mailbox
 Usage:
   mailgate serve [-config FILE]          run the daemon (no -config: dev mode in ./mailgate-data)
   mailgate check-config -config FILE     check a config file; prints file:line: problem
-  mailgate init -dir DIR -domain D       write a config, keys and a certificate; print DNS records
+  mailgate init -dir DIR -domain D [-data-dir D] [-owner USER]
+                                         write a config, keys and a certificate; print DNS records
+  mailgate dns-records -config FILE      print the DNS records of this installation (from its keys)
   mailgate version
 
 Admin commands (each takes -config FILE, default: the dev data dir ./mailgate-data, and --json):
   mailgate agent add -name N -email E -role admin|agent|auditor [-queue Q ...]
-  mailgate agent list | disable N | reset-mfa N | app-password N
+  mailgate agent list | enable N | disable N | reset-mfa N | reset-password N
+  mailgate agent set N [-role R] [-queue Q ...] [-no-queues]
+  mailgate agent app-password N [-label L] | app-passwords N | revoke-app-password N ID
   mailgate ticket list [-queue Q] [-status S]
   mailgate ticket show ID
   mailgate ticket reply ID -agent N -text-file F
@@ -93,6 +97,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return checkConfig(rest, stdout, stderr)
 	case "init":
 		return initCmd(rest, stdout, stderr)
+	case "dns-records":
+		return dnsRecords(rest, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "mailgate %s\n", versionString())
 		return 0
@@ -194,7 +200,13 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mailgate check-config: give -config FILE")
 		return 2
 	}
-	if _, err := config.Load(*cfgPath); err != nil {
+	cfg, err := config.Load(*cfgPath)
+	if err == nil {
+		// Open the keys and password files as serve does, as this user: "ok" means serve
+		// gets past them.
+		err = app.Preflight(cfg)
+	}
+	if err != nil {
 		printConfigError(stderr, err)
 		return 1
 	}
@@ -202,10 +214,41 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+func dnsRecords(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("dns-records", stderr)
+	cfgPath := fs.String("config", "", "the installation's config file")
+	pos, err := app.ParseArgs(fs, args)
+	if err != nil {
+		return 2
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "mailgate dns-records: unexpected argument %q\n", pos[0])
+		return 2
+	}
+	if *cfgPath == "" {
+		fmt.Fprintln(stderr, "mailgate dns-records: give -config FILE")
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		printConfigError(stderr, err)
+		return 1
+	}
+	out, err := app.InstallationRecords(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "mailgate: %v\n", err)
+		return 1
+	}
+	io.WriteString(stdout, out)
+	return 0
+}
+
 func initCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("init", stderr)
 	dir := fs.String("dir", "", "directory to write mailgate.toml and the keys into")
 	domain := fs.String("domain", "", "the domain of the support address, e.g. example.com")
+	dataDir := fs.String("data-dir", "", "the data dir (database, outbox, control socket); default DIR/data, e.g. /var/lib/mailgate")
+	owner := fs.String("owner", "", "the user that runs serve: init (as root) gives it the data dir, DIR and the keys")
 	if _, err := app.ParseArgs(fs, args); err != nil {
 		return 2
 	}
@@ -213,7 +256,7 @@ func initCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mailgate init: give -dir DIR and -domain DOMAIN")
 		return 2
 	}
-	if err := app.Init(*dir, *domain, stdout); err != nil {
+	if err := app.InitWith(app.InitOptions{Dir: *dir, Domain: *domain, DataDir: *dataDir, Owner: *owner}, stdout); err != nil {
 		fmt.Fprintf(stderr, "mailgate: %v\n", err)
 		return 1
 	}
@@ -278,7 +321,7 @@ func admin(name string, args []string, stdin io.Reader, stdout, stderr io.Writer
 		build = func(pos []string) (any, error) { return a, noArgs(pos) }
 	case "agent list":
 		build = func(pos []string) (any, error) { return nil, noArgs(pos) }
-	case "agent disable", "agent reset-mfa":
+	case "agent disable", "agent reset-mfa", "agent enable", "agent reset-password", "agent app-passwords":
 		build = func(pos []string) (any, error) {
 			n, err := positional(pos, "agent name")
 			return app.AgentArgs{Name: n}, err
@@ -288,6 +331,31 @@ func admin(name string, args []string, stdin io.Reader, stdout, stderr io.Writer
 		build = func(pos []string) (any, error) {
 			n, err := positional(pos, "agent name")
 			return app.AgentArgs{Name: n, Label: *label}, err
+		}
+	case "agent revoke-app-password":
+		build = func(pos []string) (any, error) {
+			if len(pos) != 2 {
+				return nil, fmt.Errorf("mailgate %s needs the agent's name and the app password's ID (see agent app-passwords NAME)", name)
+			}
+			return app.AgentArgs{Name: pos[0], ID: pos[1]}, nil
+		}
+	case "agent set":
+		role := fs.String("role", "", "the new role: admin, agent or auditor")
+		var queues []string
+		fs.Var((*app.Strings)(&queues), "queue", "a queue the agent works (repeat for more); replaces the agent's queues")
+		noQueues := fs.Bool("no-queues", false, "take every queue away from the agent")
+		build = func(pos []string) (any, error) {
+			n, err := positional(pos, "agent name")
+			a := app.AgentSetArgs{Name: n, Role: *role}
+			switch {
+			case *noQueues && len(queues) > 0:
+				return nil, errors.New("mailgate agent set: give -queue or -no-queues, not both")
+			case *noQueues:
+				a.Queues = &[]string{}
+			case len(queues) > 0:
+				a.Queues = &queues
+			}
+			return a, err
 		}
 	case "ticket list":
 		var a app.TicketListArgs

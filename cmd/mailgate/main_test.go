@@ -160,10 +160,16 @@ type daemon struct {
 
 func startServe(t *testing.T, dir string, args ...string) *daemon {
 	t.Helper()
+	return startServeWith(t, dir, nil, args...)
+}
+
+func startServeWith(t *testing.T, dir string, attr *syscall.SysProcAttr, args ...string) *daemon {
+	t.Helper()
 	args = append([]string{"serve", "-listen-smtp", "127.0.0.1:0", "-listen-web", "127.0.0.1:0",
 		"-listen-submission", "127.0.0.1:0", "-listen-imap", "127.0.0.1:0", "-listen-metrics", "127.0.0.1:0"}, args...)
 	d := &daemon{cmd: exec.Command(bin, args...), ready: make(chan struct{}), done: make(chan error, 1)}
 	d.cmd.Dir = dir
+	d.cmd.SysProcAttr = attr
 	d.cmd.Stderr = &syncWriter{w: &d.stderr, mu: &d.mu}
 	stdout, err := d.cmd.StdoutPipe()
 	if err != nil {

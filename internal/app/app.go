@@ -28,6 +28,10 @@ import (
 // DBFile is the database's name inside data_dir.
 const DBFile = "mailgate.db"
 
+// IDFile, inside data_dir, counts the ticket ids handed out, apart from the database, so a
+// restored database never hands one out twice (tickets.CheckIDs).
+const IDFile = "ticket-ids"
+
 // SocketFile is the control socket's name inside data_dir.
 const SocketFile = "control.sock"
 
@@ -112,12 +116,21 @@ func Open(cfg *config.Config, opts Options) (*App, error) {
 		return fail(err)
 	}
 	a.closers = append(a.closers, a.Audit.Close)
+	if a.Audit.MirrorRotated != "" {
+		// The first line of the new segment says where the old one went and why.
+		a.Log.Warn("the audit mirror held events the database does not (restored from a backup?): it was kept under another name and a new segment begins",
+			"old", a.Audit.MirrorRotated, "old_last_seq", a.Audit.MirrorAhead)
+		if err := a.Audit.Append(audit.Event{Actor: "mailgate", Action: "audit.mirror", Object: "audit", Result: audit.OK,
+			Detail: fmt.Sprintf("new mirror segment: the previous file held events up to seq %d, which the database does not have (restored from a backup?); it is kept as %s", a.Audit.MirrorAhead, a.Audit.MirrorRotated)}); err != nil {
+			return fail(err)
+		}
+	}
 
 	queueNames := map[string]bool{}
 	var queues []tickets.Queue
 	for _, q := range cfg.Queues {
 		queueNames[q.Name] = true
-		queues = append(queues, tickets.Queue{Name: q.Name, Address: q.Address, AutoAck: q.AutoAck, AutoAckText: q.AutoAckText})
+		queues = append(queues, tickets.Queue{Name: q.Name, Address: q.Address, AutoAck: q.AutoAck, AutoAckText: q.AutoAckText, AutoAckTexts: q.AutoAckTexts, Aliases: q.Aliases})
 	}
 	a.Access = access.New(db, a.Audit, access.Options{
 		Issuer:     "mailgate " + cfg.Hostname,
@@ -155,7 +168,14 @@ func Open(cfg *config.Config, opts Options) (*App, error) {
 	if a.Gateway != nil {
 		topts.Decrypt = a.decrypt
 	}
+	topts.IDFile = cfg.DataPath(IDFile)
 	a.Tickets = tickets.New(db, a.Audit, topts)
+	if after, err := a.Tickets.CheckIDs(); err != nil {
+		return fail(err)
+	} else if after > 0 {
+		a.Log.Warn("ticket ids handed out before are not in the database (restored from a backup, or a crash): new tickets continue after them", "after", after)
+	}
+	a.closers = append(a.closers, a.Tickets.CloseIDs)
 	a.Outbound, err = outbound.New(cfg, db, a.Audit, a.Tickets, a.Keyring, a.Gateway, outbound.Options{Logger: a.Log, AutoAckPerHour: cfg.Outbound.AutoAckPerHour,
 		Observe: func(at outbound.Attempt) { metrics.Delivery(at.Outcome, at.Sent, at.Deferred, at.Failed, at.Took) }})
 	if err != nil {

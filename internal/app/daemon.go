@@ -83,6 +83,10 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	} else if err := config.Validate(cfg); err != nil {
 		return err
 	}
+	// The same file checks as check-config, before anything is created or opened.
+	if err := Preflight(cfg); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
@@ -340,6 +344,14 @@ func (d *daemon) start() error {
 		}
 	}
 
+	// Tickets stored by an older version get the work-queue fields and the sealed search index
+	// before anyone lists or searches them.
+	if n, err := a.Tickets.Prepare(); err != nil {
+		return fmt.Errorf("tickets: %w", err)
+	} else if n > 0 {
+		d.log.Info("tickets indexed for search", "tickets", n)
+	}
+
 	// Delivery of queued replies resumes where the last run stopped.
 	if err := a.Outbound.Start(context.Background()); err != nil {
 		return fmt.Errorf("outbound queue: %w", err)
@@ -481,6 +493,22 @@ func connMetrics(service string, l *connlimit.Limiter) {
 	})
 }
 
+// metricsToken reads [metrics] token_file ("" without one); Preflight reads it the same way.
+func metricsToken(file string) (string, error) {
+	if file == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("[metrics] token_file: %w", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return "", fmt.Errorf("[metrics] token_file %s is empty; write a long random token into it (e.g. openssl rand -hex 32)", file)
+	}
+	return token, nil
+}
+
 // metricsMaxConns caps the metrics listener: a scraper or two, and an operator's curl.
 const metricsMaxConns = 16
 
@@ -488,15 +516,9 @@ const metricsMaxConns = 16
 // loopback, else (check-config insists on a token there) TLS with the [web] certificate.
 func (d *daemon) startMetrics() error {
 	cfg := d.cfg
-	var token string
-	if cfg.Metrics.TokenFile != "" {
-		b, err := os.ReadFile(cfg.Metrics.TokenFile)
-		if err != nil {
-			return fmt.Errorf("[metrics] token_file: %w", err)
-		}
-		if token = strings.TrimSpace(string(b)); token == "" {
-			return fmt.Errorf("[metrics] token_file %s is empty; write a long random token into it (e.g. openssl rand -hex 32)", cfg.Metrics.TokenFile)
-		}
+	token, err := metricsToken(cfg.Metrics.TokenFile)
+	if err != nil {
+		return err
 	}
 	l, err := d.listen("metrics", cfg.Metrics.Listen)
 	if err != nil {

@@ -65,6 +65,14 @@ type (
 	AgentArgs struct {
 		Name  string `json:"name"`
 		Label string `json:"label,omitempty"`
+		ID    string `json:"id,omitempty"` // an app password's id (revoke-app-password)
+	}
+	// AgentSetArgs changes what is given: Role when not "", Queues when not nil (an empty
+	// list takes every queue away).
+	AgentSetArgs struct {
+		Name   string    `json:"name"`
+		Role   string    `json:"role,omitempty"`
+		Queues *[]string `json:"queues,omitempty"`
 	}
 	TicketListArgs struct {
 		Queue  string `json:"queue,omitempty"`
@@ -91,20 +99,25 @@ type (
 )
 
 var handlers = map[string]handler{
-	"agent.add":          agentAdd,
-	"agent.list":         agentList,
-	"agent.disable":      agentDisable,
-	"agent.reset-mfa":    agentResetMFA,
-	"agent.app-password": agentAppPassword,
-	"ticket.list":        ticketList,
-	"ticket.show":        ticketShow,
-	"ticket.reply":       ticketReply,
-	"ticket.purge":       ticketPurge,
-	"pgp.import":         pgpImport,
-	"pgp.export-public":  pgpExportPublic,
-	"audit.verify":       auditVerify,
-	"audit.export":       auditExport,
-	"backup":             backup,
+	"agent.add":                 agentAdd,
+	"agent.list":                agentList,
+	"agent.disable":             agentDisable,
+	"agent.reset-mfa":           agentResetMFA,
+	"agent.app-password":        agentAppPassword,
+	"agent.enable":              agentEnable,
+	"agent.set":                 agentSet,
+	"agent.reset-password":      agentResetPassword,
+	"agent.app-passwords":       agentAppPasswords,
+	"agent.revoke-app-password": agentRevokeAppPassword,
+	"ticket.list":               ticketList,
+	"ticket.show":               ticketShow,
+	"ticket.reply":              ticketReply,
+	"ticket.purge":              ticketPurge,
+	"pgp.import":                pgpImport,
+	"pgp.export-public":         pgpExportPublic,
+	"audit.verify":              auditVerify,
+	"audit.export":              auditExport,
+	"backup":                    backup,
 }
 
 // Commands lists the command names Dispatch knows.
@@ -309,6 +322,117 @@ func agentAppPassword(_ context.Context, a *App, raw json.RawMessage) (result, e
 	return result{data: map[string]any{"name": args.Name, "label": label, "password": pw},
 		text:   fmt.Sprintf("App password for %s (IMAP and SMTP submission only; shown once):\n  %s\n", args.Name, pw),
 		object: obj}, nil
+}
+
+func agentEnable(_ context.Context, a *App, raw json.RawMessage) (result, error) {
+	args, err := agentName(raw, "agent enable")
+	if err != nil {
+		return result{}, err
+	}
+	obj := "agent/" + args.Name
+	if err := a.Access.Enable(access.Ctl, args.Name); err != nil {
+		return result{object: obj}, err
+	}
+	return result{data: map[string]any{"name": args.Name, "disabled": false},
+		text: fmt.Sprintf("Agent %s enabled; it may log in again (its old sessions stay ended).\n", args.Name), object: obj}, nil
+}
+
+func agentSet(_ context.Context, a *App, raw json.RawMessage) (result, error) {
+	args, err := decode[AgentSetArgs](raw)
+	if err == nil && args.Name == "" {
+		err = errors.New("agent set needs the agent's name")
+	}
+	if err == nil && args.Role == "" && args.Queues == nil {
+		err = errors.New("agent set needs -role ROLE, -queue Q (repeat for more) or -no-queues")
+	}
+	if err != nil {
+		return result{}, err
+	}
+	obj := "agent/" + args.Name
+	var changed []string
+	// Role first: a refused role change (the last admin) leaves the queues as they were.
+	if args.Role != "" {
+		if err := a.Access.SetRole(access.Ctl, args.Name, access.Role(args.Role)); err != nil {
+			return result{object: obj}, err
+		}
+		changed = append(changed, "role="+args.Role)
+	}
+	if args.Queues != nil {
+		if err := a.Access.SetQueues(access.Ctl, args.Name, *args.Queues); err != nil {
+			return result{object: obj, detail: strings.Join(changed, " ")}, err
+		}
+		changed = append(changed, "queues="+strings.Join(*args.Queues, ","))
+	}
+	ag, err := a.Access.Get(args.Name)
+	if err != nil {
+		return result{object: obj}, err
+	}
+	return result{data: ag,
+		text:   fmt.Sprintf("Agent %s: role %s, queues %s. Its sessions see the change on their next request.\n", ag.Name, ag.Role, orNone(ag.Queues)),
+		object: obj, detail: strings.Join(changed, " ")}, nil
+}
+
+func orNone(qs []string) string {
+	if len(qs) == 0 {
+		return "(none)"
+	}
+	return strings.Join(qs, ", ")
+}
+
+func agentResetPassword(_ context.Context, a *App, raw json.RawMessage) (result, error) {
+	args, err := agentName(raw, "agent reset-password")
+	if err != nil {
+		return result{}, err
+	}
+	obj := "agent/" + args.Name
+	pw, err := a.Access.ResetPassword(access.Ctl, args.Name)
+	if err != nil {
+		return result{object: obj}, err
+	}
+	return result{data: map[string]any{"name": args.Name, "password": pw},
+		text:   fmt.Sprintf("New password for %s (shown once; its sessions are ended, TOTP and app passwords unchanged):\n  %s\n", args.Name, pw),
+		object: obj}, nil
+}
+
+func agentAppPasswords(_ context.Context, a *App, raw json.RawMessage) (result, error) {
+	args, err := agentName(raw, "agent app-passwords")
+	if err != nil {
+		return result{}, err
+	}
+	obj := "agent/" + args.Name
+	aps, err := a.Access.AppPasswords(access.Ctl, args.Name)
+	if err != nil {
+		return result{object: obj}, err
+	}
+	if aps == nil {
+		aps = []access.AppPassword{}
+	}
+	rows := [][]string{{"ID", "LABEL", "CREATED", "LAST USED"}}
+	for _, ap := range aps {
+		last := "never"
+		if !ap.LastUsed.IsZero() {
+			last = ap.LastUsed.Local().Format("2006-01-02 15:04")
+		}
+		rows = append(rows, []string{ap.ID, oneLine(ap.Label), ap.Created.Local().Format("2006-01-02 15:04"), last})
+	}
+	return result{data: aps, text: table(rows), object: obj, detail: fmt.Sprintf("count=%d", len(aps))}, nil
+}
+
+func agentRevokeAppPassword(_ context.Context, a *App, raw json.RawMessage) (result, error) {
+	args, err := decode[AgentArgs](raw)
+	if err == nil && (args.Name == "" || args.ID == "") {
+		err = errors.New("agent revoke-app-password needs the agent's name and the password's ID (see agent app-passwords NAME)")
+	}
+	if err != nil {
+		return result{}, err
+	}
+	obj := "agent/" + args.Name
+	if err := a.Access.RevokeAppPassword(access.Ctl, args.Name, args.ID); err != nil {
+		return result{object: obj, detail: "id=" + clip(oneLine(args.ID), 32)}, err
+	}
+	return result{data: map[string]any{"name": args.Name, "id": args.ID, "revoked": true},
+		text:   fmt.Sprintf("App password %s of %s revoked; mail clients using it can no longer log in.\n", args.ID, args.Name),
+		object: obj, detail: "id=" + args.ID}, nil
 }
 
 // --- tickets ---

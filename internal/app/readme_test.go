@@ -3,9 +3,11 @@ package app
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -162,6 +164,13 @@ func literal(v reflect.Value) string {
 		return "[" + strings.Join(q, ", ") + "]"
 	case config.Duration:
 		return fmt.Sprintf("%q", x.String())
+	case map[string]string:
+		keys := slices.Sorted(maps.Keys(x))
+		q := make([]string, len(keys))
+		for i, k := range keys {
+			q[i] = fmt.Sprintf("%s = %q", k, x[k])
+		}
+		return "{" + strings.Join(q, ", ") + "}"
 	}
 	return fmt.Sprint(v.Interface())
 }
