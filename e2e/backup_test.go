@@ -23,7 +23,7 @@ func TestBackupUnderLoadAndRestore(t *testing.T) {
 	// stored (the load tool may take more than a second to prepare its messages on a busy
 	// machine, and a fixed sleep then backed up an empty store).
 	s.waitTickets(t, 1, 60*time.Second)
-	backup := filepath.Join(t.TempDir(), "mailgate-backup.db")
+	backup := filepath.Join(t.TempDir(), "mailgate-backup.tar")
 	if code, out := s.cli(t, "backup", "-out", backup); code != 0 {
 		t.Fatalf("backup while running: exit %d\n%s", code, out)
 	}
@@ -37,7 +37,7 @@ func TestBackupUnderLoadAndRestore(t *testing.T) {
 	}
 
 	// Restore on another machine, as the README says: the config and the key file come
-	// along, the backup is installed as the database (mode 600), audit verify, start.
+	// along, the backup is extracted into the empty data directory, audit verify, start.
 	n := newSite(t, "")
 	key, err := os.ReadFile(s.key)
 	if err != nil {
@@ -49,15 +49,18 @@ func TestBackupUnderLoadAndRestore(t *testing.T) {
 	if err := os.MkdirAll(n.data, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("install", "-m", "600", backup, filepath.Join(n.data, "mailgate.db")).CombinedOutput(); err != nil {
-		t.Fatalf("install: %v %s", err, out)
+	if out, err := exec.Command("tar", "-xf", backup, "-C", n.data).CombinedOutput(); err != nil {
+		t.Fatalf("tar -xf: %v %s", err, out)
+	}
+	if st, err := os.Stat(filepath.Join(n.data, "mailgate.db")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("restored database: %v, mode %v (want 0600)", err, st.Mode().Perm())
 	}
 	n.auditVerify(t)
 
 	// With another key the copy does not open, and says so.
 	w := newSite(t, "")
 	os.MkdirAll(w.data, 0o700)
-	exec.Command("install", "-m", "600", backup, filepath.Join(w.data, "mailgate.db")).Run()
+	exec.Command("tar", "-xf", backup, "-C", w.data).Run()
 	if code, out := w.cli(t, "audit", "verify"); code == 0 || !strings.Contains(out, "does not open") {
 		t.Errorf("backup with a wrong key: exit %d\n%s", code, out)
 	}

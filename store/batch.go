@@ -62,12 +62,9 @@ func (b *batcher) loop() {
 }
 
 func (b *batcher) commit(calls []*call) {
-	if b.onCommit != nil {
-		start, n := time.Now(), len(calls)
-		defer func() { b.onCommit(n, time.Since(start)) }()
-	}
+	start, n := time.Now(), len(calls)
 	for len(calls) > 0 {
-		err := b.db.bolt.Update(func(btx *bolt.Tx) error {
+		err := b.db.update(func(btx *bolt.Tx) error {
 			for i, c := range calls {
 				if err := b.db.run(btx, c.fn); err != nil {
 					return retryAlone{i}
@@ -79,9 +76,14 @@ func (b *batcher) commit(calls []*call) {
 		if errors.As(err, &ra) {
 			// Run the failing call on its own so it gets its own error, and the rest again together.
 			bad := calls[ra.i]
-			bad.done <- b.db.bolt.Update(func(btx *bolt.Tx) error { return b.db.run(btx, bad.fn) })
+			bad.done <- b.db.update(func(btx *bolt.Tx) error { return b.db.run(btx, bad.fn) })
 			calls = append(calls[:ra.i:ra.i], calls[ra.i+1:]...)
 			continue
+		}
+		// Report before the writers are released, so whoever waits for them sees the
+		// commit counted (a deferred report raced with the callers' next step).
+		if b.onCommit != nil {
+			b.onCommit(n, time.Since(start))
 		}
 		for _, c := range calls {
 			c.done <- err

@@ -9,8 +9,15 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 )
 
-// sealFormat is the first byte of every sealed value, so the format can change later.
-const sealFormat = 1
+// The first byte of every stored value says what follows, so the format can change later.
+const (
+	// sealFormat: a sealed value, the plaintext as is (the only format of schema 1).
+	sealFormat = 1
+	// zstdFormat: a sealed value whose plaintext is zstd-compressed; the format byte is in the AD.
+	zstdFormat = 2
+	// refFormat: a plain reference to a sealed, compressed blob in a segment file (segment.go).
+	refFormat = 3
+)
 
 type sealer struct{ aead cipher.AEAD }
 
@@ -22,9 +29,14 @@ func newSealer(key []byte) *sealer {
 	return &sealer{aead: a}
 }
 
-func (s *sealer) seal(plain, ad []byte) []byte {
+// sealOverhead is what sealing adds to a plaintext.
+const sealOverhead = 1 + chacha20poly1305.NonceSizeX + chacha20poly1305.Overhead
+
+func (s *sealer) seal(plain, ad []byte) []byte { return s.sealAs(sealFormat, plain, ad) }
+
+func (s *sealer) sealAs(format byte, plain, ad []byte) []byte {
 	out := make([]byte, 1+chacha20poly1305.NonceSizeX, 1+chacha20poly1305.NonceSizeX+len(plain)+chacha20poly1305.Overhead)
-	out[0] = sealFormat
+	out[0] = format
 	if _, err := rand.Read(out[1:]); err != nil {
 		panic(err) // crypto/rand does not fail on Linux
 	}
@@ -33,8 +45,10 @@ func (s *sealer) seal(plain, ad []byte) []byte {
 
 var errOpen = errors.New("sealed value does not authenticate (tampered, moved or wrong key)")
 
-func (s *sealer) open(sealed, ad []byte) ([]byte, error) {
-	if len(sealed) < 1+chacha20poly1305.NonceSizeX+chacha20poly1305.Overhead || sealed[0] != sealFormat {
+func (s *sealer) open(sealed, ad []byte) ([]byte, error) { return s.openAs(sealFormat, sealed, ad) }
+
+func (s *sealer) openAs(format byte, sealed, ad []byte) ([]byte, error) {
+	if len(sealed) < sealOverhead || sealed[0] != format {
 		return nil, errOpen
 	}
 	n := 1 + chacha20poly1305.NonceSizeX

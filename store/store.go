@@ -4,6 +4,7 @@
 package store
 
 import (
+	"archive/tar"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -22,11 +23,15 @@ import (
 
 // SchemaVersion is the layout this binary writes. Open migrates older files up to it and
 // refuses newer ones, so a downgrade cannot silently misread data.
-const SchemaVersion = 1
+//
+//	1: every value sealed as it is, inside the B-tree.
+//	2: values compressed, large ones in segment files beside the database (segment.go).
+const SchemaVersion = 2
 
 // migrations[i] moves a database from schema version i to i+1. Version 0 is an empty file.
-var migrations = []func(tx *Tx) error{
-	func(tx *Tx) error { return nil }, // 0 → 1: the first layout; buckets are created on first use
+var migrations = []func(db *DB) error{
+	func(db *DB) error { return nil }, // 0 → 1: the first layout; buckets are created on first use
+	migrateToSegments,                 // 1 → 2
 }
 
 const (
@@ -55,15 +60,20 @@ type Options struct {
 
 // DB is an open, keyed database.
 type DB struct {
-	bolt   *bolt.DB
-	data   *sealer // record values
-	wrap   *sealer // per-scope data keys
-	idxKey []byte
+	bolt     *bolt.DB
+	boltOpts *bolt.Options
+	data     *sealer // record values
+	wrap     *sealer // per-scope data keys
+	idxKey   []byte
 
 	mu     sync.RWMutex
 	scopes map[uint64]*sealer // unwrapped per-scope keys of committed scopes
 
 	batch batcher
+	segs  *segments
+	// maint keeps Backup and CompactSegments apart: a backup copies the segments its snapshot
+	// references, which compaction would remove.
+	maint sync.Mutex
 }
 
 // Open opens (or creates) the database at path with the 32-byte master key.
@@ -82,21 +92,22 @@ func Open(path string, key []byte, opts Options) (*DB, error) {
 	if fi, err := os.Stat(path); err == nil && fi.Size() == 0 {
 		return nil, fmt.Errorf("open %s: the database file is empty (truncated?): restore it from a backup, or remove it to start a new database", path)
 	}
-	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, ReadOnly: opts.ReadOnly, NoFreelistSync: true, FreelistType: bolt.FreelistMapType, InitialMmapSize: 1 << 30})
+	bopts := &bolt.Options{Timeout: opts.LockTimeout, ReadOnly: opts.ReadOnly, NoFreelistSync: true, FreelistType: bolt.FreelistMapType, InitialMmapSize: 1 << 30}
+	bdb, err := bolt.Open(path, 0o600, bopts)
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: %w", path, ErrLocked)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	db := &DB{bolt: bdb, scopes: map[uint64]*sealer{}}
+	db := &DB{bolt: bdb, boltOpts: bopts, scopes: map[uint64]*sealer{}, segs: newSegments(SegmentDir(path), opts.ReadOnly)}
 	db.batch.db = db
 	db.batch.onCommit = opts.OnCommit
 	db.data = newSealer(derive(key, "mailgate data v1"))
 	db.wrap = newSealer(derive(key, "mailgate scope wrap v1"))
 	db.idxKey = derive(key, "mailgate index v1")
 	if err := db.init(opts.ReadOnly); err != nil {
-		bdb.Close()
+		db.Close()
 		return nil, err
 	}
 	return db, nil
@@ -116,6 +127,7 @@ var keyCheckPlain = []byte("mailgate key check v1")
 func (db *DB) init(readOnly bool) error {
 	var version uint64
 	var fresh bool
+	tail := segMark{seg: 1}
 	err := db.bolt.View(func(btx *bolt.Tx) error {
 		tx := &Tx{db: db, btx: btx}
 		check, err := tx.GetPlain(metaBucket, []byte("keycheck"))
@@ -134,6 +146,8 @@ func (db *DB) init(readOnly bool) error {
 		if v != nil {
 			version = FromU64(v)
 		}
+		t, _ := tx.GetPlain(metaBucket, segTailKey)
+		tail, _ = parseMark(t)
 		return nil
 	})
 	if err != nil {
@@ -151,33 +165,72 @@ func (db *DB) init(readOnly bool) error {
 		}
 		return nil
 	}
+	if err := db.segs.recover(tail); err != nil {
+		return fmt.Errorf("open segments: %w", err)
+	}
 	if !fresh && version == SchemaVersion {
 		return nil
 	}
+	if fresh {
+		err := db.Update(func(tx *Tx) error {
+			return tx.PutPlain(metaBucket, []byte("keycheck"), db.data.seal(keyCheckPlain, ad(metaBucket, []byte("keycheck"), 0)))
+		})
+		if err != nil {
+			return err
+		}
+	}
+	// Each migration commits as it goes (a big file does not fit one transaction) and must be
+	// safe to run again after a crash; the version is bumped once all of them are through.
+	for v := version; v < SchemaVersion; v++ {
+		if err := migrations[v](db); err != nil {
+			return fmt.Errorf("migrate schema %d to %d: %w", v, v+1, err)
+		}
+	}
 	return db.Update(func(tx *Tx) error {
-		if fresh {
-			if err := tx.PutPlain(metaBucket, []byte("keycheck"), db.data.seal(keyCheckPlain, ad(metaBucket, []byte("keycheck"), 0))); err != nil {
-				return err
-			}
-		}
-		for v := version; v < SchemaVersion; v++ {
-			if err := migrations[v](tx); err != nil {
-				return fmt.Errorf("migrate schema %d to %d: %w", v, v+1, err)
-			}
-		}
 		return tx.PutPlain(metaBucket, []byte("schema"), U64(SchemaVersion))
 	})
 }
 
 // Close closes the file.
-func (db *DB) Close() error { return db.bolt.Close() }
+func (db *DB) Close() error {
+	err := db.bolt.Close()
+	db.segs.close()
+	return err
+}
 
 // Path is the database file's path.
 func (db *DB) Path() string { return db.bolt.Path() }
 
 // Update runs fn in a write transaction and commits it durably (fsync) before returning.
 func (db *DB) Update(fn func(*Tx) error) error {
-	return db.bolt.Update(func(btx *bolt.Tx) error { return db.run(btx, fn) })
+	return db.update(func(btx *bolt.Tx) error { return db.run(btx, fn) })
+}
+
+// testHookBeforeCommit runs after the segments are synced and before bbolt commits (crash tests).
+var testHookBeforeCommit func()
+
+// update is bolt's Update with the segments kept in step: what fn appended is fsynced and its
+// end recorded before the commit, and forgotten when the transaction rolls back.
+func (db *DB) update(fn func(*bolt.Tx) error) error {
+	return db.bolt.Update(func(btx *bolt.Tx) error {
+		m := db.segs.mark()
+		err := fn(btx)
+		if err == nil && db.segs.dirty {
+			if err = db.segs.sync(); err == nil {
+				var meta *bolt.Bucket
+				if meta, err = btx.CreateBucketIfNotExists([]byte(metaBucket)); err == nil {
+					err = meta.Put(segTailKey, db.segs.mark().bytes())
+				}
+			}
+			if err == nil && testHookBeforeCommit != nil {
+				testHookBeforeCommit()
+			}
+		}
+		if err != nil {
+			db.segs.rollback(m)
+		}
+		return err
+	})
 }
 
 // View runs fn in a read-only transaction.
@@ -239,9 +292,14 @@ func (db *DB) MAC(purpose string, parts ...[]byte) []byte {
 	return m.Sum(nil)
 }
 
-// Backup writes a consistent copy of the database to path while writers go on, fsyncs it and
-// renames it into place, so a crash never leaves a half-written backup under that name.
+// Backup writes a consistent copy of the database and its segments to path while writers go
+// on, as a tar archive (restore: extract it into the data directory), fsyncs it and renames it
+// into place, so a crash never leaves a half-written backup under that name. The copy is one
+// read transaction's view: the database as of that transaction, and of every segment the bytes
+// it references, which are never rewritten in place.
 func (db *DB) Backup(path string) (int64, error) {
+	db.maint.Lock()
+	defer db.maint.Unlock()
 	var size int64
 	err := db.bolt.View(func(btx *bolt.Tx) error {
 		dir := filepath.Dir(path)
@@ -255,10 +313,12 @@ func (db *DB) Backup(path string) (int64, error) {
 			f.Close()
 			return err
 		}
-		if size, err = btx.WriteTo(f); err != nil {
+		cw := &countWriter{w: f}
+		if err := db.writeArchive(btx, cw); err != nil {
 			f.Close()
 			return err
 		}
+		size = cw.n
 		if err := f.Sync(); err != nil {
 			f.Close()
 			return err
@@ -277,6 +337,72 @@ func (db *DB) Backup(path string) (int64, error) {
 	return size, nil
 }
 
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// writeArchive writes btx's database and the segments it references to w as a tar archive
+// whose names are relative to the data directory.
+func (db *DB) writeArchive(btx *bolt.Tx, w io.Writer) error {
+	tail := segMark{seg: 1}
+	if meta := btx.Bucket([]byte(metaBucket)); meta != nil {
+		tail, _ = parseMark(meta.Get(segTailKey))
+	}
+	now := time.Now().Truncate(time.Second)
+	tw := tar.NewWriter(w)
+	dbName := filepath.Base(db.bolt.Path())
+	if err := tw.WriteHeader(&tar.Header{Name: dbName, Mode: 0o600, Size: btx.Size(), ModTime: now, Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	if _, err := btx.WriteTo(tw); err != nil {
+		return err
+	}
+	segDir := filepath.Base(db.segs.dir)
+	if err := tw.WriteHeader(&tar.Header{Name: segDir + "/", Mode: 0o700, ModTime: now, Typeflag: tar.TypeDir}); err != nil {
+		return err
+	}
+	ids, err := db.segs.list()
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if id > tail.seg {
+			break // begun after this snapshot
+		}
+		p := filepath.Join(db.segs.dir, segName(id))
+		sf, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		n := tail.pos
+		if id < tail.seg {
+			// Closed segments do not change any more.
+			fi, err := sf.Stat()
+			if err != nil {
+				sf.Close()
+				return err
+			}
+			n = fi.Size()
+		}
+		err = tw.WriteHeader(&tar.Header{Name: segDir + "/" + segName(id), Mode: 0o600, Size: n, ModTime: now, Typeflag: tar.TypeReg})
+		if err == nil {
+			_, err = io.CopyN(tw, sf, n)
+		}
+		sf.Close()
+		if err != nil {
+			return fmt.Errorf("segment %d: %w", id, err)
+		}
+	}
+	return tw.Close()
+}
+
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -286,11 +412,12 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// Stats reports the file size and the number of write transactions, for metrics.
+// Stats reports the size of the database and its segments and the number of write transactions, for metrics.
 func (db *DB) Stats() (fileBytes int64, writes int) {
 	if fi, err := os.Stat(db.bolt.Path()); err == nil {
 		fileBytes = fi.Size()
 	}
+	fileBytes += db.segs.size()
 	st := db.bolt.Stats()
 	return fileBytes, int(st.TxStats.GetWrite())
 }

@@ -187,7 +187,9 @@ func TestBackupOpensWithSameKey(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("backup mode %o", fi.Mode().Perm())
 	}
-	b, err := Open(out, testKey(1), Options{})
+	restored := t.TempDir()
+	extract(t, out, restored)
+	b, err := Open(filepath.Join(restored, "mailgate.db"), testKey(1), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

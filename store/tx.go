@@ -1,10 +1,12 @@
 package store
 
 import (
+	"bytes"
 	"crypto/rand"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Tx is a transaction. Values read from it are fresh copies, valid after it ends.
@@ -23,6 +25,12 @@ func (tx *Tx) DB() *DB { return tx.db }
 // Writable reports whether tx may write.
 func (tx *Tx) Writable() bool { return tx.btx.Writable() }
 
+// appendFill: most buckets have their keys appended in order (ids, sequence numbers), and with
+// bbolt's default fill of 0.5 every page such appends leave behind stays half empty. Buckets
+// keyed by a hash take keys anywhere, and for them a full page split leaves a page nine tenths
+// full beside one almost empty, so they keep the default.
+const appendFill = 0.9
+
 func (tx *Tx) bucket(name string, create bool) (*bolt.Bucket, error) {
 	if b := tx.btx.Bucket([]byte(name)); b != nil || !create {
 		return b, nil
@@ -34,9 +42,10 @@ func (tx *Tx) bucket(name string, create bool) (*bolt.Bucket, error) {
 	return b, nil
 }
 
-// Put seals val under the data key, bound to bucket and key, and stores it.
+// Put seals val under the data key, bound to bucket and key, and stores it: compressed when
+// that pays, in a segment file when it is large (segment.go).
 func (tx *Tx) Put(bucket string, key, val []byte) error {
-	return tx.PutPlain(bucket, key, tx.db.data.seal(val, ad(bucket, key, 0)))
+	return tx.putSealed(tx.db.data, 0, bucket, key, val)
 }
 
 // Get opens the value at bucket/key; nil, nil when there is none.
@@ -45,11 +54,104 @@ func (tx *Tx) Get(bucket string, key []byte) ([]byte, error) {
 	if v == nil || err != nil {
 		return nil, err
 	}
-	plain, err := tx.db.data.open(v, ad(bucket, key, 0))
+	plain, err := tx.db.openStored(tx.db.data, 0, bucket, key, v)
 	if err != nil {
 		return nil, fmt.Errorf("%s/%x: %w", bucket, key, err)
 	}
 	return plain, nil
+}
+
+// Prepared is a value compressed ahead of the transaction that stores it, so that the work
+// is done by the writer's own goroutine and not inside the write lock that every writer waits on.
+type Prepared struct{ val, c []byte }
+
+// Prepare compresses val for PutScopedPrepared. val must not change afterwards.
+func Prepare(val []byte) *Prepared {
+	p := &Prepared{val: val}
+	if len(val) >= compressMin {
+		p.c = compress(val)
+	}
+	return p
+}
+
+// PutScopedPrepared is PutScoped with the compression already done.
+func (tx *Tx) PutScopedPrepared(scope uint64, bucket string, key []byte, p *Prepared) error {
+	s, err := tx.scope(scope, true)
+	if err != nil {
+		return err
+	}
+	return tx.putCompressed(s, scope, bucket, key, p.val, p.c)
+}
+
+// putSealed stores val sealed under s for scope: as it is when short, compressed when that
+// pays, and in a segment with only a reference in the B-tree when it is large.
+func (tx *Tx) putSealed(s *sealer, scope uint64, bucket string, key, val []byte) error {
+	var c []byte
+	if len(val) >= compressMin {
+		c = compress(val)
+	}
+	return tx.putCompressed(s, scope, bucket, key, val, c)
+}
+
+// putCompressed is putSealed with c = compress(val), or nil for short values.
+func (tx *Tx) putCompressed(s *sealer, scope uint64, bucket string, key, val, c []byte) error {
+	if !tx.btx.Writable() {
+		return berrors.ErrTxNotWritable
+	}
+	a := ad(bucket, key, scope)
+	if c == nil {
+		return tx.PutPlain(bucket, key, s.seal(val, a))
+	}
+	switch {
+	case len(val) >= blobMin:
+		return tx.putBlob(s, scope, bucket, key, a, c)
+	case len(c) < len(val):
+		return tx.PutPlain(bucket, key, s.sealAs(zstdFormat, c, append(a, zstdFormat)))
+	}
+	return tx.PutPlain(bucket, key, s.seal(val, a))
+}
+
+func (tx *Tx) putBlob(s *sealer, scope uint64, bucket string, key, recordAD, c []byte) error {
+	n := len(c) + sealOverhead
+	seg, off, err := tx.db.segs.place(n)
+	if err != nil {
+		return err
+	}
+	if err := tx.db.segs.write(s.sealAs(refFormat, c, blobAD(recordAD, seg, off)), off); err != nil {
+		return err
+	}
+	return tx.PutPlain(bucket, key, blobRef{seg: seg, off: off, n: n, scope: scope}.bytes())
+}
+
+// openStored opens a value in any of the formats putSealed writes.
+func (db *DB) openStored(s *sealer, scope uint64, bucket string, key, v []byte) ([]byte, error) {
+	a := ad(bucket, key, scope)
+	if len(v) == 0 {
+		return s.open(v, a) // not a sealed value: the error says so
+	}
+	switch v[0] {
+	case zstdFormat:
+		c, err := s.openAs(zstdFormat, v, append(a, zstdFormat))
+		if err != nil {
+			return nil, err
+		}
+		return decompress(c)
+	case refFormat:
+		r, err := parseRef(v)
+		if err != nil {
+			return nil, err
+		}
+		rec, err := db.segs.read(r.seg, r.off, r.n)
+		if err != nil {
+			return nil, err
+		}
+		c, err := s.openAs(refFormat, rec, blobAD(a, r.seg, r.off))
+		if err != nil {
+			return nil, err
+		}
+		return decompress(c)
+	}
+	return s.open(v, a)
 }
 
 // PutPlain stores val as is: only for values that reveal nothing (counters, hashes, ids).
@@ -57,6 +159,11 @@ func (tx *Tx) PutPlain(bucket string, key, val []byte) error {
 	b, err := tx.bucket(bucket, true)
 	if err != nil {
 		return err
+	}
+	if last, _ := b.Cursor().Last(); last == nil || bytes.Compare(key, last) > 0 {
+		b.FillPercent = appendFill
+	} else {
+		b.FillPercent = bolt.DefaultFillPercent
 	}
 	return b.Put(key, val)
 }
@@ -193,7 +300,7 @@ func (tx *Tx) PutScoped(scope uint64, bucket string, key, val []byte) error {
 	if err != nil {
 		return err
 	}
-	return tx.PutPlain(bucket, key, s.seal(val, ad(bucket, key, scope)))
+	return tx.putSealed(s, scope, bucket, key, val)
 }
 
 // GetScoped opens a value written by PutScoped; nil, nil when there is none.
@@ -206,7 +313,7 @@ func (tx *Tx) GetScoped(scope uint64, bucket string, key []byte) ([]byte, error)
 	if err != nil {
 		return nil, err
 	}
-	plain, err := s.open(v, ad(bucket, key, scope))
+	plain, err := tx.db.openStored(s, scope, bucket, key, v)
 	if err != nil {
 		return nil, fmt.Errorf("%s/%x: %w", bucket, key, err)
 	}

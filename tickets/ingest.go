@@ -98,6 +98,15 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	}
 
 	ackable := q.AutoAck && in.Kind == "" && s.opts.AutoAck != nil && s.opts.AutoAck(p, in)
+	// Compressed here, by this message's goroutine, not inside the commit every writer waits on.
+	var raw *store.Prepared
+	if in.Raw != nil {
+		raw = store.Prepare(in.Raw)
+	}
+	atts := make([]*store.Prepared, len(p.Attachments))
+	for i, a := range p.Attachments {
+		atts[i] = store.Prepare(a.Data)
+	}
 	var res Result
 	var owed bool
 	err := s.db.Batch(func(tx *store.Tx) error {
@@ -115,7 +124,10 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 			// as a note on the ticket, and its sender joins nothing.
 			mm.Direction, mm.Problem = Note, "delivery failed: the customer's mail server returned this reply"
 		}
-		if err := s.addMessage(tx, t, &mm, in.Raw, p.Attachments); err != nil {
+		if err := s.addMessage(tx, t, &mm, nil, nil); err != nil {
+			return err
+		}
+		if err := putContent(tx, t.ID, mm.Seq, raw, atts); err != nil {
 			return err
 		}
 		res.Seq = mm.Seq

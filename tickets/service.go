@@ -272,6 +272,19 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 	return saveTicket(tx, t)
 }
 
+// putContent stores a message's raw bytes and attachments, compressed before the transaction.
+func putContent(tx *store.Tx, id uint64, seq int, raw *store.Prepared, atts []*store.Prepared) error {
+	for i, a := range atts {
+		if err := tx.PutScopedPrepared(id, bAttach, binary.BigEndian.AppendUint32(mkey(id, seq), uint32(i)), a); err != nil {
+			return err
+		}
+	}
+	if raw == nil {
+		return nil
+	}
+	return tx.PutScopedPrepared(id, bRaw, mkey(id, seq), raw)
+}
+
 // claimID points m's Message-ID at m, unless a message that still exists holds it already:
 // the first writer keeps its id. Otherwise whoever sends new mail quoting a customer's
 // Message-ID would take over the index, and the customer's genuine follow-up would thread into

@@ -93,15 +93,22 @@ load() {
 	runs=$((runs + 1))
 	"$WORK/mailgate-load" -addr "$addr" -to support@bench.test -c "$C" -size "$SIZE" -dkim-gen "$KEY" -dkim-selector "load$runs" -dns-serve "$DNS" -pid "$pid" "$@"
 }
+# rss PID NAME MESSAGES: peak memory, and the disk the store takes (database and segments,
+# blocks actually allocated) per message it holds.
 rss() {
-	echo "$(grep -E 'VmHWM|RssAnon|RssFile' /proc/$1/status | tr -s ' \t' ' ' | paste -sd' '); database $(du -h "$WORK/$2/data/mailgate.db" | cut -f1)"
+	local data="$WORK/$2/data"
+	local db segs
+	db=$(du -B1 "$data/mailgate.db" | cut -f1)
+	segs=$(du -sB1 "$data/mailgate.db.segments" 2>/dev/null | cut -f1)
+	segs=${segs:-0}
+	echo "$(grep -E 'VmHWM|RssAnon|RssFile' /proc/$1/status | tr -s ' \t' ' ' | paste -sd' '); database $((db >> 20)) MB + segments $((segs >> 20)) MB = $(((db + segs) / $3)) bytes per message ($3 messages)"
 }
 
 echo "== warm-up: 1,000 messages to the small store"
 load "$SMALL" "$small" -n 1000 | tail -n +3
 echo "== 1. filling the big store: $STORED messages"
 load "$BIG" "$big" -n "$STORED" | tail -n +3
-rss "$big" big
+rss "$big" big "$STORED"
 echo "== 2. small store against big store, $ROUNDS alternating rounds of $M messages"
 # Every message opens a ticket, so the counts are the tickets stored.
 in_small=1000
@@ -116,6 +123,6 @@ for r in $(seq "$ROUNDS"); do
 done
 echo "== 3. floor and mailgate (small store, $in_small tickets), $N messages each, $C connections, $SIZE bytes, DKIM ($KEY)"
 load "$SMALL" "$small" -floor -n "$N"
-rss "$small" small
-rss "$big" big
+rss "$small" small "$((in_small + N))"
+rss "$big" big "$in_big"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

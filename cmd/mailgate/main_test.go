@@ -451,7 +451,7 @@ func TestDevModeEndToEnd(t *testing.T) {
 	}
 
 	// An online backup opens with the same key, and its audit chain verifies.
-	backupFile := filepath.Join(t.TempDir(), "backup.db")
+	backupFile := filepath.Join(t.TempDir(), "backup.tar")
 	if r := mailgate(t, dir, "backup", "-out", backupFile); r.code != 0 {
 		t.Fatalf("backup:\n%s", r)
 	}
@@ -524,14 +524,14 @@ func TestDevModeEndToEnd(t *testing.T) {
 		t.Fatalf("audit verify --json on a tampered chain:\n%s", r)
 	}
 
-	// Restore as the README says: with mailgate stopped, copy the backup into data_dir as
-	// mailgate.db (same key_file), then audit verify.
-	b, err := os.ReadFile(backupFile)
-	if err != nil {
+	// Restore as the README says: with mailgate stopped, remove the database and its segments
+	// and extract the backup into data_dir (same key_file), then audit verify.
+	data := filepath.Join(dir, "mailgate-data")
+	if err := errors.Join(os.Remove(filepath.Join(data, "mailgate.db")), os.RemoveAll(filepath.Join(data, "mailgate.db.segments"))); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "mailgate-data", "mailgate.db"), b, 0o600); err != nil {
-		t.Fatal(err)
+	if out, err := exec.Command("tar", "-xf", backupFile, "-C", data).CombinedOutput(); err != nil {
+		t.Fatalf("tar -xf: %v\n%s", err, out)
 	}
 	if r := mailgate(t, dir, "audit", "verify"); r.code != 0 {
 		t.Fatalf("audit verify after restore:\n%s", r)
@@ -584,7 +584,12 @@ func openDB(t *testing.T, keyFile, dbFile string) *store.DB {
 
 func checkBackup(t *testing.T, keyFile, backupFile string) {
 	t.Helper()
-	db := openDB(t, keyFile, backupFile)
+	// Restored as the README says: extracted into an empty data directory.
+	restored := t.TempDir()
+	if out, err := exec.Command("tar", "-xf", backupFile, "-C", restored).CombinedOutput(); err != nil {
+		t.Fatalf("tar -xf %s: %v\n%s", backupFile, err, out)
+	}
+	db := openDB(t, keyFile, filepath.Join(restored, "mailgate.db"))
 	defer db.Close()
 	l, err := audit.New(db, "")
 	if err != nil {

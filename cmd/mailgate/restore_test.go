@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -73,7 +74,7 @@ func TestRestoreKeepsTicketIDsAndMirror(t *testing.T) {
 	smtpAddr := d.line(t, `^listening: smtp (127\.0\.0\.1:\d+)`)[1]
 	sendMail(t, smtpAddr, "alice@example.org", "support@example.com", "one", "1")
 	sendMail(t, smtpAddr, "alice@example.org", "support@example.com", "two", "2")
-	backupFile := filepath.Join(t.TempDir(), "backup.db")
+	backupFile := filepath.Join(t.TempDir(), "backup.tar")
 	if r := mailgate(t, dir, "backup", "-config", cfg, "-out", backupFile); r.code != 0 {
 		t.Fatalf("backup:\n%s", r)
 	}
@@ -87,13 +88,20 @@ func TestRestoreKeepsTicketIDsAndMirror(t *testing.T) {
 	d.stop(t)
 	before := mirrorSeqs(t, mirror)
 
-	// Restore: the README's steps.
-	b, err := os.ReadFile(backupFile)
-	if err != nil {
+	// Restore: the README's steps (the old database and segments moved aside, the archive
+	// extracted into the data directory).
+	data := filepath.Join(dir, "data")
+	aside := filepath.Join(t.TempDir(), "old")
+	if err := os.Mkdir(aside, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "data", "mailgate.db"), b, 0o600); err != nil {
-		t.Fatal(err)
+	for _, f := range []string{"mailgate.db", "mailgate.db.segments"} {
+		if err := os.Rename(filepath.Join(data, f), filepath.Join(aside, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := exec.Command("tar", "-xf", backupFile, "-C", data).CombinedOutput(); err != nil {
+		t.Fatalf("tar -xf: %v\n%s", err, out)
 	}
 	if r := mailgate(t, dir, "audit", "verify", "-config", cfg); r.code != 0 {
 		t.Fatalf("audit verify after the restore:\n%s", r)

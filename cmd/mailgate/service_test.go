@@ -71,7 +71,7 @@ func TestSystemdUnit(t *testing.T) {
 		"useradd --system --home-dir /var/lib/mailgate --shell /usr/sbin/nologin mailgate",
 		"systemctl enable --now mailgate",
 		"systemctl stop mailgate",
-		"install -m 600 -o mailgate -g mailgate /backup/mailgate-2025-01-31.db /var/lib/mailgate/mailgate.db",
+		"sudo -u mailgate tar -xf /backup/mailgate-2025-01-31.tar -C /var/lib/mailgate",
 		"sudo -u mailgate mailgate audit verify -config /etc/mailgate/mailgate.toml",
 		"systemctl start mailgate",
 	} {

@@ -477,6 +477,8 @@ func (d *daemon) start() error {
 		d.wg.Add(1)
 		go d.retention(fctx, age)
 	}
+	d.wg.Add(1)
+	go d.compactSegments(fctx)
 	d.lines = append(d.lines, "control socket: "+SocketPath(cfg))
 	d.up.Store(true)
 	return nil
@@ -581,6 +583,28 @@ func (d *daemon) retention(ctx context.Context, age time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		}
+	}
+}
+
+// compactSegments frees, every hour, the segment space of blobs nothing references any more
+// (purged tickets, rewritten records, delivered outbound mail).
+func (d *daemon) compactSegments(ctx context.Context) {
+	defer d.wg.Done()
+	tick := time.NewTicker(time.Hour)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		st, err := d.app.DB.CompactSegments()
+		switch {
+		case err != nil:
+			d.log.Error("segment compaction failed", "err", err)
+		case st.Segments > 0:
+			d.log.Info("segments compacted", "segments", st.Segments, "blobs_moved", st.Moved, "bytes_freed", st.Reclaimed)
 		}
 	}
 }

@@ -674,7 +674,8 @@ func backup(_ context.Context, a *App, raw json.RawMessage) (result, error) {
 		return result{object: "backup"}, err
 	}
 	return result{data: map[string]any{"out": out, "bytes": size},
-		text:   fmt.Sprintf("Backup written to %s (%d bytes). It opens with the same key_file (%s).\n", out, size, a.Cfg.KeyFile),
+		text: fmt.Sprintf("Backup written to %s (%d bytes): a tar of the database and its segments. Restore it with `tar -xf %s -C %s` into an empty data directory; it opens with the same key_file (%s).\n",
+			out, size, out, a.Cfg.DataDir, a.Cfg.KeyFile),
 		object: "backup", detail: fmt.Sprintf("out=%s bytes=%d", out, size)}, nil
 }
 

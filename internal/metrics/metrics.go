@@ -75,7 +75,7 @@ var (
 		"Audit events committed, by action and result.", "action", "result")
 
 	storeBytes = register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "mailgate_store_file_bytes", Help: "Size of the database file.",
+		Name: "mailgate_store_file_bytes", Help: "Size of the database file and its segment files.",
 	}, func() float64 { b, _ := storeStats(); return b }))
 	storeWrites = register(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "mailgate_store_page_writes_total", Help: "Page writes to the database file since it was opened (bbolt TxStats.Write).",
