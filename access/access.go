@@ -191,9 +191,15 @@ type Options struct {
 	SessionIdle     time.Duration    // default 30 min
 	SessionAbsolute time.Duration    // default 12 h
 	PendingTTL      time.Duration    // time between password and code; default 5 min
-	// AccountLimit throttles per account name (known or not, so it reveals nothing); default
-	// 5 free, 1 s doubling to 15 min, one failure forgotten per 10 min.
+	// AccountLimit throttles one account name (known or not, so it reveals nothing) from one
+	// client address (IPv6 per /64): guesses from one address never lock the agent out at
+	// another. Default 5 free, 1 s doubling to 15 min, one failure forgotten per 10 min.
 	AccountLimit Limit
+	// AccountCeiling throttles one account name over all addresses together, so guessing from
+	// many addresses is still capped; it is far above AccountLimit (default 50 free, 1 s
+	// doubling to 15 min, one failure forgotten per minute), so only a distributed attack, never
+	// one address, can lock the agent out everywhere.
+	AccountCeiling Limit
 	// IPLimit throttles per client address (IPv6 per /64); default 20 free, 1 s doubling to
 	// 15 min, one failure forgotten per minute.
 	IPLimit Limit
@@ -225,6 +231,7 @@ func (o *Options) defaults() {
 		o.PendingTTL = 5 * time.Minute
 	}
 	o.AccountLimit.fill(Limit{Free: 5, Base: time.Second, Max: 15 * time.Minute, Leak: 10 * time.Minute})
+	o.AccountCeiling.fill(Limit{Free: 50, Base: time.Second, Max: 15 * time.Minute, Leak: time.Minute})
 	o.IPLimit.fill(Limit{Free: 20, Base: time.Second, Max: 15 * time.Minute, Leak: time.Minute})
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -239,8 +246,9 @@ type Service struct {
 
 	hashSlots chan struct{} // bounds concurrent argon2 runs (64 MiB each by default)
 
-	accounts *throttle
-	ips      *throttle
+	pairs    *throttle // (account, address)
+	accounts *throttle // account, all addresses: the ceiling
+	ips      *throttle // address
 
 	mu      sync.Mutex
 	pending map[string]*pendingLogin
@@ -254,7 +262,8 @@ func New(db *store.DB, log *audit.Log, opts Options) *Service {
 		log:       log,
 		opts:      opts,
 		hashSlots: make(chan struct{}, opts.HashConcurrency),
-		accounts:  newThrottle(opts.AccountLimit),
+		pairs:     newThrottle(opts.AccountLimit),
+		accounts:  newThrottle(opts.AccountCeiling),
 		ips:       newThrottle(opts.IPLimit),
 		pending:   map[string]*pendingLogin{},
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -431,13 +432,14 @@ func TestThrottleAccount(t *testing.T) {
 		o.AccountLimit = Limit{Free: 3, Base: time.Second, Max: time.Minute, Leak: time.Hour}
 	})
 	u := e.add(t, "alice", RoleAgent)
-	for i := range 4 { // each from another address: only the account limit applies
-		if _, err := e.s.CheckPassword("alice", "wrong", "198.51.100."+string(rune('1'+i))+":1"); !errors.Is(err, ErrBadLogin) {
+	const attacker = "198.51.100.1:4444"
+	for i := range 4 {
+		if _, err := e.s.CheckPassword("alice", "wrong", attacker); !errors.Is(err, ErrBadLogin) {
 			t.Fatalf("failure %d: %v", i+1, err)
 		}
 	}
-	// The 4th failure locked the account for 1 s: even the right password waits.
-	_, err := e.s.CheckPassword("alice", u.password, "203.0.113.9:1")
+	// The 4th failure locked alice at the attacker's address for 1 s: even the right password waits.
+	_, err := e.s.CheckPassword("alice", u.password, attacker)
 	wait, ok := RetryAfter(err)
 	if !ok || wait != time.Second {
 		t.Fatalf("right password during the lock: %v (wait %v), want ErrThrottled 1s", err, wait)
@@ -447,24 +449,24 @@ func TestThrottleAccount(t *testing.T) {
 		t.Fatalf("errors.As ErrThrottled: %v", err)
 	}
 	lock := e.events(t, audit.Filter{Action: "login.lockout"})
-	if len(lock) != 1 || lock[0].Result != audit.Denied || lock[0].Object != "agent/alice" || !strings.Contains(lock[0].Detail, "account locked for 1s after 4 failures") {
+	if len(lock) != 1 || lock[0].Result != audit.Denied || lock[0].Object != "agent/alice" || !strings.Contains(lock[0].Detail, "account from address 198.51.100.1 locked for 1s after 4 failures") {
 		t.Fatalf("lockout audit: %+v", lock)
 	}
-	if evs := e.events(t, audit.Filter{Action: "login", Result: audit.Denied}); len(evs) != 1 || !strings.Contains(evs[0].Detail, "throttled") {
+	if evs := e.events(t, audit.Filter{Action: "login", Result: audit.Denied}); len(evs) != 1 || !strings.Contains(evs[0].Detail, "throttled: account from this address") {
 		t.Fatalf("refused attempt audit: %+v", evs)
 	}
 	// More attempts during the lock: refused, and not one audit event each.
 	for range 5 {
-		e.s.CheckPassword("alice", u.password, "203.0.113.9:1")
+		e.s.CheckPassword("alice", u.password, attacker)
 	}
 	if evs := e.events(t, audit.Filter{Action: "login", Result: audit.Denied}); len(evs) != 1 {
 		t.Fatalf("%d denied events for one lock, want 1", len(evs))
 	}
 	e.clk.Add(time.Second)
-	if _, err := e.s.CheckPassword("alice", "wrong", "203.0.113.9:1"); !errors.Is(err, ErrBadLogin) {
+	if _, err := e.s.CheckPassword("alice", "wrong", attacker); !errors.Is(err, ErrBadLogin) {
 		t.Fatalf("after the lock: %v", err)
 	}
-	if _, err := e.s.CheckPassword("alice", u.password, "203.0.113.9:1"); err == nil {
+	if _, err := e.s.CheckPassword("alice", u.password, attacker); err == nil {
 		t.Fatal("the 5th failure did not lock again")
 	} else if wait, _ := RetryAfter(err); wait != 2*time.Second {
 		t.Fatalf("second lock %v, want 2s (doubling)", wait)
@@ -477,16 +479,96 @@ func TestThrottleAccount(t *testing.T) {
 	for range 4 {
 		e.s.CheckPassword("nobody", "wrong", "192.0.2.77:1")
 	}
-	if _, err := e.s.CheckPassword("nobody", "wrong", "192.0.2.78:1"); !isThrottled(err) {
+	if _, err := e.s.CheckPassword("nobody", "wrong", "192.0.2.77:2"); !isThrottled(err) {
 		t.Fatalf("unknown name not throttled: %v", err)
 	}
-	// A full login resets the account's count.
+	// A full login resets the count of the address it came from.
 	e.clk.Add(2 * time.Second)
-	e.login(t, u, "203.0.113.9:1")
+	e.login(t, u, attacker)
 	for i := range 3 {
-		if _, err := e.s.CheckPassword("alice", "wrong", "203.0.113.9:1"); !errors.Is(err, ErrBadLogin) {
+		if _, err := e.s.CheckPassword("alice", "wrong", attacker); !errors.Is(err, ErrBadLogin) {
 			t.Fatalf("failure %d after a good login: %v", i+1, err)
 		}
+	}
+}
+
+// Issue 11.4: guesses from one address must not lock the real agent out at another. Fails on
+// a per-account-only throttle.
+func TestThrottleLockoutIsNotDenialOfService(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.AccountLimit = Limit{Free: 3, Base: 15 * time.Minute, Max: 15 * time.Minute, Leak: time.Hour}
+	})
+	u := e.add(t, "alice", RoleAgent)
+	app, err := e.s.NewAppPassword(Ctl, "alice", "phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const attacker = "127.0.0.2:5000"
+	for range 10 {
+		e.s.CheckPassword("alice", "guess", attacker)
+		e.s.CheckAppPassword("alice", "guess", attacker)
+	}
+	if _, err := e.s.CheckPassword("alice", u.password, attacker); !isThrottled(err) {
+		t.Fatalf("attacker's address: %v, want ErrThrottled", err)
+	}
+	if _, err := e.s.CheckAppPassword("alice", app, attacker); !isThrottled(err) {
+		t.Fatalf("attacker's address, app password: %v, want ErrThrottled", err)
+	}
+	// The agent at another address logs in at once, on the web and with the app password.
+	e.login(t, u, "127.0.0.3:6000")
+	if _, err := e.s.CheckAppPassword("alice", app, "127.0.0.3:6001"); err != nil {
+		t.Fatalf("app password from another address: %v", err)
+	}
+	// ...and the agent's success does not free the attacker's address.
+	if _, err := e.s.CheckPassword("alice", u.password, attacker); !isThrottled(err) {
+		t.Fatalf("attacker's address after the agent's login: %v, want ErrThrottled", err)
+	}
+	// One IPv6 /64 is one address: moving within it does not escape the lock.
+	for range 4 {
+		e.s.CheckPassword("alice", "guess", "[2001:db8:5:6::1]:1")
+	}
+	if _, err := e.s.CheckPassword("alice", u.password, "[2001:db8:5:6:ffff::9]:1"); !isThrottled(err) {
+		t.Fatalf("same /64: %v, want ErrThrottled", err)
+	}
+	if _, err := e.s.CheckPassword("alice", u.password, "[2001:db8:5:7::1]:1"); err != nil {
+		t.Fatalf("another /64: %v", err)
+	}
+}
+
+// The ceiling: guessing from many addresses, each under its own limit, still locks the account.
+func TestThrottleAccountCeiling(t *testing.T) {
+	e := newEnv(t, func(o *Options) {
+		o.AccountLimit = Limit{Free: 3, Base: time.Minute, Max: time.Hour, Leak: time.Hour}
+		o.AccountCeiling = Limit{Free: 30, Base: time.Minute, Max: time.Hour, Leak: time.Hour}
+	})
+	u := e.add(t, "alice", RoleAgent)
+	for i := range 31 { // 2 guesses from each address: no address reaches its own limit
+		remote := fmt.Sprintf("198.51.100.%d:1", 1+i/2)
+		if _, err := e.s.CheckPassword("alice", "guess", remote); !errors.Is(err, ErrBadLogin) {
+			t.Fatalf("guess %d from %s: %v", i+1, remote, err)
+		}
+	}
+	_, err := e.s.CheckPassword("alice", u.password, "203.0.113.50:1")
+	if wait, ok := RetryAfter(err); !ok || wait != time.Minute {
+		t.Fatalf("fresh address after 31 distributed failures: %v, want ErrThrottled 1m", err)
+	}
+	lock := e.events(t, audit.Filter{Action: "login.lockout"})
+	if len(lock) != 1 || !strings.Contains(lock[0].Detail, "account from every address locked for 1m0s after 31 failures") {
+		t.Fatalf("ceiling lockout audit: %+v", lock)
+	}
+	if evs := e.events(t, audit.Filter{Action: "login", Result: audit.Denied}); len(evs) != 1 || !strings.Contains(evs[0].Detail, "account from every address") {
+		t.Fatalf("refused attempt audit: %+v", evs)
+	}
+	e.clk.Add(time.Minute)
+	e.login(t, u, "203.0.113.50:1")
+}
+
+// The default ceiling is far above the per-address limit.
+func TestThrottleDefaults(t *testing.T) {
+	var o Options
+	o.defaults()
+	if o.AccountCeiling.Free < 10*o.AccountLimit.Free {
+		t.Fatalf("ceiling %d free, per address %d: want at least 10x", o.AccountCeiling.Free, o.AccountLimit.Free)
 	}
 }
 
@@ -530,16 +612,17 @@ func TestThrottleIP(t *testing.T) {
 func TestThrottleAppSeparateFromWeb(t *testing.T) {
 	e := newEnv(t, nil)
 	u := e.add(t, "alice", RoleAgent)
-	// A phone with a revoked app password retries for a long time, from several addresses.
-	for i := range 30 {
-		e.s.CheckAppPassword("alice", "revoked-old-password", "198.51.100."+string(rune('0'+i%10))+":993")
+	// A phone with a revoked app password retries for a long time.
+	for range 30 {
+		e.s.CheckAppPassword("alice", "revoked-old-password", "198.51.100.1:993")
 		e.clk.Add(time.Second)
 	}
-	if _, err := e.s.CheckAppPassword("alice", "x", "203.0.113.1:993"); !isThrottled(err) {
+	if _, err := e.s.CheckAppPassword("alice", "x", "198.51.100.1:993"); !isThrottled(err) {
 		t.Fatalf("app logins not throttled per account: %v", err)
 	}
-	// ...which must not lock its owner out of the web page.
-	e.login(t, u, "203.0.113.1:443")
+	// ...which must not lock its owner out of the web page, even from the same address.
+	e.s.ips.success(ipKey("198.51.100.1:1")) // the address limit is shared; only the account's are apart
+	e.login(t, u, "198.51.100.1:443")
 }
 
 func TestThrottleUnit(t *testing.T) {

@@ -487,7 +487,12 @@ func (s *Service) SetRole(by Actor, name string, role Role) error {
 		}
 		old := r.Role
 		r.Role = role
-		return fmt.Sprintf("role=%s (was %s)", role, old), nil
+		detail := fmt.Sprintf("role=%s (was %s)", role, old)
+		if role == RoleAuditor && len(r.Apps) > 0 {
+			detail += fmt.Sprintf("; %d app passwords revoked (auditors have none)", len(r.Apps))
+			r.Apps = nil
+		}
+		return detail, nil
 	})
 }
 
@@ -519,8 +524,8 @@ func (s *Service) ChangePassword(by Actor, oldPassword, newPassword string) erro
 	const action = "password.change"
 	name := by.Name
 	now := s.now()
-	akey, ikey := accountKey(name), ipKey(by.Remote)
-	if err := s.throttled(akey, ikey, action, name, by.Remote, now); err != nil {
+	keys := webKeys(name, by.Remote)
+	if err := s.throttled(keys, action, name, by.Remote, now); err != nil {
 		return err
 	}
 	fail := func(err error) error {
@@ -542,7 +547,7 @@ func (s *Service) ChangePassword(by Actor, oldPassword, newPassword string) erro
 		return fail(ErrForbidden)
 	}
 	if ok, _ := s.verifyPassword(r.Password, oldPassword); !ok {
-		s.loginFailed(akey, ikey, by, action, name, "wrong old password")
+		s.loginFailed(keys, by, action, name, "wrong old password")
 		return fmt.Errorf("change password: the old password is wrong: %w", ErrBadLogin)
 	}
 	hash := s.hashPassword(newPassword)
@@ -568,13 +573,17 @@ func (s *Service) RecoveryCodes(by Actor, name string) ([]string, error) {
 }
 
 // NewAppPassword makes a password for the agent's mail client (IMAP, SMTP submission), returned
-// once. The web login never accepts it. Agents may do this for themselves.
+// once. The web login never accepts it. Agents and admins may do this for themselves; auditors
+// get none (ErrForbidden), whoever asks.
 func (s *Service) NewAppPassword(by Actor, name, label string) (password string, err error) {
 	pw := newAppPassword()
 	id := shortID()
 	err = s.change(by, "apppassword.new", name, true, func(tx *store.Tx, r *record) (string, error) {
 		if err := checkLabel(label); err != nil {
 			return "", err
+		}
+		if r.Role == RoleAuditor {
+			return "", errNoAuditorApps
 		}
 		if len(r.Apps) >= maxAppPasswords {
 			return "", fmt.Errorf("%w: %d app passwords exist already; revoke one first", ErrInvalid, len(r.Apps))
@@ -590,6 +599,10 @@ func (s *Service) NewAppPassword(by Actor, name, label string) (password string,
 	}
 	return pw, nil
 }
+
+// errNoAuditorApps: app passwords open IMAP and submission, which serve and send ticket mail;
+// auditors read the audit log and no tickets, so they have nothing to use one for.
+var errNoAuditorApps = fmt.Errorf("%w: auditors have no app passwords (IMAP and submission are for ticket mail, which auditors do not read)", ErrForbidden)
 
 // RevokeAppPassword deletes one app password by id. Agents may do this for themselves.
 func (s *Service) RevokeAppPassword(by Actor, name, id string) error {

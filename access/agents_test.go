@@ -355,7 +355,12 @@ func BenchmarkCheckPassword(b *testing.B) {
 		{"owasp_m19MiB_t2_p1", Argon2Params{Time: 2, MemoryKiB: 19 * 1024, Threads: 1}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			e := newEnv(b, func(o *Options) { o.Argon2 = bc.p; o.AccountLimit.Free = 1 << 30; o.IPLimit.Free = 1 << 30 })
+			e := newEnv(b, func(o *Options) {
+				o.Argon2 = bc.p
+				o.AccountLimit.Free = 1 << 30
+				o.AccountCeiling.Free = 1 << 30
+				o.IPLimit.Free = 1 << 30
+			})
 			u := e.add(b, "alice", RoleAgent)
 			b.Run("known", func(b *testing.B) {
 				for b.Loop() {
@@ -379,7 +384,11 @@ func BenchmarkCheckPassword(b *testing.B) {
 // FuzzLoginInputs throws arbitrary client input at every entry point that takes it: none may
 // panic, and none may let anything in.
 func FuzzLoginInputs(f *testing.F) {
-	e := newEnv(f, func(o *Options) { o.AccountLimit.Free = 1 << 30; o.IPLimit.Free = 1 << 30 })
+	e := newEnv(f, func(o *Options) {
+		o.AccountLimit.Free = 1 << 30
+		o.AccountCeiling.Free = 1 << 30
+		o.IPLimit.Free = 1 << 30
+	})
 	u := e.add(f, "alice", RoleAgent)
 	app, _ := e.s.NewAppPassword(Ctl, "alice", "x")
 	f.Add("alice", "123456", strings.Repeat("A", 43), "127.0.0.1:1")

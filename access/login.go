@@ -28,10 +28,23 @@ type pendingLogin struct {
 	tries   int
 }
 
-// accountKey separates the web login's account throttle from the mail clients' one (appKey):
-// a phone retrying a revoked app password every minute must not lock its owner out of the web.
-func accountKey(name string) string { return "web\x00" + clip(name, 128) }
-func appKey(name string) string     { return "app\x00" + clip(name, 128) }
+// throttleKeys name the three counters one login attempt touches. The web login's keys are
+// apart from the mail clients' (appKeys): a phone retrying a revoked app password every minute
+// must not lock its owner out of the web.
+type throttleKeys struct {
+	pair    string // this account from this address: the limit an attacker at one address hits
+	account string // this account from anywhere: the ceiling against distributed guessing
+	ip      string // this address, any account: against spraying one password over many names
+}
+
+func loginKeys(kind, name, remote string) throttleKeys {
+	ip := ipKey(remote)
+	acc := kind + "\x00" + clip(name, 128)
+	return throttleKeys{pair: acc + "\x00" + ip, account: acc, ip: ip}
+}
+
+func webKeys(name, remote string) throttleKeys { return loginKeys("web", name, remote) }
+func appKeys(name, remote string) throttleKeys { return loginKeys("app", name, remote) }
 
 // CheckPassword is the first login step. It answers ErrBadLogin for an unknown agent and a wrong
 // password alike (an unknown agent costs the same argon2 run), ErrThrottled while the account or
@@ -40,8 +53,8 @@ func (s *Service) CheckPassword(name, password, remote string) (*Pending, error)
 	const action = "login"
 	now := s.now()
 	by := Actor{Name: name, Remote: remote}
-	akey, ikey := accountKey(name), ipKey(remote)
-	if err := s.throttled(akey, ikey, action, name, remote, now); err != nil {
+	keys := webKeys(name, remote)
+	if err := s.throttled(keys, action, name, remote, now); err != nil {
 		return nil, err
 	}
 	var r *record
@@ -63,7 +76,7 @@ func (s *Service) CheckPassword(name, password, remote string) (*Pending, error)
 		if r == nil {
 			detail = "no such agent"
 		}
-		s.loginFailed(akey, ikey, by, action, name, detail)
+		s.loginFailed(keys, by, action, name, detail)
 		return nil, ErrBadLogin
 	}
 	if r.Disabled {
@@ -141,8 +154,8 @@ func (s *Service) CheckCode(p *Pending, code, remote string) (*Agent, error) {
 		return nil, ErrLoginExpired
 	}
 	by := Actor{Name: name, Remote: remote}
-	akey, ikey := accountKey(name), ipKey(remote)
-	if err := s.throttled(akey, ikey, action, name, remote, now); err != nil {
+	keys := webKeys(name, remote)
+	if err := s.throttled(keys, action, name, remote, now); err != nil {
 		return nil, err
 	}
 	var (
@@ -163,37 +176,8 @@ func (s *Service) CheckCode(p *Pending, code, remote string) (*Agent, error) {
 			bad, detail = ErrDisabled, "account disabled"
 			return nil
 		}
-		if c, isTOTP := totpCode(code); isTOTP {
-			step, ok, replay, err := checkTOTP(r.TOTPSecret, c, now, r.TOTPLast)
-			switch {
-			case err != nil:
-				return err
-			case replay:
-				bad, detail = ErrBadLogin, "TOTP code already used"
-				return nil
-			case !ok:
-				bad, detail = ErrBadLogin, "wrong TOTP code"
-				return nil
-			}
-			r.TOTPLast, r.TOTPConfirmed = step, true
-			detail = "TOTP"
-		} else {
-			c := normalizeCode(code)
-			i := -1
-			if len(c) == recoveryCodeLength {
-				h := s.codeMAC("recovery", name, c)
-				for j, stored := range r.Recovery {
-					if equalHex(stored, h) {
-						i = j
-					}
-				}
-			}
-			if i < 0 {
-				bad, detail = ErrBadLogin, "wrong recovery code"
-				return nil
-			}
-			r.Recovery = slices.Delete(r.Recovery, i, i+1)
-			detail = fmt.Sprintf("recovery code; %d left", len(r.Recovery))
+		if detail, bad, err = s.secondFactor(r, code, now); err != nil || bad != nil {
+			return err
 		}
 		if err := putRecord(tx, r); err != nil {
 			return err
@@ -213,7 +197,7 @@ func (s *Service) CheckCode(p *Pending, code, remote string) (*Agent, error) {
 		s.mu.Lock()
 		delete(s.pending, p.Token)
 		s.mu.Unlock()
-		s.accounts.success(akey)
+		s.pairs.success(keys.pair)
 		return out, nil
 	case ErrDisabled:
 		s.dropPending(p.Token)
@@ -225,8 +209,43 @@ func (s *Service) CheckCode(p *Pending, code, remote string) (*Agent, error) {
 		delete(s.pending, p.Token)
 	}
 	s.mu.Unlock()
-	s.loginFailed(akey, ikey, by, action, name, detail)
+	s.loginFailed(keys, by, action, name, detail)
 	return nil, bad
+}
+
+// secondFactor checks a TOTP code (each works once: the last accepted time step is kept in r)
+// or a recovery code (single use: it is taken out of r) against r, which the caller stores.
+// bad is ErrBadLogin for a wrong, reused or malformed code; detail says which for the audit.
+// err is a broken stored secret, not the caller's fault.
+func (s *Service) secondFactor(r *record, code string, now time.Time) (detail string, bad, err error) {
+	if c, isTOTP := totpCode(code); isTOTP {
+		step, ok, replay, err := checkTOTP(r.TOTPSecret, c, now, r.TOTPLast)
+		switch {
+		case err != nil:
+			return "", nil, err
+		case replay:
+			return "TOTP code already used", ErrBadLogin, nil
+		case !ok:
+			return "wrong TOTP code", ErrBadLogin, nil
+		}
+		r.TOTPLast, r.TOTPConfirmed = step, true
+		return "TOTP", nil, nil
+	}
+	c := normalizeCode(code)
+	i := -1
+	if len(c) == recoveryCodeLength {
+		h := s.codeMAC("recovery", r.Name, c)
+		for j, stored := range r.Recovery {
+			if equalHex(stored, h) {
+				i = j
+			}
+		}
+	}
+	if i < 0 {
+		return "wrong recovery code", ErrBadLogin, nil
+	}
+	r.Recovery = slices.Delete(r.Recovery, i, i+1)
+	return fmt.Sprintf("recovery code; %d left", len(r.Recovery)), nil, nil
 }
 
 func (s *Service) dropPending(tok string) {
@@ -241,8 +260,8 @@ func (s *Service) CheckAppPassword(name, password, remote string) (*Agent, error
 	const action = "login.app"
 	now := s.now()
 	by := Actor{Name: name, Remote: remote}
-	akey, ikey := appKey(name), ipKey(remote)
-	if err := s.throttled(akey, ikey, action, name, remote, now); err != nil {
+	keys := appKeys(name, remote)
+	if err := s.throttled(keys, action, name, remote, now); err != nil {
 		return nil, err
 	}
 	h := s.codeMAC("app", name, normalizeCode(password)) // computed for unknown names too: same timing
@@ -267,12 +286,16 @@ func (s *Service) CheckAppPassword(name, password, remote string) (*Agent, error
 		if r == nil {
 			detail = "no such agent"
 		}
-		s.loginFailed(akey, ikey, by, action, name, detail)
+		s.loginFailed(keys, by, action, name, detail)
 		return nil, ErrBadLogin
 	}
 	if r.Disabled {
 		s.appendEvents(event(by, action, name, audit.Denied, "account disabled"))
 		return nil, ErrDisabled
+	}
+	if r.Role == RoleAuditor { // one made before auditors lost them, or before a role change
+		s.appendEvents(event(by, action, name, audit.Denied, "auditors have no app passwords"))
+		return nil, ErrBadLogin
 	}
 	var out *Agent
 	err := s.db.Batch(func(tx *store.Tx) error {
@@ -282,7 +305,7 @@ func (s *Service) CheckAppPassword(name, password, remote string) (*Agent, error
 			return err
 		}
 		i := -1
-		if cur != nil && !cur.Disabled {
+		if cur != nil && !cur.Disabled && cur.Role != RoleAuditor {
 			i = slices.IndexFunc(cur.Apps, func(a appRecord) bool { return a.ID == id })
 		}
 		if i < 0 {
@@ -299,26 +322,31 @@ func (s *Service) CheckAppPassword(name, password, remote string) (*Agent, error
 		return nil, fmt.Errorf("app login: %w", err)
 	}
 	if out == nil {
-		s.loginFailed(akey, ikey, by, action, name, "app password revoked or account disabled during login")
+		s.loginFailed(keys, by, action, name, "app password revoked or account disabled during login")
 		return nil, ErrBadLogin
 	}
-	s.accounts.success(akey)
+	s.pairs.success(keys.pair)
 	return out, nil
 }
 
-// throttled refuses an attempt while the account or the address is locked. The first refusal
-// of each lock is audited ("denied"); the rest are counted into the next lockout event, so a
-// client hammering a locked account cannot flood the audit log.
-func (s *Service) throttled(akey, ikey, action, name, remote string, now time.Time) error {
-	wa, ra := s.accounts.check(akey, now)
-	wi, ri := s.ips.check(ikey, now)
-	wait := max(wa, wi)
+// throttled refuses an attempt while the account at this address, the account everywhere (the
+// ceiling) or the address is locked. The first refusal of each lock is audited ("denied"); the
+// rest are counted into the next lockout event, so a client hammering a locked account cannot
+// flood the audit log.
+func (s *Service) throttled(k throttleKeys, action, name, remote string, now time.Time) error {
+	wp, rp := s.pairs.check(k.pair, now)
+	wa, ra := s.accounts.check(k.account, now)
+	wi, ri := s.ips.check(k.ip, now)
+	wait := max(wp, wa, wi)
 	if wait == 0 {
 		return nil
 	}
-	if ra || ri {
-		what := "account"
-		if wi > wa {
+	if rp || ra || ri {
+		what := "account from this address"
+		switch wait {
+		case wa:
+			what = "account from every address"
+		case wi:
 			what = "address"
 		}
 		s.appendEvents(event(Actor{Name: name, Remote: remote}, action, name, audit.Denied,
@@ -327,9 +355,10 @@ func (s *Service) throttled(akey, ikey, action, name, remote string, now time.Ti
 	return ErrThrottled{RetryAfter: wait}
 }
 
-// loginFailed counts a failure against the account and the address and audits it, plus a
-// "login.lockout" event when it starts a lock, all in one commit.
-func (s *Service) loginFailed(akey, ikey string, by Actor, action, name, detail string) {
+// loginFailed counts a failure against the account at this address, the account everywhere
+// and the address, and audits it, plus a "login.lockout" event for each lock it starts, all in
+// one commit.
+func (s *Service) loginFailed(k throttleKeys, by Actor, action, name, detail string) {
 	now := s.now()
 	evs := []audit.Event{event(by, action, name, audit.Failed, detail)}
 	lockout := func(what string, lock time.Duration, n, refused int) {
@@ -340,11 +369,14 @@ func (s *Service) loginFailed(akey, ikey string, by Actor, action, name, detail 
 		evs = append(evs, event(by, "login.lockout", name, audit.Denied, d))
 		s.opts.Logger.Warn("login throttled", "what", what, "agent", safeName(name), "remote", clip(by.Remote, 100), "lock", lock, "failures", n)
 	}
-	if lock, n, refused := s.accounts.fail(akey, now); lock > 0 {
-		lockout("account", lock, n, refused)
+	if lock, n, refused := s.pairs.fail(k.pair, now); lock > 0 {
+		lockout("account from address "+k.ip, lock, n, refused)
 	}
-	if lock, n, refused := s.ips.fail(ikey, now); lock > 0 {
-		lockout("address "+ikey, lock, n, refused)
+	if lock, n, refused := s.accounts.fail(k.account, now); lock > 0 {
+		lockout("account from every address", lock, n, refused)
+	}
+	if lock, n, refused := s.ips.fail(k.ip, now); lock > 0 {
+		lockout("address "+k.ip, lock, n, refused)
 	}
 	s.appendEvents(evs...)
 }

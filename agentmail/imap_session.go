@@ -166,11 +166,19 @@ func (s *session) refresh() error {
 		return errTemporary
 	}
 	if err != nil || ag.Disabled {
+		// The session outlived the account: audited like any refusal (a failed write only
+		// loses the record of a session that ends anyway).
+		if aerr := s.auditEvent("imap.session", "agent/"+s.agent.Name, audit.Denied, "account disabled or removed; connection closed"); aerr != nil {
+			s.srv.log.Error("audit", "err", aerr)
+		}
 		s.conn.Bye("this account was disabled or removed")
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeContactAdmin, Text: "account disabled"}
 	}
 	s.agent, s.actor = ag, ag.Actor(s.remote)
 	if s.sel != nil && s.sel.queue != "" && !s.actor.InQueue(s.sel.queue) {
+		if aerr := s.auditEvent("imap.session", "queue/"+s.sel.queue, audit.Denied, "no longer in the selected queue; connection closed"); aerr != nil {
+			s.srv.log.Error("audit", "err", aerr)
+		}
 		s.srv.unwatch(s.sel)
 		s.sel = nil
 		s.conn.Bye("you no longer belong to this queue")
@@ -338,6 +346,9 @@ func (s *session) Status(name string, o *imap.StatusOptions) (*imap.StatusData, 
 	}
 	queue, ok := s.lookup(name)
 	if !ok {
+		if err := s.auditEvent("imap.status", mailboxObject("", name), audit.Denied, "no such mailbox, or not one of the agent's queues"); err != nil {
+			return nil, err
+		}
 		return nil, &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeNonExistent, Text: "no such mailbox: LIST shows your queues"}
 	}
 	var validity uint32

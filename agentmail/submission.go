@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -259,9 +260,6 @@ func (ss *subSession) Auth(mech string) (sasl.Server, error) {
 		if !ss.tls && !ss.loop { // go-smtp already hides AUTH here; this holds if a listener is misfiled
 			return &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "TLS is required to log in: use STARTTLS"}
 		}
-		if identity != "" && identity != user {
-			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "the authorization identity must be empty or your user name"}
-		}
 		ag, err := login(ss.srv.opts.Access, user, pass, ss.remote)
 		if err != nil {
 			switch classifyLogin(err) {
@@ -274,6 +272,15 @@ func (ss *subSession) Auth(mech string) (sasl.Server, error) {
 				return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "temporary problem checking the password; try again"}
 			}
 			return smtp.ErrAuthFailed
+		}
+		// Checked after the password, so only a client that knows one can write this event
+		// (an anonymous flood of AUTH commands cannot fill the audit log).
+		if identity != "" && identity != user {
+			if err := ss.srv.opts.Audit.Append(audit.Event{Actor: ag.Name, Action: "login.app", Object: "agent/" + ag.Name, Remote: ss.remote,
+				Result: audit.Denied, Detail: "SASL authorization identity " + strconv.QuoteToASCII(clip(identity, 64)) + " is not the user name"}); err != nil {
+				ss.srv.log.Error("audit submission refusal", "err", err)
+			}
+			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "the authorization identity must be empty or your user name"}
 		}
 		ss.agent, ss.actor = ag, ag.Actor(ss.remote)
 		return nil

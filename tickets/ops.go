@@ -333,9 +333,14 @@ func (s *Service) Link(a access.Actor, id, other uint64) error {
 	if id == other {
 		return fmt.Errorf("%w: a ticket cannot link to itself", ErrInvalid)
 	}
-	return s.write(a, id, "ticket.link", fmt.Sprintf("other=%d", other), func(tx *store.Tx, t *Ticket) error {
+	refused := false
+	err := s.write(a, id, "ticket.link", fmt.Sprintf("other=%d", other), func(tx *store.Tx, t *Ticket) error {
 		o, err := loadTicket(tx, other)
+		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, store.ErrScopeDestroyed) {
+			return err
+		}
 		if err != nil || o.Queue != t.Queue || !a.InQueue(o.Queue) {
+			refused = true
 			return fmt.Errorf("%w: ticket %d is not in this queue", ErrInvalid, other)
 		}
 		t.Links = appendUnique(t.Links, other)
@@ -345,6 +350,17 @@ func (s *Service) Link(a access.Actor, id, other uint64) error {
 		o.addEvent(Event{Time: now, Actor: a.Name, What: "link", Value: strconv.FormatUint(id, 10)})
 		return saveTicket(tx, o)
 	})
+	if refused {
+		// The same words for a missing ticket and another queue's, as for every id probe.
+		s.denied(a, "ticket.link", id, fmt.Sprintf("other=%d: not found or not in this ticket's queue", other))
+	}
+	return err
+}
+
+// Denied records that a refused a's action on ticket id, for refusals decided outside tickets
+// (web's check of an assignee against access, say); every refusal is in the audit log.
+func (s *Service) Denied(a access.Actor, action string, id uint64, detail string) error {
+	return s.auditNow(a, action, object(id), "denied", detail)
 }
 
 // Attachment returns attachment i of message seq, audited.

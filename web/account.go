@@ -23,6 +23,8 @@ func accessError(err error) (int, string) {
 		return status, msg
 	}
 	switch {
+	case errors.Is(err, access.ErrStepUp):
+		return http.StatusForbidden, "Your password or code is wrong. This action needs both: enter your password and a current code again."
 	case errors.Is(err, access.ErrBadLogin):
 		return http.StatusBadRequest, "The current password is wrong."
 	case errors.Is(err, access.ErrForbidden):
@@ -35,6 +37,14 @@ func accessError(err error) (int, string) {
 		return http.StatusBadRequest, err.Error()
 	}
 	return 0, ""
+}
+
+// stepUp checks the reauth_password and reauth_code fields (templates/reauth.html) of a form
+// that mints credentials, resets MFA or exports the audit log: the session alone is not enough
+// for those (access.StepUp audits and throttles every attempt).
+func (s *Server) stepUp(r *http.Request, action string) error {
+	f := r.PostForm
+	return s.opts.Access.StepUp(info(r).actor, action, f.Get("reauth_password"), f.Get("reauth_code"))
 }
 
 func (s *Server) accountPage(w http.ResponseWriter, r *http.Request) {
@@ -71,11 +81,17 @@ func (s *Server) accountPost(w http.ResponseWriter, r *http.Request) {
 			v.Notice = "Your password is changed."
 		}
 	case "recovery":
+		if err = s.stepUp(r, "mfa.recovery"); err != nil {
+			break
+		}
 		if v.RecoveryCodes, err = s.opts.Access.RecoveryCodes(a, a.Name); err == nil {
 			v.Notice = "New recovery codes: write them down now, they are shown only this once. The old ones no longer work."
 		}
 	case "app-new":
 		v.AppLabel = f.Get("label")
+		if err = s.stepUp(r, "apppassword.new"); err != nil {
+			break
+		}
 		if v.AppPassword, err = s.opts.Access.NewAppPassword(a, a.Name, v.AppLabel); err == nil {
 			v.Notice = "New app password: enter it in your mail client now, it is shown only this once."
 		}

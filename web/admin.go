@@ -114,6 +114,9 @@ func (s *Server) adminPost(w http.ResponseWriter, r *http.Request) {
 			v.Notice = "Agent " + name + " may log in again."
 		}
 	case "reset-mfa":
+		if err = s.stepUp(r, "mfa.reset"); err != nil {
+			break
+		}
 		if v.TOTPURI, err = s.opts.Access.ResetMFA(a, name); err == nil {
 			v.NewName = name
 			v.Notice = "Agent " + name + " has a new TOTP secret (below, shown only this once); their recovery codes and sessions have ended."

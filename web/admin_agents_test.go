@@ -41,11 +41,24 @@ func TestAdminPageAgentLifecycle(t *testing.T) {
 		t.Fatal("an agent made itself admin")
 	}
 
+	if w := c.post("/admin/agents", url.Values{"action": {"revoke-app-password"}, "name": {"dora"}, "id": {id}}); w.Code != http.StatusOK {
+		t.Fatalf("revoke: %d", w.Code)
+	}
+	if a, _ := e.acc.Get("dora"); len(a.AppPasswords) != 0 {
+		t.Errorf("still %d app passwords", len(a.AppPasswords))
+	}
+	if w := c.post("/admin/agents", url.Values{"action": {"revoke-app-password"}, "name": {"dora"}, "id": {id}}); w.Code != http.StatusNotFound {
+		t.Errorf("revoking it again: %d", w.Code)
+	}
+	// Made an auditor, dora would lose app passwords anyway (auditors have none: issue 11.7).
+	if _, err := e.acc.NewAppPassword(access.Ctl, "dora", "thunderbird"); err != nil {
+		t.Fatal(err)
+	}
 	if w := c.post("/admin/agents", url.Values{"action": {"role"}, "name": {"dora"}, "role": {"auditor"}}); w.Code != http.StatusOK {
 		t.Fatalf("role: %d", w.Code)
 	}
-	if a, _ := e.acc.Get("dora"); a.Role != access.RoleAuditor {
-		t.Errorf("role now %s", a.Role)
+	if a, _ := e.acc.Get("dora"); a.Role != access.RoleAuditor || len(a.AppPasswords) != 0 {
+		t.Errorf("role now %s, %d app passwords", a.Role, len(a.AppPasswords))
 	}
 	if w := c.post("/admin/agents", url.Values{"action": {"role"}, "name": {"root"}, "role": {"agent"}}); w.Code != http.StatusBadRequest {
 		t.Errorf("demoting the last admin: %d", w.Code)
@@ -57,15 +70,6 @@ func TestAdminPageAgentLifecycle(t *testing.T) {
 	}
 	if _, err := e.acc.CheckPassword("dora", m[1], "127.0.0.1"); err != nil {
 		t.Errorf("the shown password does not work: %v", err)
-	}
-	if w := c.post("/admin/agents", url.Values{"action": {"revoke-app-password"}, "name": {"dora"}, "id": {id}}); w.Code != http.StatusOK {
-		t.Fatalf("revoke: %d", w.Code)
-	}
-	if a, _ := e.acc.Get("dora"); len(a.AppPasswords) != 0 {
-		t.Errorf("still %d app passwords", len(a.AppPasswords))
-	}
-	if w := c.post("/admin/agents", url.Values{"action": {"revoke-app-password"}, "name": {"dora"}, "id": {id}}); w.Code != http.StatusNotFound {
-		t.Errorf("revoking it again: %d", w.Code)
 	}
 	for _, a := range []string{"agent.role", "agent.password", "apppassword.revoke"} {
 		if !e.hasEvent(audit.Filter{Actor: "root", Action: a, Result: audit.OK}) {

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -129,4 +130,52 @@ func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) {
 	v.Events = events
 	v.Chain = s.chain(q.Get("verify") == "1")
 	s.render(w, r, http.StatusOK, "audit", v)
+}
+
+// auditExport sends the audit log as JSON lines (what `mailgate audit export` writes) after the
+// password and code are entered again: the export holds every agent's and customer's activity.
+func (s *Server) auditExport(w http.ResponseWriter, r *http.Request) {
+	a := info(r).actor
+	if !a.CanAudit() {
+		s.webEvent(r, a.Name, "audit.export", audit.Denied, "role "+string(a.Role)+" may not read the audit log")
+		s.errorPage(w, r, http.StatusForbidden, "Only admins and auditors read the audit log.")
+		return
+	}
+	var f audit.Filter
+	since := r.PostForm.Get("since")
+	if since != "" {
+		t, ok := parseSince(since)
+		if !ok {
+			s.errorPage(w, r, http.StatusBadRequest, "Write since as 2025-01-31 or 2025-01-31T08:00 (UTC).")
+			return
+		}
+		f.Since = t
+	}
+	if err := s.stepUp(r, "audit.export"); err != nil {
+		status, msg := accessError(err)
+		if status == 0 {
+			s.internalError(w, r, "audit export step-up", err)
+			return
+		}
+		s.errorPage(w, r, status, msg)
+		return
+	}
+	// Recorded before the read, so the export holds its own event.
+	ev := audit.Event{Actor: a.Name, Action: "audit.export", Object: "audit", Remote: a.Remote, Result: audit.OK,
+		Detail: "web; since=" + strconv.QuoteToASCII(clip(since, 40))}
+	if err := s.opts.Audit.Append(ev); err != nil {
+		s.internalError(w, r, "audit the audit export", err)
+		return
+	}
+	// Buffered, so a slow download does not hold a read transaction open.
+	var buf bytes.Buffer
+	if err := s.opts.Audit.Export(&buf, f); err != nil {
+		s.internalError(w, r, "audit export", err)
+		return
+	}
+	name := "mailgate-audit-" + s.opts.Now().UTC().Format("20060102T150405Z") + ".jsonl"
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Content-Disposition", `attachment; filename="`+name+`"`)
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(buf.Bytes())
 }

@@ -11,7 +11,8 @@ import (
 	"mailgate/access"
 )
 
-// pageNames are the templates under templates/, each rendered inside layout.html.
+// pageNames are the templates under templates/, each rendered inside layout.html; reauth.html
+// (the step-up fields) is available to every page.
 var pageNames = []string{"login", "code", "tickets", "ticket", "account", "admin", "audit", "error", "canned"}
 
 var funcs = template.FuncMap{
@@ -65,7 +66,7 @@ func ago(now, t time.Time) string {
 func parsePages() (map[string]*template.Template, error) {
 	pages := map[string]*template.Template{}
 	for _, name := range pageNames {
-		t, err := template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")
+		t, err := template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/reauth.html", "templates/"+name+".html")
 		if err != nil {
 			return nil, fmt.Errorf("web: template %s: %w", name, err)
 		}

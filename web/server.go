@@ -142,6 +142,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /admin/canned", s.authed(s.cannedPage))
 	mux.HandleFunc("POST /admin/canned", s.checkOrigin(s.authed(s.cannedPost)))
 	mux.HandleFunc("GET /audit", s.authed(s.auditPage))
+	mux.HandleFunc("POST /audit/export", s.checkOrigin(s.authed(s.auditExport)))
 	mux.HandleFunc("/", s.notFound)
 	return s.observe(secure(s.checkHost(mux)))
 }

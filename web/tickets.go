@@ -552,6 +552,9 @@ func (s *Server) assign(a access.Actor, id uint64, name string) error {
 			return err
 		}
 		if !slices.Contains(names, name) {
+			if err := s.opts.Tickets.Denied(a, "ticket.assign", id, "assignee="+strconv.QuoteToASCII(clip(name, 64))+" is not an enabled agent of queue "+t.Queue); err != nil {
+				return err
+			}
 			return fmt.Errorf("%w: %s is not an enabled agent of queue %s", tickets.ErrInvalid, strconv.QuoteToASCII(clip(name, 64)), t.Queue)
 		}
 	}

@@ -681,7 +681,7 @@ func TestAccountPage(t *testing.T) {
 	}
 	e.pw["alice"] = "a new long password"
 
-	code, body = post(url.Values{"action": {"recovery"}})
+	code, body = post(e.reauth("alice", url.Values{"action": {"recovery"}}))
 	codes := regexp.MustCompile(`<li><code>([a-z0-9-]+)</code></li>`).FindAllStringSubmatch(body, -1)
 	if code != http.StatusOK || len(codes) != 10 {
 		t.Fatalf("recovery codes: %d, %d codes", code, len(codes))
@@ -690,7 +690,7 @@ func TestAccountPage(t *testing.T) {
 		t.Error("recovery codes shown again")
 	}
 
-	code, body = post(url.Values{"action": {"app-new"}, "label": {"thunderbird"}})
+	code, body = post(e.reauth("alice", url.Values{"action": {"app-new"}, "label": {"thunderbird"}}))
 	pw := regexp.MustCompile(`<code class="big">([a-z0-9-]+)</code>`).FindStringSubmatch(body)
 	if code != http.StatusOK || pw == nil {
 		t.Fatalf("app password: %d", code)
@@ -758,7 +758,7 @@ func TestAdminPage(t *testing.T) {
 	if ag, _ := e.acc.Get("carl"); strings.Join(ag.Queues, ",") != "billing" {
 		t.Errorf("queues now %v", ag.Queues)
 	}
-	w = c.post("/admin/agents", url.Values{"action": {"reset-mfa"}, "name": {"carl"}, "confirm": {"carl"}})
+	w = c.post("/admin/agents", e.reauth("root", url.Values{"action": {"reset-mfa"}, "name": {"carl"}, "confirm": {"carl"}}))
 	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "otpauth://") || strings.Contains(w.Body.String(), uri[1]) {
 		t.Errorf("reset MFA: %d", w.Code)
 	}

@@ -128,9 +128,10 @@ func TestAgentLifecycleCommands(t *testing.T) {
 
 	// Role and queues.
 	var ag agentJSON
-	jsonOut(t, dir, &ag, "agent", "set", "bob", "-role", "auditor")
-	if ag.Role != "auditor" || strings.Join(ag.Queues, ",") != "support" {
-		t.Fatalf("after -role auditor: %+v", ag)
+	// (admin, not auditor: an auditor would lose bob's app passwords, issue 11.7)
+	jsonOut(t, dir, &ag, "agent", "set", "bob", "-role", "admin")
+	if ag.Role != "admin" || strings.Join(ag.Queues, ",") != "support" {
+		t.Fatalf("after -role admin: %+v", ag)
 	}
 	jsonOut(t, dir, &ag, "agent", "set", "bob", "-no-queues", "-role", "agent")
 	if ag.Role != "agent" || len(ag.Queues) != 0 {
@@ -346,10 +347,11 @@ func TestAdminPageOverHTTP(t *testing.T) {
 	if agentOf(t, dir, "carol").Role != "agent" {
 		t.Fatal("a POST without CSRF changed the role")
 	}
-	if st, page := post(url.Values{"csrf": {tok}, "action": {"role"}, "name": {"carol"}, "role": {"auditor"}}); st != http.StatusOK {
+	// (admin, not auditor: an auditor would lose carol's app passwords, issue 11.7)
+	if st, page := post(url.Values{"csrf": {tok}, "action": {"role"}, "name": {"carol"}, "role": {"admin"}}); st != http.StatusOK {
 		t.Fatalf("role: %d\n%s", st, page)
 	}
-	if agentOf(t, dir, "carol").Role != "auditor" {
+	if agentOf(t, dir, "carol").Role != "admin" {
 		t.Fatal("role not changed")
 	}
 	st, page = post(url.Values{"csrf": {tok}, "action": {"reset-password"}, "name": {"carol"}})

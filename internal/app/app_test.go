@@ -377,6 +377,11 @@ func TestControlSocketRefusesOtherUsers(t *testing.T) {
 	if len(evs) != 0 {
 		t.Fatalf("refused call ran: %+v", evs)
 	}
+	// Issue 11.8: the refusal itself is on record.
+	evs, _ = a.Audit.Query(audit.Filter{Action: "ctl.connect", Result: audit.Denied}, 0)
+	if len(evs) != 1 || !strings.Contains(evs[0].Detail, "peer uid=65534") {
+		t.Fatalf("refused peer not audited: %+v", evs)
+	}
 }
 
 func TestInitRefusesToOverwrite(t *testing.T) {

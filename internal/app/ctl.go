@@ -13,6 +13,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"mailgate/access"
+	"mailgate/audit"
 )
 
 // maxRequest bounds one control request (a reply text or a key file travels inside it).
@@ -104,10 +107,12 @@ func (c *Control) serve(conn net.Conn, log *slog.Logger) {
 	uid, pid, err := peerCred(uc)
 	if err != nil {
 		log.Warn("control socket: cannot identify the peer; refused", "err", err)
+		c.refused(log, "cannot identify the peer: "+err.Error())
 		return
 	}
 	if uid != os.Getuid() {
 		log.Warn("control socket: peer runs as another user; refused", "peer_uid", uid, "pid", pid)
+		c.refused(log, fmt.Sprintf("peer uid=%d pid=%d runs as another user than mailgate", uid, pid))
 		writeResponse(conn, Response{Error: "the control socket serves only the user mailgate runs as", Exit: 1})
 		return
 	}
@@ -123,6 +128,16 @@ func (c *Control) serve(conn net.Conn, log *slog.Logger) {
 	resp := c.app.Dispatch(context.Background(), caller, req)
 	log.Info("admin command", "cmd", req.Cmd, "exit", resp.Exit, "pid", pid, "took", time.Since(start).Round(time.Millisecond))
 	writeResponse(conn, resp)
+}
+
+// refused audits a connection the control socket turned away: every refusal is on record. Only
+// processes that may open the socket (its owner, root) get here, so this cannot flood the log.
+func (c *Control) refused(log *slog.Logger, detail string) {
+	err := c.app.Audit.Append(audit.Event{Actor: access.Ctl.Name, Action: "ctl.connect", Object: "control.sock",
+		Remote: "ctl", Result: audit.Denied, Detail: detail})
+	if err != nil {
+		log.Error("audit control socket refusal", "err", err)
+	}
 }
 
 func writeResponse(w io.Writer, r Response) {
