@@ -168,26 +168,9 @@ func (s *Service) Forward(a access.Actor, id uint64, text string, to []string, a
 	if s.opts.Mailer == nil {
 		return nil, errors.New("forward: no outbound mailer configured")
 	}
-	var t *Ticket
-	var last *Message
-	err = s.db.View(func(tx *store.Tx) error {
-		var err error
-		if t, err = loadTicket(tx, id); err != nil {
-			return err
-		}
-		last = lastInbound(tx, t)
-		return nil
-	})
-	if errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrScopeDestroyed) || (err == nil && !a.InQueue(t.Queue)) {
-		s.denied(a, "ticket.forward", id, "not found or not in the actor's queues")
-		return nil, ErrNotFound
-	}
+	t, last, err := s.writableTicket(a, id, "ticket.forward")
 	if err != nil {
 		return nil, err
-	}
-	if !a.CanWrite(t.Queue) {
-		s.denied(a, "ticket.forward", id, "no write access to queue "+t.Queue)
-		return nil, ErrForbidden
 	}
 	for _, r := range to {
 		if equalAddr(r, t.Customer) {

@@ -52,26 +52,9 @@ func (s *Service) ReplyWith(a access.Actor, id uint64, text string, ro ReplyOpti
 	if s.opts.Mailer == nil {
 		return nil, errors.New("reply: no outbound mailer configured")
 	}
-	var t *Ticket
-	var last *Message
-	err = s.db.View(func(tx *store.Tx) error {
-		var err error
-		if t, err = loadTicket(tx, id); err != nil {
-			return err
-		}
-		last = lastInbound(tx, t)
-		return nil
-	})
-	if errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrScopeDestroyed) || (err == nil && !a.InQueue(t.Queue)) {
-		s.denied(a, "ticket.reply", id, "not found or not in the actor's queues")
-		return nil, ErrNotFound
-	}
+	t, last, err := s.writableTicket(a, id, "ticket.reply")
 	if err != nil {
 		return nil, err
-	}
-	if !a.CanWrite(t.Queue) {
-		s.denied(a, "ticket.reply", id, "no write access to queue "+t.Queue)
-		return nil, ErrForbidden
 	}
 	added := addParticipants(t, cc)
 	o, err := s.outgoing(t, last, text, false)
@@ -269,4 +252,32 @@ func (s *Service) sendAutoAck(id uint64) error {
 		s.opts.Mailer.Kick()
 	}
 	return err
+}
+
+// writableTicket loads ticket id with its last inbound message for an actor about to send on
+// it. A ticket outside the actor's queues is ErrNotFound (its existence is not revealed) and a
+// read-only queue ErrForbidden; both are audited as denied under action.
+func (s *Service) writableTicket(a access.Actor, id uint64, action string) (*Ticket, *Message, error) {
+	var t *Ticket
+	var last *Message
+	err := s.db.View(func(tx *store.Tx) error {
+		var err error
+		if t, err = loadTicket(tx, id); err != nil {
+			return err
+		}
+		last = lastInbound(tx, t)
+		return nil
+	})
+	if errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrScopeDestroyed) || (err == nil && !a.InQueue(t.Queue)) {
+		s.denied(a, action, id, "not found or not in the actor's queues")
+		return nil, nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if !a.CanWrite(t.Queue) {
+		s.denied(a, action, id, "no write access to queue "+t.Queue)
+		return nil, nil, ErrForbidden
+	}
+	return t, last, nil
 }
