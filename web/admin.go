@@ -100,6 +100,11 @@ func (s *Server) adminPost(w http.ResponseWriter, r *http.Request) {
 	}
 	switch f.Get("action") {
 	case "add":
+		// A new account's secrets are a way in (an admin's, even): a session alone must not
+		// mint them, as for the other credentials (issue 11.7).
+		if err = s.stepUp(r, "agent.add"); err != nil {
+			break
+		}
 		v.Password, v.TOTPURI, err = s.opts.Access.Add(a, name, f.Get("email"), access.Role(f.Get("role")), queues)
 		if err == nil {
 			v.NewName = name
@@ -130,6 +135,9 @@ func (s *Server) adminPost(w http.ResponseWriter, r *http.Request) {
 			v.Notice = "Role of " + name + " is now " + f.Get("role") + "."
 		}
 	case "reset-password":
+		if err = s.stepUp(r, "agent.password"); err != nil {
+			break
+		}
 		if v.Password, err = s.opts.Access.ResetPassword(a, name); err == nil {
 			v.NewName = name
 			v.Notice = "Agent " + name + " has a new password (below, shown only this once); their sessions have ended. TOTP and app passwords are unchanged."

@@ -63,7 +63,7 @@ func TestAdminPageAgentLifecycle(t *testing.T) {
 	if w := c.post("/admin/agents", url.Values{"action": {"role"}, "name": {"root"}, "role": {"agent"}}); w.Code != http.StatusBadRequest {
 		t.Errorf("demoting the last admin: %d", w.Code)
 	}
-	w := c.post("/admin/agents", url.Values{"action": {"reset-password"}, "name": {"dora"}})
+	w := c.post("/admin/agents", e.reauth("root", url.Values{"action": {"reset-password"}, "name": {"dora"}}))
 	m := regexp.MustCompile(`New password: <code class="big">([a-z0-9-]+)</code>`).FindStringSubmatch(w.Body.String())
 	if w.Code != http.StatusOK || m == nil || strings.Contains(w.Body.String(), "otpauth://") {
 		t.Fatalf("reset password: %d\n%s", w.Code, w.Body.String())

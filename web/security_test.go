@@ -81,8 +81,9 @@ func (e *env) reauth(name string, f url.Values) url.Values {
 	return f
 }
 
-// Issue 11.7: minting app passwords and recovery codes, resetting MFA and exporting the audit
-// log need the password and a code again; a session alone (a stolen cookie, an unlocked
+// Issue 11.7: minting app passwords and recovery codes, resetting MFA, adding an agent or
+// resetting a password (each mints a way in) and exporting the audit log need the password
+// and a code again; a session alone (a stolen cookie, an unlocked
 // screen) is refused, audited and throttled.
 func TestStepUpRequired(t *testing.T) {
 	e := newEnv(t)
@@ -109,6 +110,11 @@ func TestStepUpRequired(t *testing.T) {
 			func(w *httptest.ResponseRecorder) bool { return strings.Contains(w.Body.String(), `id="app-password"`) }},
 		{"MFA reset", root, "root", "/admin/agents", func() url.Values { return url.Values{"action": {"reset-mfa"}, "name": {"carl"}, "confirm": {"carl"}} },
 			func(w *httptest.ResponseRecorder) bool { return strings.Contains(w.Body.String(), "otpauth://") }},
+		{"add agent", root, "root", "/admin/agents", func() url.Values {
+			return url.Values{"action": {"add"}, "name": {"mallory"}, "email": {"m@example.com"}, "role": {"admin"}}
+		}, func(w *httptest.ResponseRecorder) bool { return strings.Contains(w.Body.String(), "Initial password") }},
+		{"reset password", root, "root", "/admin/agents", func() url.Values { return url.Values{"action": {"reset-password"}, "name": {"carl"}} },
+			func(w *httptest.ResponseRecorder) bool { return strings.Contains(w.Body.String(), "New password:") }},
 		{"audit export (auditor)", eve, "eve", "/audit/export", func() url.Values { return url.Values{} },
 			func(w *httptest.ResponseRecorder) bool {
 				return strings.Contains(w.Body.String(), `"action":"mail.receive"`)

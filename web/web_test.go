@@ -729,7 +729,7 @@ func TestAccountPage(t *testing.T) {
 func TestAdminPage(t *testing.T) {
 	e := newEnv(t)
 	c := e.loggedIn("root", access.RoleAdmin)
-	w := c.post("/admin/agents", url.Values{"action": {"add"}, "name": {"carl"}, "email": {"carl@example.com"}, "role": {"agent"}, "queue": {"support", "billing"}})
+	w := c.post("/admin/agents", e.reauth("root", url.Values{"action": {"add"}, "name": {"carl"}, "email": {"carl@example.com"}, "role": {"agent"}, "queue": {"support", "billing"}}))
 	body := w.Body.String()
 	if w.Code != http.StatusOK {
 		t.Fatalf("add: %d\n%s", w.Code, body)
@@ -746,10 +746,10 @@ func TestAdminPage(t *testing.T) {
 	if err != nil || strings.Join(ag.Queues, ",") != "billing,support" {
 		t.Fatalf("carl: %+v %v", ag, err)
 	}
-	if w := c.post("/admin/agents", url.Values{"action": {"add"}, "name": {"carl"}, "email": {"carl@example.com"}, "role": {"agent"}}); w.Code != http.StatusConflict {
+	if w := c.post("/admin/agents", e.reauth("root", url.Values{"action": {"add"}, "name": {"carl"}, "email": {"carl@example.com"}, "role": {"agent"}})); w.Code != http.StatusConflict {
 		t.Errorf("duplicate: %d", w.Code)
 	}
-	if w := c.post("/admin/agents", url.Values{"action": {"add"}, "name": {"Bad Name"}, "email": {"x@example.com"}, "role": {"agent"}}); w.Code != http.StatusBadRequest {
+	if w := c.post("/admin/agents", e.reauth("root", url.Values{"action": {"add"}, "name": {"Bad Name"}, "email": {"x@example.com"}, "role": {"agent"}})); w.Code != http.StatusBadRequest {
 		t.Errorf("bad name: %d", w.Code)
 	}
 	if w := c.post("/admin/agents", url.Values{"action": {"queues"}, "name": {"carl"}, "queue": {"billing"}}); w.Code != http.StatusOK {

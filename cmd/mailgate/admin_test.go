@@ -354,7 +354,16 @@ func TestAdminPageOverHTTP(t *testing.T) {
 	if agentOf(t, dir, "carol").Role != "admin" {
 		t.Fatal("role not changed")
 	}
-	st, page = post(url.Values{"csrf": {tok}, "action": {"reset-password"}, "name": {"carol"}})
+	// Resetting a password asks for the admin's password and a code again (issue 11.7): the
+	// next step's code, as the login's may not be used twice.
+	next, err := totp.GenerateCode(secret, time.Now().Add(30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := post(url.Values{"csrf": {tok}, "action": {"reset-password"}, "name": {"carol"}}); st != http.StatusForbidden {
+		t.Fatalf("reset password without re-entering the password: %d", st)
+	}
+	st, page = post(url.Values{"csrf": {tok}, "action": {"reset-password"}, "name": {"carol"}, "reauth_password": {adminPW}, "reauth_code": {next}})
 	m := regexp.MustCompile(`New password: <code class="big">([a-z0-9-]+)</code>`).FindStringSubmatch(page)
 	if st != http.StatusOK || m == nil {
 		t.Fatalf("reset password: %d\n%s", st, page)
