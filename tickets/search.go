@@ -228,44 +228,60 @@ func (s *Service) kickIndexer() {
 	}()
 }
 
-// indexPending indexes every pending message, a batch per transaction.
+// indexPending indexes every pending message, a batch per transaction. The messages are read
+// and their words hashed in a read transaction first: the write transaction, which the mail
+// path waits for, only merges the tokens into the lists.
 func (s *Service) indexPending() error {
 	pc := postingCacheOf(s.db)
 	pc.indexing.Lock()
 	defer pc.indexing.Unlock()
+	type pending struct {
+		key  []byte
+		id   uint64
+		toks [][]byte
+	}
 	for {
-		more := false
-		err := s.db.Update(func(tx *store.Tx) error {
-			more = false
+		var items []pending
+		err := s.db.View(func(tx *store.Tx) error {
 			c := tx.Cursor(bSearchPending)
-			var keys [][]byte
-			for k := c.First(); k != nil && len(keys) < 500; k = c.Next() {
-				keys = append(keys, k)
-			}
-			if len(keys) == 0 {
-				return nil
-			}
-			more = len(keys) == 500
-			byTok := map[string][]uint64{}
-			for _, k := range keys {
+			for k := c.First(); k != nil && len(items) < 500; k = c.Next() {
+				it := pending{key: append([]byte(nil), k...)}
 				if len(k) == 12 {
 					id, seq := store.FromU64(k), int(binary.BigEndian.Uint32(k[8:]))
-					t, err := loadTicket(tx, id)
-					if err == nil {
-						m, err := loadMessage(tx, id, seq)
-						if err == nil {
+					// A ticket or message gone (purged) has nothing to index.
+					if t, err := loadTicket(tx, id); err == nil {
+						if m, err := loadMessage(tx, id, seq); err == nil {
 							key := s.searchKey(t.Queue)
+							it.id = id
 							for w := range indexWords(t, m) {
-								tok := string(token(key, w))
-								if l := byTok[tok]; len(l) == 0 || l[len(l)-1] != id {
-									byTok[tok] = append(l, id)
-								}
+								it.toks = append(it.toks, token(key, w))
 							}
 						}
 					}
-					// A ticket or message gone (purged) has nothing to index.
 				}
-				if err := tx.Delete(bSearchPending, k); err != nil {
+				items = append(items, it)
+			}
+			return nil
+		})
+		if err != nil || len(items) == 0 {
+			return err
+		}
+		err = s.db.Update(func(tx *store.Tx) error {
+			byTok := map[string][]uint64{}
+			for _, it := range items {
+				v, err := tx.GetPlain(bSearchPending, it.key)
+				if err != nil {
+					return err
+				}
+				if v == nil {
+					continue // purged since it was read: its id must not come back into the lists
+				}
+				for _, tok := range it.toks {
+					if l := byTok[string(tok)]; len(l) == 0 || l[len(l)-1] != it.id {
+						byTok[string(tok)] = append(l, it.id)
+					}
+				}
+				if err := tx.Delete(bSearchPending, it.key); err != nil {
 					return err
 				}
 			}
@@ -276,7 +292,7 @@ func (s *Service) indexPending() error {
 			}
 			return nil
 		})
-		if err != nil || !more {
+		if err != nil || len(items) < 500 {
 			return err
 		}
 	}
