@@ -190,16 +190,7 @@ func (s *Service) SendAutoAcks() {
 }
 
 func (s *Service) sendAutoAck(id uint64) error {
-	var t *Ticket
-	var last *Message
-	err := s.db.View(func(tx *store.Tx) error {
-		var err error
-		if t, err = loadTicket(tx, id); err != nil {
-			return err
-		}
-		last = lastInbound(tx, t)
-		return nil
-	})
+	t, last, err := s.ticketAndLastInbound(id)
 	if err != nil {
 		s.db.Update(func(tx *store.Tx) error { return tx.Delete(bAutoAck, store.U64(id)) })
 		return err
@@ -258,16 +249,7 @@ func (s *Service) sendAutoAck(id uint64) error {
 // it. A ticket outside the actor's queues is ErrNotFound (its existence is not revealed) and a
 // read-only queue ErrForbidden; both are audited as denied under action.
 func (s *Service) writableTicket(a access.Actor, id uint64, action string) (*Ticket, *Message, error) {
-	var t *Ticket
-	var last *Message
-	err := s.db.View(func(tx *store.Tx) error {
-		var err error
-		if t, err = loadTicket(tx, id); err != nil {
-			return err
-		}
-		last = lastInbound(tx, t)
-		return nil
-	})
+	t, last, err := s.ticketAndLastInbound(id)
 	if errors.Is(err, ErrNotFound) || errors.Is(err, store.ErrScopeDestroyed) || (err == nil && !a.InQueue(t.Queue)) {
 		s.denied(a, action, id, "not found or not in the actor's queues")
 		return nil, nil, ErrNotFound
@@ -280,4 +262,19 @@ func (s *Service) writableTicket(a access.Actor, id uint64, action string) (*Tic
 		return nil, nil, ErrForbidden
 	}
 	return t, last, nil
+}
+
+// ticketAndLastInbound reads ticket id and its last inbound message (the one a reply answers).
+func (s *Service) ticketAndLastInbound(id uint64) (*Ticket, *Message, error) {
+	var t *Ticket
+	var last *Message
+	err := s.db.View(func(tx *store.Tx) error {
+		var err error
+		if t, err = loadTicket(tx, id); err != nil {
+			return err
+		}
+		last = lastInbound(tx, t)
+		return nil
+	})
+	return t, last, err
 }
