@@ -362,8 +362,13 @@ func (s *Service) duplicate(tx *store.Tx, q Queue, m *Message) (uint64, bool, er
 // Authentication-Results fields mailgate adds differ between two deliveries of one message).
 func digest(p *Parsed) string {
 	h := sha256.New()
+	var n [8]byte
+	data := func(b []byte) {
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
 	field := func(s string) {
-		var n [8]byte
 		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
 		h.Write(n[:])
 		io.WriteString(h, s)
@@ -382,7 +387,7 @@ func digest(p *Parsed) string {
 	for _, a := range p.Attachments {
 		field(a.Name)
 		field(a.ContentType)
-		field(string(a.Data))
+		data(a.Data) // hashed in place: a string conversion copied every attachment on the mail path
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
