@@ -1,6 +1,7 @@
 package access
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -158,39 +159,17 @@ func (s *Service) CheckCode(p *Pending, code, remote string) (*Agent, error) {
 	if err := s.throttled(keys, action, name, remote, now); err != nil {
 		return nil, err
 	}
-	var (
-		out    *Agent
-		bad    error
-		detail string
-	)
-	err := s.db.Update(func(tx *store.Tx) error {
-		r, err := getRecord(tx, name)
-		if err != nil {
-			return err
-		}
-		if r == nil {
-			bad, detail = ErrBadLogin, "agent removed"
-			return nil
-		}
-		if r.Disabled {
-			bad, detail = ErrDisabled, "account disabled"
-			return nil
-		}
-		if detail, bad, err = s.secondFactor(r, code, now); err != nil || bad != nil {
-			return err
-		}
-		if err := putRecord(tx, r); err != nil {
-			return err
-		}
-		if err := s.log.AppendTx(tx, event(by, action, name, audit.OK, detail)); err != nil {
-			return err
-		}
-		out = r.agent()
-		out.loggedIn = now
-		return nil
-	})
+	var out *Agent
+	r, detail, bad, err := s.useSecondFactor(by, action, name, code, "", now)
 	if err != nil {
 		return nil, fmt.Errorf("login code: %w", err)
+	}
+	switch bad {
+	case nil:
+		out = r.agent()
+		out.loggedIn = now
+	case errNoAgent:
+		bad = ErrBadLogin // to the client, like any wrong login
 	}
 	switch bad {
 	case nil:
@@ -212,6 +191,36 @@ func (s *Service) CheckCode(p *Pending, code, remote string) (*Agent, error) {
 	s.loginFailed(keys, by, action, name, detail)
 	return nil, bad
 }
+
+// useSecondFactor checks code as name's second factor and uses it up in one transaction that
+// also audits the success as action (detail after note). bad is errNoAgent for a removed agent, ErrDisabled for a disabled one, or secondFactor's verdict; detail says which.
+func (s *Service) useSecondFactor(by Actor, action, name, code, note string, now time.Time) (r *record, detail string, bad, err error) {
+	err = s.db.Update(func(tx *store.Tx) error {
+		var err error
+		if r, err = getRecord(tx, name); err != nil {
+			return err
+		}
+		if r == nil {
+			bad, detail = errNoAgent, "agent removed"
+			return nil
+		}
+		if r.Disabled {
+			bad, detail = ErrDisabled, "account disabled"
+			return nil
+		}
+		if detail, bad, err = s.secondFactor(r, code, now); err != nil || bad != nil {
+			return err
+		}
+		if err := putRecord(tx, r); err != nil {
+			return err
+		}
+		return s.log.AppendTx(tx, event(by, action, name, audit.OK, note+detail))
+	})
+	return r, detail, bad, err
+}
+
+// errNoAgent: the agent was removed between the steps of a login or a step-up.
+var errNoAgent = errors.New("agent removed")
 
 // secondFactor checks a TOTP code (each works once: the last accepted time step is kept in r)
 // or a recovery code (single use: it is taken out of r) against r, which the caller stores.

@@ -44,31 +44,11 @@ func (s *Service) StepUp(by Actor, action, password, code string) error {
 		s.loginFailed(keys, by, ev, name, "for "+action+": wrong password")
 		return ErrStepUp
 	}
-	var (
-		bad    error
-		detail string
-	)
-	err := s.db.Update(func(tx *store.Tx) error {
-		r, err := getRecord(tx, name)
-		if err != nil {
-			return err
-		}
-		if r == nil || r.Disabled {
-			bad, detail = ErrForbidden, "no such enabled agent"
-			return nil
-		}
-		if detail, bad, err = s.secondFactor(r, code, now); err != nil || bad != nil {
-			return err
-		}
-		if err := putRecord(tx, r); err != nil {
-			return err
-		}
-		return s.log.AppendTx(tx, event(by, ev, name, audit.OK, "for "+action+"; "+detail))
-	})
+	_, detail, bad, err := s.useSecondFactor(by, ev, name, code, "for "+action+"; ", now)
 	switch {
 	case err != nil:
 		return fmt.Errorf("re-authentication: %w", err)
-	case bad == ErrForbidden:
+	case bad == errNoAgent, bad == ErrDisabled:
 		s.appendEvents(event(by, ev, name, audit.Denied, "for "+action+": "+detail))
 		return fmt.Errorf("re-authentication: %w", ErrForbidden)
 	case bad != nil:
