@@ -1,6 +1,7 @@
 package tickets
 
 import (
+	"cmp"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -418,13 +419,14 @@ func postings(tx *store.Tx, tok []byte, into func(id uint64)) error {
 	return nil
 }
 
-// searchIDs returns the ids of the tickets in queues holding every word of q, sorted. A query
-// that is a ticket number ("123" or "#123") also finds that ticket. Posting lists are sorted
-// and intersected by merging: a word in every ticket costs a sort, not 100,000 map inserts.
-func (s *Service) searchIDs(queues []string, q string) ([]uint64, error) {
-	var out []uint64
+// searchIDs returns, per queue, the ids of the tickets holding every word of q, each list
+// sorted; a list may be the posting cache's own, so callers only read them. A query that is a
+// ticket number ("123" or "#123") also finds that ticket. Posting lists are sorted and
+// intersected by merging: a word in every ticket costs no sort once cached, and no map.
+func (s *Service) searchIDs(queues []string, q string) ([][]uint64, error) {
+	var out [][]uint64
 	if n, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSpace(q), "#"), 10, 64); err == nil && n > 0 {
-		out = append(out, n) // the caller keeps it only if it is in the agent's queues
+		out = append(out, []uint64{n}) // the caller keeps it only if it is in the agent's queues
 	}
 	words := queryWords(q)
 	if len(words) == 0 {
@@ -441,8 +443,8 @@ func (s *Service) searchIDs(queues []string, q string) ([]uint64, error) {
 	err := s.db.View(func(tx *store.Tx) error {
 		for _, queue := range queues {
 			key := s.searchKey(queue)
-			var have []uint64
-			for i, w := range words {
+			lists := make([][]uint64, 0, len(words))
+			for _, w := range words {
 				tok := token(key, w)
 				list, ok := pc.get(tok)
 				if !ok {
@@ -453,19 +455,29 @@ func (s *Service) searchIDs(queues []string, q string) ([]uint64, error) {
 					list = slices.Compact(list)
 					pc.put(tok, list, gen)
 				}
-				if i == 0 && len(words) > 1 {
-					list = slices.Clone(list) // intersect reuses its first argument, maybe the cache's
+				if len(list) == 0 {
+					lists = nil
+					break
 				}
-				if i == 0 {
-					have = list
-				} else {
-					have = intersect(have, list)
-				}
-				if len(have) == 0 {
+				lists = append(lists, list)
+			}
+			if len(lists) == 0 {
+				continue
+			}
+			// The rarest word first: "order 4711" copies the one id of 4711, not half the store.
+			slices.SortFunc(lists, func(a, b []uint64) int { return cmp.Compare(len(a), len(b)) })
+			have := lists[0]
+			if len(lists) > 1 {
+				have = slices.Clone(have) // intersect reuses its first argument; this may be the cache's
+			}
+			for _, l := range lists[1:] {
+				if have = intersect(have, l); len(have) == 0 {
 					break
 				}
 			}
-			out = merge(out, have)
+			if len(have) > 0 {
+				out = append(out, have)
+			}
 		}
 		return nil
 	})
