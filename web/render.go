@@ -34,15 +34,18 @@ var funcs = template.FuncMap{
 	"join":     strings.Join,
 	"ago":      ago,
 	"mailtext": mailText,
-	"whenIn": func(loc *time.Location, t time.Time) string {
-		if t.IsZero() {
-			return ""
-		}
-		if loc == nil {
-			loc = time.UTC
-		}
-		return t.In(loc).Format("2006-01-02 15:04 MST")
-	},
+	"whenIn":   whenIn,
+}
+
+// whenIn is t in the agent's time zone (UTC when none is set).
+func whenIn(loc *time.Location, t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	if loc == nil {
+		loc = time.UTC
+	}
+	return t.In(loc).Format("2006-01-02 15:04 MST")
 }
 
 // ago says how long before now t was, the way a person would: "3 min ago", "2 h ago", "4 days ago".
