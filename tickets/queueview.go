@@ -88,6 +88,58 @@ type headers struct {
 	// rather than picked out of 100,000 tickets per request. Built on first use after a load.
 	orders  [3][]int32
 	ordered bool
+	// The counts per view and a listing's total depend on a head's class only (queue, assignee,
+	// status, bounced): a few hundred classes, each with its number of tickets, so a listing
+	// counts without looking at 100,000 tickets. classOf gives a ticket's class by id (plus one;
+	// 0: none) for a search to tally its hits; sparse is set if an id is too large for it.
+	classIdx map[headClass]uint16
+	classes  []headClass
+	classN   []int
+	classOf  []uint16
+	sparse   bool
+}
+
+// headClass is what views and filters look at in a head.
+type headClass struct {
+	queue, assignee uint32
+	status          uint8
+	bounced         bool
+}
+
+// maxDenseID bounds classOf (two bytes a ticket number); ticket numbers count up from 1.
+const maxDenseID = 1 << 24
+
+func (hd *head) class() headClass {
+	return headClass{queue: hd.queue, assignee: hd.assignee, status: hd.status, bounced: hd.bounced}
+}
+
+// tally moves head hd in or out (n = 1 or -1) of its class.
+func (h *headers) tally(hd *head, n int) {
+	c := hd.class()
+	ci, ok := h.classIdx[c]
+	if !ok {
+		if len(h.classes) >= 1<<16-1 {
+			h.sparse = true // never expected: every search counts by scanning
+		}
+		ci = uint16(len(h.classes))
+		h.classIdx[c] = ci
+		h.classes = append(h.classes, c)
+		h.classN = append(h.classN, 0)
+	}
+	h.classN[ci] += n
+	switch {
+	case hd.id >= maxDenseID:
+		h.sparse = true
+	case n < 0:
+		h.classOf[hd.id] = 0
+	default:
+		if int(hd.id) >= len(h.classOf) {
+			grown := make([]uint16, min(hd.id+1+hd.id/4, maxDenseID)) // room for the next tickets
+			copy(grown, h.classOf)
+			h.classOf = grown
+		}
+		h.classOf[hd.id] = ci + 1
+	}
 }
 
 // sortOrder is a sort of the list and its comparison of heads (a total order: ids break ties).
@@ -151,12 +203,15 @@ func (h *headers) set(full *Ticket) {
 			return
 		}
 		h.unorder(i)
+		h.tally(&h.heads[i], -1)
 		h.heads[i] = hd
+		h.tally(&hd, 1)
 		h.order(i)
 		return
 	}
 	h.pos[t.ID] = len(h.heads)
 	h.heads = append(h.heads, hd)
+	h.tally(&hd, 1)
 	h.order(len(h.heads) - 1)
 	if t.Customer != "" {
 		c := strings.ToLower(t.Customer)
@@ -171,6 +226,7 @@ func (h *headers) del(id uint64) {
 	}
 	last := len(h.heads) - 1
 	h.unorder(i)
+	h.tally(&h.heads[i], -1)
 	if i != last && h.ordered {
 		// The last head moves into the gap: its entries in the orders follow it.
 		for o := range sorts {
@@ -246,7 +302,8 @@ func (h *headers) sortAll() {
 var headerCaches sync.Map // *store.DB → *headers
 
 func headersOf(db *store.DB) *headers {
-	h, _ := headerCaches.LoadOrStore(db, &headers{byID: map[uint64]*Ticket{}, pos: map[uint64]int{}, names: map[string]uint32{}, byCustomer: map[string][]uint64{}})
+	h, _ := headerCaches.LoadOrStore(db, &headers{byID: map[uint64]*Ticket{}, pos: map[uint64]int{}, names: map[string]uint32{},
+		byCustomer: map[string][]uint64{}, classIdx: map[headClass]uint16{}})
 	return h.(*headers)
 }
 
@@ -312,6 +369,8 @@ func (s *Service) loadHeaders() (*headers, error) {
 		clear(h.byCustomer)
 		h.heads = nil
 		h.ordered = false
+		clear(h.classIdx)
+		h.classes, h.classN, h.classOf, h.sparse = nil, nil, nil, false
 		return nil, err
 	}
 	h.loaded = true
@@ -417,13 +476,32 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 				}
 			}
 			bits = make([]uint64, top/64+1)
+			var perClass []int
+			if !h.sparse {
+				perClass = make([]int, len(h.classes))
+			}
 			for _, l := range hits {
 				for _, id := range l {
-					bits[id/64] |= 1 << (id % 64)
+					w, m := &bits[id/64], uint64(1)<<(id%64)
+					if *w&m != 0 {
+						continue // the ticket number found as a word too
+					}
+					*w |= m
+					if perClass != nil && id < uint64(len(h.classOf)) {
+						if c := h.classOf[id]; c != 0 {
+							perClass[c-1]++
+						}
+					}
 				}
 			}
+			if perClass != nil {
+				f.countClasses(h, perClass)
+			} else {
+				f.count(h, bits)
+			}
+		} else {
+			f.countClasses(h, h.classN)
 		}
-		f.count(h, bits)
 		// The order is kept sorted: the page is the first matches from where it begins.
 		skip := q.Offset
 		page = make([]int32, 0, q.Limit)
@@ -500,23 +578,36 @@ func (f *workFilter) match(hd *head) (inQueues, in bool) {
 	return true, in && (f.st == 0 || hd.status == f.st) && (!f.byAssignee || hd.assignee == f.who)
 }
 
-// add counts hd, which is in the listed queues, in its views and, if in, in the total.
-func (f *workFilter) add(hd *head, in bool) {
+// add counts n tickets like hd, in the listed queues, in their views and, if in, in the total.
+func (f *workFilter) add(hd *head, in bool, n int) {
 	if hd.open() {
-		f.counts[0]++
+		f.counts[0] += n
 		if hd.assignee == f.me {
-			f.counts[1]++
+			f.counts[1] += n
 		}
 		if hd.assignee == 0 {
-			f.counts[2]++
+			f.counts[2] += n
 		}
 	}
 	if hd.bounced && hd.status != 5 {
-		f.counts[3]++
+		f.counts[3] += n
 	}
-	f.counts[4]++
+	f.counts[4] += n
 	if in {
-		f.total++
+		f.total += n
+	}
+}
+
+// countClasses counts n[c] tickets of each class c.
+func (f *workFilter) countClasses(h *headers, n []int) {
+	for ci, c := range h.classes {
+		if n[ci] == 0 {
+			continue
+		}
+		hd := head{queue: c.queue, assignee: c.assignee, status: c.status, bounced: c.bounced}
+		if ok, in := f.match(&hd); ok {
+			f.add(&hd, in, n[ci])
+		}
 	}
 }
 
@@ -529,7 +620,7 @@ func (f *workFilter) count(h *headers, bits []uint64) {
 			continue
 		}
 		if ok, in := f.match(hd); ok {
-			f.add(hd, in)
+			f.add(hd, in, 1)
 		}
 	}
 }
@@ -552,7 +643,7 @@ func (f *workFilter) few(h *headers, hits [][]uint64, order func(a, b *head) int
 		if !ok {
 			continue
 		}
-		f.add(hd, in)
+		f.add(hd, in, 1)
 		if in {
 			best = append(best, int32(i))
 		}
