@@ -342,6 +342,113 @@ func TestSearchCacheSeesNewTickets(t *testing.T) {
 	}
 }
 
+// A common word's cached list survives new mail: the indexing commit puts it back with the new
+// ids, so the next search does not open and sort every chunk of it again.
+func TestSearchCacheSurvivesNewMail(t *testing.T) {
+	e := newEnv(t)
+	h := headersOf(e.db)
+	h.mu.Lock()
+	h.loaded = true
+	h.mu.Unlock()
+	err := e.db.Update(func(tx *store.Tx) error {
+		for i := 1; i <= cacheMinIDs+10; i++ {
+			tk := &Ticket{ID: uint64(1000000 + i), Queue: "support", Status: StatusNew, Subject: "s"}
+			h.mu.Lock()
+			h.set(tk)
+			h.mu.Unlock()
+			if err := e.svc.indexMessage(tx, tk, &Message{Seq: 1, Text: "marmalade"}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := e.work(t, ListQuery{Search: "marmalade"}); r.Total != cacheMinIDs+10 {
+		t.Fatalf("first search: %d", r.Total)
+	}
+	tok := token(e.svc.searchKey("support"), "marmalade")
+	pc := postingCacheOf(e.db)
+	if _, ok := pc.get(tok); !ok {
+		t.Fatal("the common word's list was not cached (the test would prove nothing)")
+	}
+	raw := []byte("From: new@customer.example\r\nTo: support@example.com\r\nSubject: jam\r\nMessage-ID: <m2@customer.example>\r\n\r\nMore marmalade please.\r\n")
+	res := e.ingest(t, raw, true)
+	if err := e.svc.indexPending(); err != nil {
+		t.Fatal(err)
+	}
+	list, ok := pc.get(tok)
+	if !ok {
+		t.Fatal("indexing the new mail dropped the cached list")
+	}
+	if len(list) != cacheMinIDs+11 || !slices.Contains(list, res.Ticket) || !slices.IsSorted(list) {
+		t.Fatalf("cached list: %d ids, new ticket %d in it: %v", len(list), res.Ticket, slices.Contains(list, res.Ticket))
+	}
+	if r := e.work(t, ListQuery{Search: "marmalade"}); r.Total != cacheMinIDs+11 {
+		t.Fatalf("after the new mail: total %d", r.Total)
+	}
+	if r := e.work(t, ListQuery{Search: "marmalade jam"}); !slices.Equal(ids(r.Tickets), []uint64{res.Ticket}) {
+		t.Fatalf("marmalade jam: %v, want [%d]", ids(r.Tickets), res.Ticket)
+	}
+}
+
+// The cache holds only committed lists: nothing a search read is stored while a transaction
+// changes the token or if one changed it since the search began, and a list comes back after
+// its commit only if no other transaction took it meanwhile.
+func TestPostingCacheKeepsOnlyCommittedLists(t *testing.T) {
+	pc := &postingCache{lists: map[string][]uint64{}, taken: map[string]uint64{}}
+	tok := []byte("token")
+	long := func(from uint64) []uint64 {
+		var l []uint64
+		for i := range uint64(cacheMinIDs) {
+			l = append(l, from+i)
+		}
+		return l
+	}
+	pc.put(tok, long(1), pc.generation())
+	old, ticket := pc.take(tok)
+	if len(old) != cacheMinIDs {
+		t.Fatalf("take returned %d ids", len(old))
+	}
+	if _, ok := pc.get(tok); ok {
+		t.Fatal("a taken list is still served")
+	}
+	pc.put(tok, long(1), pc.generation()) // a search that read before the commit
+	if _, ok := pc.get(tok); ok {
+		t.Fatal("a list read while the token was taken was stored")
+	}
+	before := pc.generation()
+	pc.give(string(tok), ticket, old, []uint64{5000, 5001})
+	l, ok := pc.get(tok)
+	if !ok || len(l) != cacheMinIDs+2 || l[len(l)-1] != 5001 {
+		t.Fatalf("after the commit: %v %d", ok, len(l))
+	}
+	pc.put([]byte("other"), long(1), before) // began before the give: may have read the old state
+	if _, ok := pc.get([]byte("other")); ok {
+		t.Fatal("a search older than a commit stored its list")
+	}
+	// Two transactions take the token before the first gives it back: nothing comes back.
+	old1, t1 := pc.take(tok)
+	old2, t2 := pc.take(tok)
+	if old1 == nil || old2 != nil {
+		t.Fatalf("takes: %d, %d ids", len(old1), len(old2))
+	}
+	pc.give(string(tok), t1, old1, []uint64{6000})
+	pc.give(string(tok), t2, old2, []uint64{6001})
+	if _, ok := pc.get(tok); ok {
+		t.Fatal("a list missing the second transaction's ids came back")
+	}
+	pc.put(tok, long(1), pc.generation())
+	if _, ok := pc.get(tok); !ok {
+		t.Fatal("after both commits a search may store the list again")
+	}
+	// An id below the last (another message of an older ticket) goes in its place.
+	if got := withIDs([]uint64{1, 5, 9}, []uint64{12, 3, 5}); !slices.Equal(got, []uint64{1, 3, 5, 9, 12}) {
+		t.Fatalf("withIDs: %v", got)
+	}
+}
+
 // After a purge the index holds no trace of which words the ticket had: its id is gone from
 // the lists, which anyone holding the master key could otherwise read by hashing a dictionary.
 func TestPurgeTakesTicketOutOfTheIndex(t *testing.T) {

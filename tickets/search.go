@@ -335,7 +335,7 @@ func appendPostings(tx *store.Tx, tok []byte, ids []uint64) error {
 	for i := 0; i+8 <= len(chunk); i += 8 {
 		have[store.FromU64(chunk[i:])] = true
 	}
-	dirty := false
+	var added []uint64
 	for _, id := range ids {
 		if have[id] {
 			continue // already there: another message of the same ticket
@@ -345,21 +345,21 @@ func appendPostings(tx *store.Tx, tok []byte, ids []uint64) error {
 				return err
 			}
 			n++
-			chunk, have, dirty = nil, map[uint64]bool{}, false
+			chunk, have = nil, map[uint64]bool{}
 		}
 		chunk = append(chunk, store.U64(id)...)
 		have[id] = true
-		dirty = true
+		added = append(added, id)
 	}
-	if !dirty {
+	if len(added) == 0 {
 		return nil
 	}
-	// Dropped now, so no search between this commit and its callback can take the cached list
-	// for current; and again after the commit, for a search that cached the old one meanwhile.
+	// The cached list leaves the cache until this commit is durable, and comes back with the
+	// new ids then: a common word is not read and sorted afresh after every batch of mail.
 	pc := postingCacheOf(tx.DB())
-	pc.drop(tok)
+	old, ticket := pc.take(tok)
 	t := string(tok)
-	tx.OnCommit(func() { pc.drop([]byte(t)) })
+	tx.OnCommit(func() { pc.give(t, ticket, old, added) })
 	return tx.Put(bSearch, binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), chunk)
 }
 
@@ -398,9 +398,9 @@ func (s *Service) unindexMessage(tx *store.Tx, t *Ticket, m *Message) error {
 				return err
 			}
 		}
-		pc.drop(tok)
+		_, ticket := pc.take(tok)
 		t := string(tok)
-		tx.OnCommit(func() { pc.drop([]byte(t)) })
+		tx.OnCommit(func() { pc.give(t, ticket, nil, nil) })
 	}
 	return nil
 }
@@ -624,8 +624,13 @@ func (s *Service) pendingIndex() bool {
 
 // postingCache keeps the opened, sorted id lists of common words in memory (never on disk),
 // so a search for a word in half the store does not open and sort 50,000 ids every time.
-// A commit that adds to a token drops its entry; a search stores what it read only if no
-// commit added to any token since it began (it may have read an older snapshot).
+//
+// A list in the cache is always the committed list. A transaction that adds to a token takes
+// its list out (take) and, once committed, puts it back with the new ids (give). While a
+// token is taken, no search may store a list for it (it may have read the snapshot before the
+// commit), and a search stores what it read only if nothing was taken or given since it
+// began. If two transactions take the same token before the first gives it back, the list is
+// simply read afresh by the next search.
 type postingCache struct {
 	// indexing serialises passes over bSearchPending; running and again keep one background
 	// pass going while commits arrive.
@@ -636,6 +641,9 @@ type postingCache struct {
 	gen   uint64
 	lists map[string][]uint64
 	ids   int
+	// taken: tokens taken by a transaction not yet given back → the ticket of the last take.
+	taken map[string]uint64
+	tick  uint64
 }
 
 const (
@@ -646,7 +654,7 @@ const (
 var postingCaches sync.Map // *store.DB → *postingCache
 
 func postingCacheOf(db *store.DB) *postingCache {
-	c, _ := postingCaches.LoadOrStore(db, &postingCache{lists: map[string][]uint64{}})
+	c, _ := postingCaches.LoadOrStore(db, &postingCache{lists: map[string][]uint64{}, taken: map[string]uint64{}})
 	return c.(*postingCache)
 }
 
@@ -663,31 +671,76 @@ func (c *postingCache) get(tok []byte) ([]uint64, bool) {
 	return l, ok
 }
 
+// put stores the list a search read, sorted, if no commit touched the index since gen.
 func (c *postingCache) put(tok []byte, list []uint64, gen uint64) {
 	if len(list) < cacheMinIDs {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen != gen {
+	if _, busy := c.taken[string(tok)]; c.gen != gen || busy {
 		return
 	}
+	c.store(string(tok), list)
+}
+
+func (c *postingCache) store(tok string, list []uint64) {
 	if c.ids+len(list) > cacheMaxIDs {
 		clear(c.lists)
 		c.ids = 0
 	}
-	if _, ok := c.lists[string(tok)]; !ok {
-		c.lists[string(tok)] = list
+	if _, ok := c.lists[tok]; !ok {
+		c.lists[tok] = list
 		c.ids += len(list)
 	}
 }
 
-func (c *postingCache) drop(tok []byte) {
+// take takes tok's list out of the cache for a transaction that changes it, and returns it
+// (nil if it was not cached) with a ticket for give.
+func (c *postingCache) take(tok []byte) ([]uint64, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen++
-	if l, ok := c.lists[string(tok)]; ok {
+	c.tick++
+	c.taken[string(tok)] = c.tick
+	l, ok := c.lists[string(tok)]
+	if ok {
 		c.ids -= len(l)
 		delete(c.lists, string(tok))
 	}
+	return l, c.tick
+}
+
+// give ends the take with ticket, after its transaction committed: old, the list taken, comes
+// back with added, the ids the transaction appended (nil old: the list stays out).
+func (c *postingCache) give(tok string, ticket uint64, old, added []uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	if c.taken[tok] != ticket {
+		return // taken again since: that transaction gives it back
+	}
+	delete(c.taken, tok)
+	if l, ok := c.lists[tok]; ok { // never expected: nothing is stored while taken
+		c.ids -= len(l)
+		delete(c.lists, tok)
+	}
+	if old != nil {
+		c.store(tok, withIDs(old, added))
+	}
+}
+
+// withIDs is sorted list with the ids of added it lacks. New ids are usually above all others:
+// they are then appended, in place if there is room, which searches still reading list (up to
+// its length) do not see.
+func withIDs(list, added []uint64) []uint64 {
+	for i, id := range added {
+		if len(list) > 0 && id <= list[len(list)-1] {
+			rest := slices.Clone(added[i:])
+			slices.Sort(rest)
+			return merge(slices.Clip(list), rest) // a new slice: list is not written
+		}
+		list = append(list, id)
+	}
+	return list
 }
