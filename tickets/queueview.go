@@ -373,6 +373,7 @@ func (s *Service) loadHeaders() (*headers, error) {
 		h.classes, h.classN, h.classOf, h.sparse = nil, nil, nil, false
 		return nil, err
 	}
+	h.sortAll()
 	h.loaded = true
 	return h, nil
 }
