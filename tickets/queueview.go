@@ -479,24 +479,34 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 			bits = make([]uint64, top/64+1)
 			var perClass []int
 			if !h.sparse {
-				perClass = make([]int, len(h.classes))
+				perClass = make([]int, len(h.classes)+1) // by classOf: 0 is no ticket
 			}
-			for _, l := range hits {
+			for _, l := range hits { // disjoint: no ticket twice
 				for _, id := range l {
-					w, m := &bits[id/64], uint64(1)<<(id%64)
-					if *w&m != 0 {
-						continue // the ticket number found as a word too
-					}
-					*w |= m
-					if perClass != nil && id < uint64(len(h.classOf)) {
-						if c := h.classOf[id]; c != 0 {
-							perClass[c-1]++
-						}
-					}
+					bits[id/64] |= 1 << (id % 64)
 				}
+				if perClass == nil {
+					continue
+				}
+				// Neighbouring tickets mostly share a class: counting runs keeps the count in a
+				// register instead of one add to memory per hit.
+				var run int
+				var last uint16
+				for _, id := range l {
+					var c uint16
+					if id < uint64(len(h.classOf)) {
+						c = h.classOf[id]
+					}
+					if c != last {
+						perClass[last] += run
+						last, run = c, 0
+					}
+					run++
+				}
+				perClass[last] += run
 			}
 			if perClass != nil {
-				f.countClasses(h, perClass)
+				f.countClasses(h, perClass[1:])
 			} else {
 				f.count(h, bits)
 			}

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -520,6 +521,9 @@ func testWorkAgrees(t *testing.T, first uint64) {
 				if next%97 == 0 {
 					text += " rare"
 				}
+				if next%20 != 0 {
+					text += " 7" // a search for 7 finds ticket 7 both as a number and by this word
+				}
 				if err := e.svc.indexMessage(tx, tk, &Message{Seq: 1, Text: text}); err != nil {
 					return err
 				}
@@ -535,7 +539,7 @@ func testWorkAgrees(t *testing.T, first uint64) {
 	all.Queues = queues
 	check := func(round int) {
 		t.Helper()
-		for _, search := range []string{"", "walrus", "rare"} {
+		for _, search := range []string{"", "walrus", "rare", "7", "#7"} {
 			for _, view := range Views {
 				for _, so := range sorts {
 					for _, q := range []ListQuery{
@@ -598,6 +602,9 @@ func plainWork(e *env, h *headers, a access.Actor, q ListQuery) ListResult {
 			for _, id := range l {
 				hits[id] = true
 			}
+		}
+		if n, err := strconv.ParseUint(strings.TrimPrefix(q.Search, "#"), 10, 64); err == nil {
+			hits[n] = true
 		}
 	}
 	h.mu.RLock()

@@ -420,17 +420,26 @@ func postings(tx *store.Tx, tok []byte, into func(id uint64)) error {
 }
 
 // searchIDs returns, per queue, the ids of the tickets holding every word of q, each list
-// sorted; a list may be the posting cache's own, so callers only read them. A query that is a
-// ticket number ("123" or "#123") also finds that ticket. Posting lists are sorted and
-// intersected by merging: a word in every ticket costs no sort once cached, and no map.
+// sorted and no id in two lists; a list may be the posting cache's own, so callers only read
+// them. A query that is a ticket number ("123" or "#123") also finds that ticket. Posting lists
+// are sorted and intersected by merging: a word in every ticket costs no sort once cached.
 func (s *Service) searchIDs(queues []string, q string) ([][]uint64, error) {
 	var out [][]uint64
+	var number uint64
 	if n, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSpace(q), "#"), 10, 64); err == nil && n > 0 {
-		out = append(out, []uint64{n}) // the caller keeps it only if it is in the agent's queues
+		number = n // the caller keeps it only if it is in the agent's queues
+	}
+	withNumber := func() [][]uint64 {
+		for _, l := range out {
+			if _, found := slices.BinarySearch(l, number); found || number == 0 {
+				return out
+			}
+		}
+		return append(out, []uint64{number})
 	}
 	words := queryWords(q)
 	if len(words) == 0 {
-		return out, nil
+		return withNumber(), nil
 	}
 	// Whatever was committed before this search must be findable.
 	if s.pendingIndex() {
@@ -476,12 +485,12 @@ func (s *Service) searchIDs(queues []string, q string) ([][]uint64, error) {
 				}
 			}
 			if len(have) > 0 {
-				out = append(out, have)
+				out = append(out, have) // a ticket is in one queue: the queues' lists are disjoint
 			}
 		}
 		return nil
 	})
-	return out, err
+	return withNumber(), err
 }
 
 // merge is the sorted union of two sorted lists, in a new slice: neither is changed (one may
