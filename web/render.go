@@ -6,6 +6,7 @@ import (
 	"html/template"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"mailgate/access"
@@ -119,9 +120,19 @@ func (s *Server) base(r *http.Request, title string) base {
 type pager interface{ page() *base }
 
 // render executes a page into a buffer first, so a template failure never sends half a page.
+// pageBufs keeps page buffers between requests: a list page is ~60 KB, and growing a fresh
+// buffer to that size allocated four times as much per request, all garbage at once.
+var pageBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
 func (s *Server) render(w http.ResponseWriter, r *http.Request, status int, name string, data pager) {
-	var buf bytes.Buffer
-	if err := s.pages[name].ExecuteTemplate(&buf, "layout", data); err != nil {
+	buf := pageBufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= 1<<20 { // a page with a huge message is not kept
+			pageBufs.Put(buf)
+		}
+	}()
+	if err := s.pages[name].ExecuteTemplate(buf, "layout", data); err != nil {
 		s.log.Error("render failed", "rid", info(r).id, "page", name, "err", err)
 		http.Error(w, "internal error (request "+info(r).id+")", http.StatusInternalServerError)
 		return
