@@ -83,7 +83,73 @@ type headers struct {
 	list   []string
 	// byCustomer: lower-cased customer address → ticket ids, for "their other tickets".
 	byCustomer map[string][]uint64
+	// orders holds the indexes of heads sorted by each of sorts, best first, kept in order as
+	// tickets change (a binary search and a move per sort), so a page is read off the front
+	// rather than picked out of 100,000 tickets per request. Built on first use after a load.
+	orders  [3][]int32
+	ordered bool
+	// The counts per view and a listing's total depend on a head's class only (queue, assignee,
+	// status, bounced): a few hundred classes, each with its number of tickets, so a listing
+	// counts without looking at 100,000 tickets. classOf gives a ticket's class by id (plus one;
+	// 0: none) for a search to tally its hits; sparse is set if an id is too large for it.
+	classIdx map[headClass]uint16
+	classes  []headClass
+	classN   []int
+	classOf  []uint16
+	sparse   bool
 }
+
+// headClass is what views and filters look at in a head.
+type headClass struct {
+	queue, assignee uint32
+	status          uint8
+	bounced         bool
+}
+
+// maxDenseID bounds classOf (two bytes a ticket number); ticket numbers count up from 1.
+const maxDenseID = 1 << 24
+
+func (hd *head) class() headClass {
+	return headClass{queue: hd.queue, assignee: hd.assignee, status: hd.status, bounced: hd.bounced}
+}
+
+// tally moves head hd in or out (n = 1 or -1) of its class.
+func (h *headers) tally(hd *head, n int) {
+	c := hd.class()
+	ci, ok := h.classIdx[c]
+	if !ok {
+		if len(h.classes) >= 1<<16-1 {
+			h.sparse = true // never expected: every search counts by scanning
+		}
+		ci = uint16(len(h.classes))
+		h.classIdx[c] = ci
+		h.classes = append(h.classes, c)
+		h.classN = append(h.classN, 0)
+	}
+	h.classN[ci] += n
+	switch {
+	case hd.id >= maxDenseID:
+		h.sparse = true
+	case n < 0:
+		h.classOf[hd.id] = 0
+	default:
+		if int(hd.id) >= len(h.classOf) {
+			grown := make([]uint16, min(hd.id+1+hd.id/4, maxDenseID)) // room for the next tickets
+			copy(grown, h.classOf)
+			h.classOf = grown
+		}
+		h.classOf[hd.id] = ci + 1
+	}
+}
+
+// sortOrder is a sort of the list and its comparison of heads (a total order: ids break ties).
+type sortOrder struct {
+	name string
+	cmp  func(a, b *head) int
+}
+
+// sorts are the orders kept in headers.orders, in the same order.
+var sorts = [3]sortOrder{{SortWaiting, waitingFirst}, {SortActivity, byActivity}, {SortNumber, byNumber}}
 
 type head struct {
 	waiting, updated int64 // unix nanoseconds; waiting 0: answered
@@ -133,11 +199,20 @@ func (h *headers) set(full *Ticket) {
 	}
 	h.byID[t.ID] = t
 	if i, ok := h.pos[t.ID]; ok {
+		if h.heads[i] == hd {
+			return
+		}
+		h.unorder(i)
+		h.tally(&h.heads[i], -1)
 		h.heads[i] = hd
+		h.tally(&hd, 1)
+		h.order(i)
 		return
 	}
 	h.pos[t.ID] = len(h.heads)
 	h.heads = append(h.heads, hd)
+	h.tally(&hd, 1)
+	h.order(len(h.heads) - 1)
 	if t.Customer != "" {
 		c := strings.ToLower(t.Customer)
 		h.byCustomer[c] = append(h.byCustomer[c], t.ID)
@@ -150,6 +225,18 @@ func (h *headers) del(id uint64) {
 		return
 	}
 	last := len(h.heads) - 1
+	h.unorder(i)
+	h.tally(&h.heads[i], -1)
+	if i != last && h.ordered {
+		// The last head moves into the gap: its entries in the orders follow it.
+		for o := range sorts {
+			if k, ok := h.find(o, last); ok {
+				h.orders[o][k] = int32(i)
+			} else {
+				h.ordered = false
+			}
+		}
+	}
 	h.heads[i] = h.heads[last]
 	h.pos[h.heads[i].id] = i
 	h.heads = h.heads[:last]
@@ -164,10 +251,59 @@ func (h *headers) del(id uint64) {
 	delete(h.byID, id)
 }
 
+// find returns where head i stands in order o (found by its current value, so it must not have
+// changed since it was placed).
+func (h *headers) find(o, i int) (int, bool) {
+	ord, cmp := h.orders[o], sorts[o].cmp
+	hd := &h.heads[i]
+	k, _ := slices.BinarySearchFunc(ord, hd, func(x int32, t *head) int { return cmp(&h.heads[x], t) })
+	return k, k < len(ord) && ord[k] == int32(i)
+}
+
+// unorder takes head i out of the orders, before it changes or goes.
+func (h *headers) unorder(i int) {
+	if !h.ordered {
+		return
+	}
+	for o := range sorts {
+		k, ok := h.find(o, i)
+		if !ok {
+			h.ordered = false // never expected; the next listing sorts afresh
+			return
+		}
+		h.orders[o] = slices.Delete(h.orders[o], k, k+1)
+	}
+}
+
+// order puts head i, new or just changed, in its place in the orders.
+func (h *headers) order(i int) {
+	if !h.ordered {
+		return
+	}
+	for o := range sorts {
+		k, _ := h.find(o, i)
+		h.orders[o] = slices.Insert(h.orders[o], k, int32(i))
+	}
+}
+
+// sortAll builds the orders from scratch: after a load, or if they were found out of step.
+func (h *headers) sortAll() {
+	for o, so := range sorts {
+		ord := h.orders[o][:0]
+		for i := range h.heads {
+			ord = append(ord, int32(i))
+		}
+		slices.SortFunc(ord, func(x, y int32) int { return so.cmp(&h.heads[x], &h.heads[y]) })
+		h.orders[o] = ord
+	}
+	h.ordered = true
+}
+
 var headerCaches sync.Map // *store.DB → *headers
 
 func headersOf(db *store.DB) *headers {
-	h, _ := headerCaches.LoadOrStore(db, &headers{byID: map[uint64]*Ticket{}, pos: map[uint64]int{}, names: map[string]uint32{}, byCustomer: map[string][]uint64{}})
+	h, _ := headerCaches.LoadOrStore(db, &headers{byID: map[uint64]*Ticket{}, pos: map[uint64]int{}, names: map[string]uint32{},
+		byCustomer: map[string][]uint64{}, classIdx: map[headClass]uint16{}})
 	return h.(*headers)
 }
 
@@ -232,8 +368,12 @@ func (s *Service) loadHeaders() (*headers, error) {
 		clear(h.pos)
 		clear(h.byCustomer)
 		h.heads = nil
+		h.ordered = false
+		clear(h.classIdx)
+		h.classes, h.classN, h.classOf, h.sparse = nil, nil, nil, false
 		return nil, err
 	}
+	h.sortAll()
 	h.loaded = true
 	return h, nil
 }
@@ -292,151 +432,116 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 	if err != nil {
 		return ListResult{}, err
 	}
-	var hits []uint64
+	var hits [][]uint64 // per queue, sorted; read only (they may be the posting cache's)
+	nhits := 0
 	searching := q.Search != ""
 	if searching {
 		if hits, err = s.searchIDs(queues, q.Search); err != nil {
 			return ListResult{}, err
 		}
+		for _, l := range hits {
+			nhits += len(l)
+		}
 	}
-	var counts [5]int
-	order := waitingFirst
-	switch q.Sort {
-	case SortActivity:
-		order = byActivity
-	case SortNumber:
-		order = byNumber
-	}
-	res := ListResult{Counts: map[string]int{}}
 	view := cmp.Or(q.View, ViewOpen)
-	vcode := slices.Index(Views, view)
+	so := slices.IndexFunc(sorts[:], func(x sortOrder) bool { return x.name == cmp.Or(q.Sort, SortWaiting) })
+	res := ListResult{Counts: map[string]int{}}
 	h.mu.RLock()
-	var qids []uint32
+	for !h.ordered {
+		h.mu.RUnlock()
+		h.mu.Lock()
+		if !h.ordered {
+			h.sortAll()
+		}
+		h.mu.Unlock()
+		h.mu.RLock()
+	}
+	f := workFilter{view: slices.Index(Views, view), st: statusCodes[q.Status], byAssignee: q.Assignee != ""}
 	for _, name := range queues {
 		if n := h.lookup(name); n != ^uint32(0) {
-			qids = append(qids, n)
+			f.qids = append(f.qids, n)
 		}
 	}
-	me, who := h.lookup(a.Name), h.lookup(q.Assignee)
-	st := statusCodes[q.Status]
-	// The page is the best Offset+Limit of the matches, kept in a max-heap while scanning (its
-	// root is the worst kept): most tickets cost one comparison, and nothing of size 100,000
-	// is allocated or sorted.
-	k := q.Offset + q.Limit
-	best := make([]int32, 0, min(k, 4096))
-	worse := func(x, y int32) bool { return order(&h.heads[x], &h.heads[y]) > 0 }
-	down := func(i int) {
-		for n := len(best); ; {
-			l := 2*i + 1
-			if l >= n {
-				return
-			}
-			m := l
-			if r := l + 1; r < n && worse(best[r], best[l]) {
-				m = r
-			}
-			if !worse(best[m], best[i]) {
-				return
-			}
-			best[i], best[m] = best[m], best[i]
-			i = m
-		}
-	}
-	// heads are roughly in ticket order, oldest first. Scanning in the order of the sort keeps
-	// the heap's root good early, so most tickets are turned away by one comparison.
-	scan := func(j int) int { return j }
-	if q.Sort == SortActivity || q.Sort == SortNumber {
-		last := len(h.heads) - 1
-		scan = func(j int) int { return last - j }
-	}
-	consider := func(i int) {
-		hd := &h.heads[i]
-		if !slices.Contains(qids, hd.queue) {
-			return
-		}
-		// The counts, in the order of Views, without a call per view.
-		open := hd.open()
-		if open {
-			counts[0]++
-			if hd.assignee == me {
-				counts[1]++
-			}
-			if hd.assignee == 0 {
-				counts[2]++
-			}
-		}
-		attention := hd.bounced && hd.status != 5
-		if attention {
-			counts[3]++
-		}
-		counts[4]++
-		var in bool
-		switch vcode {
-		case 0:
-			in = open
-		case 1:
-			in = open && hd.assignee == me
-		case 2:
-			in = open && hd.assignee == 0
-		case 3:
-			in = attention
-		default:
-			in = true
-		}
-		if !in || (st != 0 && hd.status != st) || (q.Assignee != "" && hd.assignee != who) {
-			return
-		}
-		res.Total++
-		x := int32(i)
-		if len(best) < k {
-			best = append(best, x)
-			for j := len(best) - 1; j > 0; { // sift up
-				p := (j - 1) / 2
-				if !worse(best[j], best[p]) {
-					break
-				}
-				best[j], best[p] = best[p], best[j]
-				j = p
-			}
-			return
-		}
-		if worse(best[0], x) {
-			best[0] = x
-			down(0)
-		}
-	}
-	if searching && len(hits) < 4096 {
-		for _, id := range hits {
-			if i, ok := h.pos[id]; ok {
-				consider(i)
-			}
-		}
-	} else if searching {
-		// Many hits: a bitmap of them, and one pass over the heads, beats a map lookup per hit.
-		bits := make([]uint64, hits[len(hits)-1]/64+1)
-		for _, id := range hits {
-			bits[id/64] |= 1 << (id % 64)
-		}
-		for j := range h.heads {
-			i := scan(j)
-			if id := h.heads[i].id; id/64 < uint64(len(bits)) && bits[id/64]&(1<<(id%64)) != 0 {
-				consider(i)
-			}
-		}
+	f.me, f.who = h.lookup(a.Name), h.lookup(q.Assignee)
+	var page []int32
+	if searching && nhits < 4096 {
+		best := f.few(h, hits, sorts[so].cmp)
+		page = best[min(q.Offset, len(best)):min(q.Offset+q.Limit, len(best))]
 	} else {
-		for j := range h.heads {
-			consider(scan(j))
+		var bits []uint64 // the hits as a bitmap; nil when not searching
+		if searching {
+			var top uint64
+			for _, l := range hits {
+				if len(l) > 0 {
+					top = max(top, l[len(l)-1])
+				}
+			}
+			bits = make([]uint64, top/64+1)
+			var perClass []int
+			if !h.sparse {
+				perClass = make([]int, len(h.classes)+1) // by classOf: 0 is no ticket
+			}
+			for _, l := range hits { // disjoint: no ticket twice
+				for _, id := range l {
+					bits[id/64] |= 1 << (id % 64)
+				}
+				if perClass == nil {
+					continue
+				}
+				// Neighbouring tickets mostly share a class: counting runs keeps the count in a
+				// register instead of one add to memory per hit.
+				var run int
+				var last uint16
+				for _, id := range l {
+					var c uint16
+					if id < uint64(len(h.classOf)) {
+						c = h.classOf[id]
+					}
+					if c != last {
+						perClass[last] += run
+						last, run = c, 0
+					}
+					run++
+				}
+				perClass[last] += run
+			}
+			if perClass != nil {
+				f.countClasses(h, perClass[1:])
+			} else {
+				f.count(h, bits)
+			}
+		} else {
+			f.countClasses(h, h.classN)
+		}
+		// The order is kept sorted: the page is the first matches from where it begins.
+		skip := q.Offset
+		page = make([]int32, 0, q.Limit)
+		for _, i := range h.orders[so] {
+			if len(page) == q.Limit || f.total-skip <= len(page) {
+				break
+			}
+			hd := &h.heads[i]
+			if bits != nil && (hd.id/64 >= uint64(len(bits)) || bits[hd.id/64]&(1<<(hd.id%64)) == 0) {
+				continue
+			}
+			if _, in := f.match(hd); !in {
+				continue
+			}
+			if skip > 0 {
+				skip--
+				continue
+			}
+			page = append(page, i)
 		}
 	}
-	slices.SortFunc(best, func(x, y int32) int { return order(&h.heads[x], &h.heads[y]) })
-	if q.Offset < len(best) {
-		for _, i := range best[q.Offset:] {
-			res.Tickets = append(res.Tickets, *h.byID[h.heads[i].id])
-		}
+	res.Tickets = make([]Ticket, 0, len(page))
+	for _, i := range page {
+		res.Tickets = append(res.Tickets, *h.byID[h.heads[i].id])
 	}
 	h.mu.RUnlock()
+	res.Total = f.total
 	for vi, v := range Views {
-		res.Counts[v] = counts[vi]
+		res.Counts[v] = f.counts[vi]
 	}
 	detail := fmt.Sprintf("view=%s queue=%s status=%s sort=%s count=%d total=%d", view, q.Queue, q.Status, cmp.Or(q.Sort, SortWaiting), len(res.Tickets), res.Total)
 	action := "ticket.list"
@@ -449,6 +554,113 @@ func (s *Service) Work(a access.Actor, q ListQuery) (ListResult, error) {
 		return ListResult{}, err
 	}
 	return res, nil
+}
+
+// workFilter is one listing's selection of heads.
+type workFilter struct {
+	qids       []uint32 // the queues listed
+	view       int      // index in Views
+	st         uint8    // a status asked for; 0 any
+	me, who    uint32   // the agent, the assignee asked for
+	byAssignee bool
+	counts     [5]int // per view, in the order of Views
+	total      int
+}
+
+// match reports whether hd is in the listed queues, and whether it is also in the view and
+// the status and assignee asked for; it counts hd in the views it belongs to.
+func (f *workFilter) match(hd *head) (inQueues, in bool) {
+	if len(f.qids) == 1 && hd.queue != f.qids[0] || len(f.qids) != 1 && !slices.Contains(f.qids, hd.queue) {
+		return false, false
+	}
+	open := hd.open()
+	switch f.view {
+	case 0:
+		in = open
+	case 1:
+		in = open && hd.assignee == f.me
+	case 2:
+		in = open && hd.assignee == 0
+	case 3:
+		in = hd.bounced && hd.status != 5
+	default:
+		in = true
+	}
+	return true, in && (f.st == 0 || hd.status == f.st) && (!f.byAssignee || hd.assignee == f.who)
+}
+
+// add counts n tickets like hd, in the listed queues, in their views and, if in, in the total.
+func (f *workFilter) add(hd *head, in bool, n int) {
+	if hd.open() {
+		f.counts[0] += n
+		if hd.assignee == f.me {
+			f.counts[1] += n
+		}
+		if hd.assignee == 0 {
+			f.counts[2] += n
+		}
+	}
+	if hd.bounced && hd.status != 5 {
+		f.counts[3] += n
+	}
+	f.counts[4] += n
+	if in {
+		f.total += n
+	}
+}
+
+// countClasses counts n[c] tickets of each class c.
+func (f *workFilter) countClasses(h *headers, n []int) {
+	for ci, c := range h.classes {
+		if n[ci] == 0 {
+			continue
+		}
+		hd := head{queue: c.queue, assignee: c.assignee, status: c.status, bounced: c.bounced}
+		if ok, in := f.match(&hd); ok {
+			f.add(&hd, in, n[ci])
+		}
+	}
+}
+
+// count counts every head (or every one in bits) in the views and the total: one pass over a
+// contiguous slice, a few nanoseconds a ticket.
+func (f *workFilter) count(h *headers, bits []uint64) {
+	for i := range h.heads {
+		hd := &h.heads[i]
+		if bits != nil && (hd.id/64 >= uint64(len(bits)) || bits[hd.id/64]&(1<<(hd.id%64)) == 0) {
+			continue
+		}
+		if ok, in := f.match(hd); ok {
+			f.add(hd, in, 1)
+		}
+	}
+}
+
+// few counts a search's few hits and returns those in the view, sorted: a handful of lookups,
+// where walking 100,000 heads would cost more.
+func (f *workFilter) few(h *headers, hits [][]uint64, order func(a, b *head) int) []int32 {
+	var all []uint64
+	for _, l := range hits {
+		all = merge(all, l) // a ticket found in two queues' lists counts once
+	}
+	var best []int32
+	for _, id := range all {
+		i, ok := h.pos[id]
+		if !ok {
+			continue
+		}
+		hd := &h.heads[i]
+		ok, in := f.match(hd)
+		if !ok {
+			continue
+		}
+		f.add(hd, in, 1)
+		if in {
+			best = append(best, int32(i))
+		}
+	}
+	slices.SortFunc(best, func(x, y int32) int { return order(&h.heads[x], &h.heads[y]) })
+	return best
 }
 
 func clipQuery(s string) string {

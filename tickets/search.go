@@ -1,6 +1,7 @@
 package tickets
 
 import (
+	"cmp"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -291,8 +292,12 @@ func (s *Service) indexMessage(tx *store.Tx, t *Ticket, m *Message) error {
 	return nil
 }
 
-// chunkWrite is one posting chunk's new content: key token|U32(chunk), value its ids.
-type chunkWrite struct{ key, ids []byte }
+// chunkWrite is one posting chunk's new content: key token|U32(chunk), value its ids; added
+// are the ids the write adds to the list (for the posting cache).
+type chunkWrite struct {
+	key, ids []byte
+	added    []uint64
+}
 
 // planPostings works out the chunk writes that add ids to token tok's list: into its last
 // chunk, then new chunks. It only reads, so it can run in a read transaction.
@@ -320,22 +325,22 @@ func planPostings(tx *store.Tx, tok []byte, ids []uint64) ([]chunkWrite, error) 
 		have[store.FromU64(chunk[i:])] = true
 	}
 	var out []chunkWrite
-	dirty := false
+	var added []uint64
 	for _, id := range ids {
 		if have[id] {
 			continue // already there: another message of the same ticket
 		}
 		if len(chunk)/8 >= chunkIDs {
-			out = append(out, chunkWrite{binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), chunk})
+			out = append(out, chunkWrite{binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), chunk, added})
 			n++
-			chunk, dirty = nil, false
+			chunk, added = nil, nil
 		}
 		chunk = append(chunk, store.U64(id)...)
 		have[id] = true
-		dirty = true
+		added = append(added, id)
 	}
-	if dirty {
-		out = append(out, chunkWrite{binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), chunk})
+	if len(added) > 0 {
+		out = append(out, chunkWrite{binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), chunk, added})
 	}
 	return out, nil
 }
@@ -345,12 +350,16 @@ func putChunks(tx *store.Tx, tok []byte, writes []chunkWrite) error {
 	if len(writes) == 0 {
 		return nil
 	}
-	// Dropped now, so no search between this commit and its callback can take the cached list
-	// for current; and again after the commit, for a search that cached the old one meanwhile.
+	// The cached list leaves the cache until this commit is durable, and comes back with the
+	// new ids then: a common word is not read and sorted afresh after every batch of mail.
+	var added []uint64
+	for _, w := range writes {
+		added = append(added, w.added...)
+	}
 	pc := postingCacheOf(tx.DB())
-	pc.drop(tok)
+	old, ticket := pc.take(tok)
 	t := string(tok)
-	tx.OnCommit(func() { pc.drop([]byte(t)) })
+	tx.OnCommit(func() { pc.give(t, ticket, old, added) })
 	for _, w := range writes {
 		if err := tx.Put(bSearch, w.key, w.ids); err != nil {
 			return err
@@ -526,9 +535,9 @@ func (s *Service) unindexMessage(tx *store.Tx, t *Ticket, m *Message) error {
 				return err
 			}
 		}
-		pc.drop(tok)
+		_, ticket := pc.take(tok)
 		t := string(tok)
-		tx.OnCommit(func() { pc.drop([]byte(t)) })
+		tx.OnCommit(func() { pc.give(t, ticket, nil, nil) })
 	}
 	return nil
 }
@@ -547,17 +556,27 @@ func postings(tx *store.Tx, tok []byte, into func(id uint64)) error {
 	return nil
 }
 
-// searchIDs returns the ids of the tickets in queues holding every word of q, sorted. A query
-// that is a ticket number ("123" or "#123") also finds that ticket. Posting lists are sorted
-// and intersected by merging: a word in every ticket costs a sort, not 100,000 map inserts.
-func (s *Service) searchIDs(queues []string, q string) ([]uint64, error) {
-	var out []uint64
+// searchIDs returns, per queue, the ids of the tickets holding every word of q, each list
+// sorted and no id in two lists; a list may be the posting cache's own, so callers only read
+// them. A query that is a ticket number ("123" or "#123") also finds that ticket. Posting lists
+// are sorted and intersected by merging: a word in every ticket costs no sort once cached.
+func (s *Service) searchIDs(queues []string, q string) ([][]uint64, error) {
+	var out [][]uint64
+	var number uint64
 	if n, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSpace(q), "#"), 10, 64); err == nil && n > 0 {
-		out = append(out, n) // the caller keeps it only if it is in the agent's queues
+		number = n // the caller keeps it only if it is in the agent's queues
+	}
+	withNumber := func() [][]uint64 {
+		for _, l := range out {
+			if _, found := slices.BinarySearch(l, number); found || number == 0 {
+				return out
+			}
+		}
+		return append(out, []uint64{number})
 	}
 	words := queryWords(q)
 	if len(words) == 0 {
-		return out, nil
+		return withNumber(), nil
 	}
 	// Whatever was committed before this search must be findable.
 	if s.pendingIndex() {
@@ -570,8 +589,8 @@ func (s *Service) searchIDs(queues []string, q string) ([]uint64, error) {
 	err := s.db.View(func(tx *store.Tx) error {
 		for _, queue := range queues {
 			key := s.searchKey(queue)
-			var have []uint64
-			for i, w := range words {
+			lists := make([][]uint64, 0, len(words))
+			for _, w := range words {
 				tok := token(key, w)
 				list, ok := pc.get(tok)
 				if !ok {
@@ -582,23 +601,33 @@ func (s *Service) searchIDs(queues []string, q string) ([]uint64, error) {
 					list = slices.Compact(list)
 					pc.put(tok, list, gen)
 				}
-				if i == 0 && len(words) > 1 {
-					list = slices.Clone(list) // intersect reuses its first argument, maybe the cache's
+				if len(list) == 0 {
+					lists = nil
+					break
 				}
-				if i == 0 {
-					have = list
-				} else {
-					have = intersect(have, list)
-				}
-				if len(have) == 0 {
+				lists = append(lists, list)
+			}
+			if len(lists) == 0 {
+				continue
+			}
+			// The rarest word first: "order 4711" copies the one id of 4711, not half the store.
+			slices.SortFunc(lists, func(a, b []uint64) int { return cmp.Compare(len(a), len(b)) })
+			have := lists[0]
+			if len(lists) > 1 {
+				have = slices.Clone(have) // intersect reuses its first argument; this may be the cache's
+			}
+			for _, l := range lists[1:] {
+				if have = intersect(have, l); len(have) == 0 {
 					break
 				}
 			}
-			out = merge(out, have)
+			if len(have) > 0 {
+				out = append(out, have) // a ticket is in one queue: the queues' lists are disjoint
+			}
 		}
 		return nil
 	})
-	return out, err
+	return withNumber(), err
 }
 
 // merge is the sorted union of two sorted lists, in a new slice: neither is changed (one may
@@ -741,8 +770,13 @@ func (s *Service) pendingIndex() bool {
 
 // postingCache keeps the opened, sorted id lists of common words in memory (never on disk),
 // so a search for a word in half the store does not open and sort 50,000 ids every time.
-// A commit that adds to a token drops its entry; a search stores what it read only if no
-// commit added to any token since it began (it may have read an older snapshot).
+//
+// A list in the cache is always the committed list. A transaction that adds to a token takes
+// its list out (take) and, once committed, puts it back with the new ids (give). While a
+// token is taken, no search may store a list for it (it may have read the snapshot before the
+// commit), and a search stores what it read only if nothing was taken or given since it
+// began. If two transactions take the same token before the first gives it back, the list is
+// simply read afresh by the next search.
 type postingCache struct {
 	// indexing serialises passes over bSearchPending; running and again keep one background
 	// pass going while commits arrive.
@@ -753,6 +787,9 @@ type postingCache struct {
 	gen   uint64
 	lists map[string][]uint64
 	ids   int
+	// taken: tokens taken by a transaction not yet given back → the ticket of the last take.
+	taken map[string]uint64
+	tick  uint64
 }
 
 const (
@@ -763,7 +800,7 @@ const (
 var postingCaches sync.Map // *store.DB → *postingCache
 
 func postingCacheOf(db *store.DB) *postingCache {
-	c, _ := postingCaches.LoadOrStore(db, &postingCache{lists: map[string][]uint64{}})
+	c, _ := postingCaches.LoadOrStore(db, &postingCache{lists: map[string][]uint64{}, taken: map[string]uint64{}})
 	return c.(*postingCache)
 }
 
@@ -780,31 +817,76 @@ func (c *postingCache) get(tok []byte) ([]uint64, bool) {
 	return l, ok
 }
 
+// put stores the list a search read, sorted, if no commit touched the index since gen.
 func (c *postingCache) put(tok []byte, list []uint64, gen uint64) {
 	if len(list) < cacheMinIDs {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen != gen {
+	if _, busy := c.taken[string(tok)]; c.gen != gen || busy {
 		return
 	}
+	c.store(string(tok), list)
+}
+
+func (c *postingCache) store(tok string, list []uint64) {
 	if c.ids+len(list) > cacheMaxIDs {
 		clear(c.lists)
 		c.ids = 0
 	}
-	if _, ok := c.lists[string(tok)]; !ok {
-		c.lists[string(tok)] = list
+	if _, ok := c.lists[tok]; !ok {
+		c.lists[tok] = list
 		c.ids += len(list)
 	}
 }
 
-func (c *postingCache) drop(tok []byte) {
+// take takes tok's list out of the cache for a transaction that changes it, and returns it
+// (nil if it was not cached) with a ticket for give.
+func (c *postingCache) take(tok []byte) ([]uint64, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen++
-	if l, ok := c.lists[string(tok)]; ok {
+	c.tick++
+	c.taken[string(tok)] = c.tick
+	l, ok := c.lists[string(tok)]
+	if ok {
 		c.ids -= len(l)
 		delete(c.lists, string(tok))
 	}
+	return l, c.tick
+}
+
+// give ends the take with ticket, after its transaction committed: old, the list taken, comes
+// back with added, the ids the transaction appended (nil old: the list stays out).
+func (c *postingCache) give(tok string, ticket uint64, old, added []uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	if c.taken[tok] != ticket {
+		return // taken again since: that transaction gives it back
+	}
+	delete(c.taken, tok)
+	if l, ok := c.lists[tok]; ok { // never expected: nothing is stored while taken
+		c.ids -= len(l)
+		delete(c.lists, tok)
+	}
+	if old != nil {
+		c.store(tok, withIDs(old, added))
+	}
+}
+
+// withIDs is sorted list with the ids of added it lacks. New ids are usually above all others:
+// they are then appended, in place if there is room, which searches still reading list (up to
+// its length) do not see.
+func withIDs(list, added []uint64) []uint64 {
+	for i, id := range added {
+		if len(list) > 0 && id <= list[len(list)-1] {
+			rest := slices.Clone(added[i:])
+			slices.Sort(rest)
+			return merge(slices.Clip(list), rest) // a new slice: list is not written
+		}
+		list = append(list, id)
+	}
+	return list
 }

@@ -6,6 +6,7 @@ import (
 	"html/template"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"mailgate/access"
@@ -34,15 +35,18 @@ var funcs = template.FuncMap{
 	"join":     strings.Join,
 	"ago":      ago,
 	"mailtext": mailText,
-	"whenIn": func(loc *time.Location, t time.Time) string {
-		if t.IsZero() {
-			return ""
-		}
-		if loc == nil {
-			loc = time.UTC
-		}
-		return t.In(loc).Format("2006-01-02 15:04 MST")
-	},
+	"whenIn":   whenIn,
+}
+
+// whenIn is t in the agent's time zone (UTC when none is set).
+func whenIn(loc *time.Location, t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	if loc == nil {
+		loc = time.UTC
+	}
+	return t.In(loc).Format("2006-01-02 15:04 MST")
 }
 
 // ago says how long before now t was, the way a person would: "3 min ago", "2 h ago", "4 days ago".
@@ -116,9 +120,19 @@ func (s *Server) base(r *http.Request, title string) base {
 type pager interface{ page() *base }
 
 // render executes a page into a buffer first, so a template failure never sends half a page.
+// pageBufs keeps page buffers between requests: a list page is ~60 KB, and growing a fresh
+// buffer to that size allocated four times as much per request, all garbage at once.
+var pageBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
 func (s *Server) render(w http.ResponseWriter, r *http.Request, status int, name string, data pager) {
-	var buf bytes.Buffer
-	if err := s.pages[name].ExecuteTemplate(&buf, "layout", data); err != nil {
+	buf := pageBufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= 1<<20 { // a page with a huge message is not kept
+			pageBufs.Put(buf)
+		}
+	}()
+	if err := s.pages[name].ExecuteTemplate(buf, "layout", data); err != nil {
 		s.log.Error("render failed", "rid", info(r).id, "page", name, "err", err)
 		http.Error(w, "internal error (request "+info(r).id+")", http.StatusInternalServerError)
 		return

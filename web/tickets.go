@@ -80,7 +80,7 @@ func (s *Server) ticketError(w http.ResponseWriter, r *http.Request, what string
 
 type listView struct {
 	base
-	Tickets  []tickets.Ticket
+	Rows     template.HTML // the rows of the table, escaped
 	Queues   []string
 	Statuses []tickets.Status
 	Views    []viewTab
@@ -100,6 +100,90 @@ type listView struct {
 	Next     string
 	Last     string
 }
+
+// listRows writes the list's rows. A page of 50 rows through html/template cost about 50
+// reflective calls a row (a field lookup and an escaper per value): 2-3 ms, more than finding
+// the tickets among 100,000. Here each value goes through htmlEscape, which escapes exactly
+// as html/template does in these text and quoted-attribute places; TestListRowsAsTheTemplate
+// holds the two outputs equal for hostile values.
+func listRows(ts []tickets.Ticket, now time.Time, loc *time.Location) template.HTML {
+	var b strings.Builder
+	b.Grow(len(ts) * 1200)
+	for i := range ts {
+		t := &ts[i]
+		id := strconv.FormatUint(t.ID, 10)
+		b.WriteString(`<tr class="status-`)
+		htmlEscape(&b, string(t.Status))
+		if t.Unverified {
+			b.WriteString(` risk`)
+		}
+		b.WriteString(`" id="t` + id + `">` + "\n")
+		b.WriteString(`<td data-label="#"><a href="/tickets/` + id + `">` + id + `</a></td>` + "\n")
+		b.WriteString(`<td data-label="Subject" class="subject"><a href="/tickets/` + id + `">`)
+		if t.Subject != "" {
+			htmlEscape(&b, t.Subject)
+		} else {
+			b.WriteString(`(no subject)`)
+		}
+		b.WriteString(`</a>`)
+		if t.Unverified || t.Quarantined || t.Bounced || t.AutoReply || t.Encrypted {
+			b.WriteString(`<br>`)
+		}
+		if t.Quarantined {
+			b.WriteString(`<span class="badge warn flag-quarantined">quarantined</span>`)
+		} else if t.Unverified {
+			b.WriteString(`<span class="badge warn flag-unverified">unverified sender</span>`)
+		}
+		if t.Bounced {
+			b.WriteString(`<span class="badge warn flag-bounced">reply bounced</span>`)
+		}
+		if t.AutoReply {
+			b.WriteString(`<span class="badge flag-auto">auto-reply</span>`)
+		}
+		if t.Encrypted {
+			b.WriteString(`<span class="badge ok flag-encrypted">encrypted</span>`)
+		}
+		b.WriteString("</td>\n" + `<td data-label="Customer" class="customer">`)
+		if t.Unverified {
+			b.WriteString(`<span class="unverified-addr" title="not verified: may be spoofed">⚠ `)
+			htmlEscape(&b, t.Customer)
+			b.WriteString(`</span>`)
+		} else {
+			htmlEscape(&b, t.Customer)
+		}
+		b.WriteString("</td>\n" + `<td data-label="Waiting since" class="waiting">`)
+		if t.Waiting.IsZero() {
+			b.WriteString(`<span class="hint">answered</span>`)
+		} else {
+			b.WriteString(`<time datetime="` + t.Waiting.UTC().Format("2006-01-02T15:04:05Z") + `" title="`)
+			htmlEscape(&b, whenIn(loc, t.Waiting))
+			b.WriteString(`">`)
+			htmlEscape(&b, ago(now, t.Waiting))
+			b.WriteString(`</time>`)
+		}
+		b.WriteString("</td>\n" + `<td data-label="Status">`)
+		htmlEscape(&b, string(t.Status))
+		b.WriteString(`</td><td data-label="Assignee">`)
+		if t.Assignee != "" {
+			htmlEscape(&b, t.Assignee)
+		} else {
+			b.WriteString(`<span class="hint">nobody</span>`)
+		}
+		b.WriteString(`</td><td data-label="Queue">`)
+		htmlEscape(&b, t.Queue)
+		b.WriteString("</td>\n" + `<td data-label="Last activity"><time title="`)
+		htmlEscape(&b, whenIn(loc, t.Updated))
+		b.WriteString(`">`)
+		htmlEscape(&b, ago(now, t.Updated))
+		b.WriteString("</time></td>\n</tr>\n")
+	}
+	return template.HTML(b.String()) // built from escaped pieces only
+}
+
+// htmlEscaper is html/template's escaping of text and of quoted attribute values.
+var htmlEscaper = strings.NewReplacer("\x00", "\uFFFD", `"`, "&#34;", "'", "&#39;", "&", "&amp;", "+", "&#43;", "<", "&lt;", ">", "&gt;")
+
+func htmlEscape(b *strings.Builder, s string) { htmlEscaper.WriteString(b, s) }
 
 // viewTab is one link of the view or sort bar.
 type viewTab struct {
@@ -199,7 +283,7 @@ func (s *Server) ticketList(w http.ResponseWriter, r *http.Request) {
 	for _, so := range sortLabels {
 		v.Sorts = append(v.Sorts, viewTab{Name: so.name, Label: so.label, URL: link(v.View, so.name, 1), Current: so.name == v.Sort})
 	}
-	v.Tickets, v.Total = res.Tickets, res.Total
+	v.Rows, v.Total = listRows(res.Tickets, v.Now, v.Loc), res.Total
 	v.Pages = max(1, (res.Total+pageSize-1)/pageSize)
 	if v.Page > 1 {
 		v.First, v.Prev = link(v.View, v.Sort, 1), link(v.View, v.Sort, min(v.Page-1, v.Pages))
