@@ -106,6 +106,9 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	for i, a := range p.Attachments {
 		atts[i] = store.Prepare(a.Data)
 	}
+	body := prepareBody(m.Text, m.HTML)
+	toks := s.ingestTokens(q.Name, m)
+	handed := &postingCacheOf(s.db).handed
 	var res Result
 	var owed bool
 	err := s.db.Batch(func(tx *store.Tx) error {
@@ -123,8 +126,17 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 			// as a note on the ticket, and its sender joins nothing.
 			mm.Direction, mm.Problem = Note, "delivery failed: the customer's mail server returned this reply"
 		}
-		if err := s.addMessage(tx, t, &mm, nil, nil); err != nil {
+		if err := s.addMessageBody(tx, t, &mm, nil, nil, body); err != nil {
 			return err
+		}
+		// Every ticket Ingest files into is in q (thread), so the tokens hold; a check costs
+		// nothing and leaves any other case to the indexer's read-back.
+		if t.Queue == q.Name {
+			tk, pk := toks.later, mkey(t.ID, mm.Seq)
+			if mm.Seq == 1 {
+				tk = toks.first
+			}
+			tx.OnCommit(func() { handed.put(pk, tk) })
 		}
 		if err := putContent(tx, t.ID, mm.Seq, raw, atts); err != nil {
 			return err
@@ -286,6 +298,15 @@ func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incomi
 	return Result{Ticket: t.ID, New: true, Outcome: outcome}, t, nil
 }
 
+// ticketSubject is the subject of a ticket opened by a message with this subject.
+func ticketSubject(subject string) string {
+	subj := strings.TrimSpace(tagRe.ReplaceAllString(subject, ""))
+	if subj == "" {
+		subj = "(no subject)"
+	}
+	return subj
+}
+
 func (s *Service) joinParticipant(p *Participant, m *Message) {
 	if m.Verified {
 		p.Verified = true
@@ -314,11 +335,7 @@ func (s *Service) newTicket(tx *store.Tx, q Queue, m *Message) (*Ticket, error) 
 		return nil, err
 	}
 	now := s.opts.Now().UTC()
-	subj := strings.TrimSpace(tagRe.ReplaceAllString(m.Subject, ""))
-	if subj == "" {
-		subj = "(no subject)"
-	}
-	t := &Ticket{ID: id, Queue: q.Name, Subject: subj, Status: StatusNew, Customer: m.From, Created: now, Updated: now}
+	t := &Ticket{ID: id, Queue: q.Name, Subject: ticketSubject(m.Subject), Status: StatusNew, Customer: m.From, Created: now, Updated: now}
 	if m.From != "" {
 		t.Participants = []Participant{{Address: m.From, Name: m.FromName, Verified: m.Verified}}
 	}
@@ -339,7 +356,7 @@ func (s *Service) duplicate(tx *store.Tx, q Queue, m *Message) (uint64, bool, er
 		return 0, false, err
 	}
 	id, seq := store.FromU64(v), int(binary.BigEndian.Uint32(v[8:]))
-	om, err := loadMessage(tx, id, seq)
+	om, _, err := loadMessageMeta(tx, id, seq)
 	if err != nil {
 		return 0, false, nil // its ticket was deleted: not a duplicate any more
 	}

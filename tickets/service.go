@@ -26,6 +26,7 @@ const (
 	bMessages = "messages"  // U64(id)|U32(seq) → Message JSON (scoped)
 	bRaw      = "raw"       // U64(id)|U32(seq) → raw RFC 5322 bytes (scoped)
 	bAttach   = "attach"    // U64(id)|U32(seq)|U32(i) → attachment bytes (scoped)
+	bBody     = "body"      // U64(id)|U32(seq) → an inbound message's Text and HTML (scoped), see saveMessageApart
 	bMsgID    = "msgid"     // HMAC(Message-ID), HMAC(queue, Message-ID) → U64(id)|U32(seq) (plain)
 	bByQueue  = "byqueue"   // HMAC(queue)[:8]|U64(id) → nothing (plain), for listings
 	bMailbox  = "mailbox"   // HMAC(queue)[:8]|U32(uid) → U64(id)|U32(seq) (plain), IMAP view
@@ -218,31 +219,113 @@ func saveTicket(tx *store.Tx, t *Ticket) error {
 	return nil
 }
 
+// loadMessage reads message seq of ticket id with its text.
 func loadMessage(tx *store.Tx, id uint64, seq int) (*Message, error) {
-	v, err := tx.GetScoped(id, bMessages, mkey(id, seq))
+	m, apart, err := loadMessageMeta(tx, id, seq)
+	if err != nil || !apart {
+		return m, err
+	}
+	v, err := tx.GetScoped(id, bBody, mkey(id, seq))
 	if err != nil {
 		return nil, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
 	}
 	if v == nil {
-		return nil, ErrNotFound
+		return nil, fmt.Errorf("ticket %d message %d: its text is missing", id, seq)
 	}
-	var m Message
-	if err := json.Unmarshal(v, &m); err != nil {
-		return nil, err
+	if m.Text, m.HTML, err = decodeBody(v); err != nil {
+		return nil, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
 	}
-	return &m, nil
+	return m, nil
 }
 
+// loadMessageMeta reads message seq of ticket id without opening its text when that is kept
+// apart (apart is then true, and Text and HTML are empty): for the checks on the mail path
+// that need only the headers. A message read so must not be saved.
+func loadMessageMeta(tx *store.Tx, id uint64, seq int) (m *Message, apart bool, err error) {
+	v, err := tx.GetScoped(id, bMessages, mkey(id, seq))
+	if err != nil {
+		return nil, false, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
+	}
+	if v == nil {
+		return nil, false, ErrNotFound
+	}
+	var r messageRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return nil, false, err
+	}
+	return &r.Message, r.BodyApart, nil
+}
+
+// messageRecord is a message as stored in bMessages. Records written before bodies were kept
+// apart, and those saveMessage writes, carry the text inline and no BodyApart.
+type messageRecord struct {
+	Message
+	BodyApart bool `json:"body_apart,omitempty"`
+}
+
+// saveMessage stores m whole, its text inline: for the paths that change a stored message
+// (delivery states, bounces), which are not the inbound path every writer waits on.
 func saveMessage(tx *store.Tx, m *Message) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
-	return tx.PutScoped(m.Ticket, bMessages, mkey(m.Ticket, m.Seq), b)
+	if err := tx.PutScoped(m.Ticket, bMessages, mkey(m.Ticket, m.Seq), b); err != nil {
+		return err
+	}
+	// A text kept apart before is now inline: the old copy must not outlive it.
+	return tx.Delete(bBody, mkey(m.Ticket, m.Seq))
+}
+
+// saveMessageApart stores m's metadata in bMessages and its text, encoded and compressed by
+// the writer's goroutine before the transaction (prepareBody), in bBody: inside the write lock
+// only a short JSON record is marshalled and sealed, not the 8 KB of text and HTML.
+func saveMessageApart(tx *store.Tx, m *Message, body *store.Prepared) error {
+	r := messageRecord{Message: *m, BodyApart: true}
+	r.Text, r.HTML = "", ""
+	b, err := json.Marshal(&r)
+	if err != nil {
+		return err
+	}
+	if err := tx.PutScoped(m.Ticket, bMessages, mkey(m.Ticket, m.Seq), b); err != nil {
+		return err
+	}
+	return tx.PutScopedPrepared(m.Ticket, bBody, mkey(m.Ticket, m.Seq), body)
+}
+
+// bodyV1 starts a bBody record: uvarint(len(Text)) | Text | HTML. Binary, not JSON, so that
+// neither writing nor reading it escapes or scans 8 KB of text.
+const bodyV1 = 1
+
+// prepareBody encodes a message's text for saveMessageApart and compresses it, outside any
+// transaction.
+func prepareBody(text, html string) *store.Prepared {
+	b := make([]byte, 0, 1+binary.MaxVarintLen64+len(text)+len(html))
+	b = append(b, bodyV1)
+	b = binary.AppendUvarint(b, uint64(len(text)))
+	b = append(append(b, text...), html...)
+	return store.Prepare(b)
+}
+
+func decodeBody(v []byte) (text, html string, err error) {
+	if len(v) == 0 || v[0] != bodyV1 {
+		return "", "", errors.New("unknown message text record")
+	}
+	n, k := binary.Uvarint(v[1:])
+	if k <= 0 || n > uint64(len(v)-1-k) {
+		return "", "", errors.New("damaged message text record")
+	}
+	rest := v[1+k:]
+	return string(rest[:n]), string(rest[n:]), nil
 }
 
 // addMessage appends m (and its raw bytes and attachments) to t inside tx and indexes it.
 func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, atts []ParsedAttachment) error {
+	return s.addMessageBody(tx, t, m, raw, atts, nil)
+}
+
+// addMessageBody is addMessage with m's text prepared ahead (prepareBody) when body is not nil.
+func (s *Service) addMessageBody(tx *store.Tx, t *Ticket, m *Message, raw []byte, atts []ParsedAttachment, body *store.Prepared) error {
 	t.Messages++
 	m.Ticket, m.Seq = t.ID, t.Messages
 	for i, a := range atts {
@@ -268,7 +351,12 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 	if err := tx.PutPlain(bMailbox, binary.BigEndian.AppendUint32(append([]byte(nil), s.qprefix(t.Queue)...), uid), mkey(t.ID, m.Seq)); err != nil {
 		return err
 	}
-	if err := saveMessage(tx, m); err != nil {
+	if body != nil {
+		err = saveMessageApart(tx, m, body)
+	} else {
+		err = saveMessage(tx, m)
+	}
+	if err != nil {
 		return err
 	}
 	t.Updated = s.opts.Now().UTC()
@@ -350,7 +438,7 @@ func (s *Service) claim(tx *store.Tx, k []byte, t *Ticket, m *Message) (taken bo
 			return false, nil
 		}
 		// A purged or destroyed ticket no longer holds anything: its id is free again.
-		if _, err := loadMessage(tx, id, seq); err == nil {
+		if _, _, err := loadMessageMeta(tx, id, seq); err == nil {
 			return true, nil
 		} else if !errors.Is(err, ErrNotFound) && !errors.Is(err, store.ErrScopeDestroyed) {
 			return false, err
