@@ -106,14 +106,19 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	for i, a := range p.Attachments {
 		atts[i] = store.Prepare(a.Data)
 	}
-	body := prepareBody(m.Text, m.HTML)
+	ah := ahead{body: prepareBody(m.Text, m.HTML)}
+	var ids *idKeys
+	if m.MessageID != "" {
+		ids = messageIDKeys(s.db, q.Name, m.MessageID)
+		ah.ids = ids
+	}
 	toks := s.ingestTokens(q.Name, m)
 	handed := &postingCacheOf(s.db).handed
 	var res Result
 	var owed bool
 	err := s.db.Batch(func(tx *store.Tx) error {
 		mm := *m // Batch may run fn twice: start from the same state each time
-		r, t, err := s.thread(tx, q, &mm, p, in)
+		r, t, err := s.thread(tx, q, &mm, p, in, ids)
 		if err != nil {
 			return err
 		}
@@ -126,7 +131,7 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 			// as a note on the ticket, and its sender joins nothing.
 			mm.Direction, mm.Problem = Note, "delivery failed: the customer's mail server returned this reply"
 		}
-		if err := s.addMessageBody(tx, t, &mm, nil, nil, body); err != nil {
+		if err := s.addMessageAhead(tx, t, &mm, nil, nil, ah); err != nil {
 			return err
 		}
 		// Every ticket Ingest files into is in q (thread), so the tokens hold; a check costs
@@ -212,9 +217,9 @@ func looksEncrypted(p *Parsed) bool {
 }
 
 // thread decides where m goes (DESIGN.md invariant 2). It reads only by key.
-func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incoming) (Result, *Ticket, error) {
+func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incoming, ids *idKeys) (Result, *Ticket, error) {
 	if m.MessageID != "" {
-		if t, ok, err := s.duplicate(tx, q, m); err != nil {
+		if t, ok, err := s.duplicate(tx, q, m, ids); err != nil {
 			return Result{}, nil, err
 		} else if ok {
 			return Result{Ticket: t, Outcome: OutcomeDuplicate}, nil, nil
@@ -350,8 +355,8 @@ func (s *Service) newTicket(tx *store.Tx, q Queue, m *Message) (*Ticket, error) 
 // message that merely reuses the Message-ID is not a duplicate: it is stored on its own and
 // never takes the id over (addMessage), so nobody can steal a customer's thread by quoting
 // its Message-ID in new mail.
-func (s *Service) duplicate(tx *store.Tx, q Queue, m *Message) (uint64, bool, error) {
-	v, err := s.idEntry(tx, q.Name, m.MessageID)
+func (s *Service) duplicate(tx *store.Tx, q Queue, m *Message, ids *idKeys) (uint64, bool, error) {
+	v, err := s.idEntry(tx, q.Name, m.MessageID, ids)
 	if err != nil || len(v) != 12 {
 		return 0, false, err
 	}
@@ -413,7 +418,7 @@ func digest(p *Parsed) string {
 // names it. An id in mailgate's own form must carry a MAC that verifies for one of the
 // ticket's participants; a forged one (a guessed ticket number) is ignored.
 func (s *Service) lookupID(tx *store.Tx, queue, id string) (*Ticket, int, error) {
-	v, err := s.idEntry(tx, queue, id)
+	v, err := s.idEntry(tx, queue, id, nil)
 	if err != nil {
 		return nil, 0, err
 	}

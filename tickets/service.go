@@ -148,6 +148,8 @@ type Service struct {
 	opts  Options
 	ids   idMark
 	skeys map[string][]byte // search index key per queue
+	// qprefixes are the configured queues' qprefix, capacity 8 so that an append copies.
+	qprefixes map[string][]byte
 }
 
 // New returns a Service.
@@ -158,11 +160,12 @@ func New(db *store.DB, log *audit.Log, opts Options) *Service {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	skeys := map[string][]byte{}
+	skeys, qprefixes := map[string][]byte{}, map[string][]byte{}
 	for _, q := range opts.Queues {
 		skeys[q.Name] = db.MAC("search queue key", []byte(q.Name))
+		qprefixes[q.Name] = db.Index("queue", q.Name)[:8:8]
 	}
-	return &Service{db: db, log: log, opts: opts, ids: idMark{file: opts.IDFile}, skeys: skeys}
+	return &Service{db: db, log: log, opts: opts, ids: idMark{file: opts.IDFile}, skeys: skeys, qprefixes: qprefixes}
 }
 
 // Queues returns the configured queues.
@@ -190,7 +193,14 @@ func mkey(id uint64, seq int) []byte {
 	return binary.BigEndian.AppendUint32(store.U64(id), uint32(seq))
 }
 
-func (s *Service) qprefix(queue string) []byte { return s.db.Index("queue", queue)[:8] }
+// qprefix is the 8-byte prefix of queue's keys in the listing and mailbox buckets. Those of
+// the configured queues are computed once (an HMAC each; the mail path needs three).
+func (s *Service) qprefix(queue string) []byte {
+	if p, ok := s.qprefixes[queue]; ok {
+		return p
+	}
+	return s.db.Index("queue", queue)[:8:8]
+}
 
 func loadTicket(tx *store.Tx, id uint64) (*Ticket, error) {
 	v, err := tx.GetScoped(id, bTickets, tkey(id))
@@ -321,11 +331,19 @@ func decodeBody(v []byte) (text, html string, err error) {
 
 // addMessage appends m (and its raw bytes and attachments) to t inside tx and indexes it.
 func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, atts []ParsedAttachment) error {
-	return s.addMessageBody(tx, t, m, raw, atts, nil)
+	return s.addMessageAhead(tx, t, m, raw, atts, ahead{})
 }
 
-// addMessageBody is addMessage with m's text prepared ahead (prepareBody) when body is not nil.
-func (s *Service) addMessageBody(tx *store.Tx, t *Ticket, m *Message, raw []byte, atts []ParsedAttachment, body *store.Prepared) error {
+// ahead is what Ingest computes for addMessage before its transaction, so that the write lock
+// every writer waits on has less to do: the message's text, encoded and compressed
+// (prepareBody), and the index keys of its Message-ID.
+type ahead struct {
+	body *store.Prepared
+	ids  *idKeys
+}
+
+// addMessageAhead is addMessage with work done ahead where ah has it.
+func (s *Service) addMessageAhead(tx *store.Tx, t *Ticket, m *Message, raw []byte, atts []ParsedAttachment, ah ahead) error {
 	t.Messages++
 	m.Ticket, m.Seq = t.ID, t.Messages
 	for i, a := range atts {
@@ -339,7 +357,7 @@ func (s *Service) addMessageBody(tx *store.Tx, t *Ticket, m *Message, raw []byte
 		}
 	}
 	if m.MessageID != "" {
-		if err := s.claimID(tx, t, m); err != nil {
+		if err := s.claimID(tx, t, m, ah.ids); err != nil {
 			return err
 		}
 	}
@@ -351,8 +369,8 @@ func (s *Service) addMessageBody(tx *store.Tx, t *Ticket, m *Message, raw []byte
 	if err := tx.PutPlain(bMailbox, binary.BigEndian.AppendUint32(append([]byte(nil), s.qprefix(t.Queue)...), uid), mkey(t.ID, m.Seq)); err != nil {
 		return err
 	}
-	if body != nil {
-		err = saveMessageApart(tx, m, body)
+	if ah.body != nil {
+		err = saveMessageApart(tx, m, ah.body)
 	} else {
 		err = saveMessage(tx, m)
 	}
@@ -389,8 +407,8 @@ func putContent(tx *store.Tx, id uint64, seq int, raw *store.Prepared, atts []*s
 // for the whole store (FindMessage, and the only one written before per-queue entries
 // existed). A message sent to two queues is then first in both, and only a second writer in
 // the same queue is marked as such.
-func (s *Service) claimID(tx *store.Tx, t *Ticket, m *Message) error {
-	kq, kg := queueIDKey(s.db, t.Queue, m.MessageID), s.db.Index("msgid", normID(m.MessageID))
+func (s *Service) claimID(tx *store.Tx, t *Ticket, m *Message, pre *idKeys) error {
+	kq, kg := pre.of(s.db, t.Queue, m.MessageID)
 	if err := s.backfill(tx, kq, kg, t.Queue); err != nil {
 		return err
 	}
@@ -453,13 +471,33 @@ func queueIDKey(db *store.DB, queue, id string) []byte {
 }
 
 // idEntry reads the index entry of Message-ID id for queue: the queue's own, else (mail
-// stored before per-queue entries) the store-wide one.
-func (s *Service) idEntry(tx *store.Tx, queue, id string) ([]byte, error) {
-	v, err := tx.GetPlain(bMsgID, queueIDKey(s.db, queue, id))
+// stored before per-queue entries) the store-wide one. pre may hold the keys, computed ahead.
+func (s *Service) idEntry(tx *store.Tx, queue, id string, pre *idKeys) ([]byte, error) {
+	kq, kg := pre.of(s.db, queue, id)
+	v, err := tx.GetPlain(bMsgID, kq)
 	if err != nil || len(v) == 12 {
 		return v, err
 	}
-	return tx.GetPlain(bMsgID, s.db.Index("msgid", normID(id)))
+	return tx.GetPlain(bMsgID, kg)
+}
+
+// idKeys are the two index keys of a Message-ID (two HMACs), computed before the transaction
+// that reads and writes them.
+type idKeys struct {
+	queue, id string
+	kq, kg    []byte
+}
+
+func messageIDKeys(db *store.DB, queue, id string) *idKeys {
+	return &idKeys{queue: queue, id: id, kq: queueIDKey(db, queue, id), kg: db.Index("msgid", normID(id))}
+}
+
+// of returns the per-queue and store-wide keys of id in queue: k's when it was made for them.
+func (k *idKeys) of(db *store.DB, queue, id string) (kq, kg []byte) {
+	if k != nil && k.queue == queue && k.id == id {
+		return k.kq, k.kg
+	}
+	return queueIDKey(db, queue, id), db.Index("msgid", normID(id))
 }
 
 // nextUID hands out the queue mailbox's next IMAP UID; UIDVALIDITY is fixed when the mailbox
