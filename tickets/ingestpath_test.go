@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"mailgate/access"
@@ -344,4 +345,67 @@ func TestOldMessageRecordsRead(t *testing.T) {
 	if r := e.ingest(t, msgText("c@customer.example", "old style", "o1@customer.example"), true); r.Outcome != OutcomeDuplicate {
 		t.Fatalf("retransmission after the old record: %+v", r)
 	}
+}
+
+// Mail from many connections while agents search: whichever pass indexes a message (the
+// background one, or a search's), by handed tokens or by reading back, each is found once
+// and no tokens stay behind.
+func TestConcurrentIngestAndSearchIndexEverything(t *testing.T) {
+	e := newEnv(t)
+	const writers, each = 8, 25
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if _, err := e.svc.searchIDs([]string{"support"}, "persimmon"); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	want := make([][]uint64, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				raw := fmt.Sprintf("From: c%d@customer.example\r\nTo: support@example.com\r\nSubject: persimmon %d\r\nMessage-ID: <p%d.%d@customer.example>\r\n\r\nword%dx%d\r\n", w, i, w, i, w, i)
+				r, err := e.svc.Ingest(Incoming{Queue: "support", Raw: []byte(raw), Auth: Auth{Verified: true}})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				want[w] = append(want[w], r.Ticket)
+			}
+		}()
+	}
+	wg.Wait()
+	close(done)
+	if err := e.svc.indexPending(); err != nil {
+		t.Fatal(err)
+	}
+	for w := range writers {
+		for i, id := range want[w] {
+			got, err := e.svc.searchIDs([]string{"support"}, fmt.Sprintf("word%dx%d", w, i))
+			if err != nil || !slices.Equal(got, []uint64{id}) {
+				t.Errorf("word%dx%d: %v %v, want [%d]", w, i, got, err, id)
+			}
+		}
+	}
+	if all, _ := e.svc.searchIDs([]string{"support"}, "persimmon"); len(all) != writers*each {
+		t.Errorf("persimmon: %d tickets, want %d", len(all), writers*each)
+	}
+	pc := postingCacheOf(e.db)
+	if err := e.svc.indexPending(); err != nil { // a pass with nothing to do prunes what is left
+		t.Fatal(err)
+	}
+	if n := pc.handed.len(); n != 0 {
+		t.Errorf("%d messages' tokens left behind", n)
+	}
+	t.Logf("%d of %d messages indexed from handed tokens", pc.handed.taken, writers*each)
 }
