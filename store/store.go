@@ -27,12 +27,15 @@ import (
 //
 //	1: every value sealed as it is, inside the B-tree.
 //	2: values compressed, large ones in segment files beside the database (segment.go).
-const SchemaVersion = 2
+//	3: the same layout; tickets keeps new inbound messages' text in a record of its own,
+//	   which a schema-2 mailgate would show as an empty message.
+const SchemaVersion = 3
 
 // migrations[i] moves a database from schema version i to i+1. Version 0 is an empty file.
 var migrations = []func(db *DB) error{
 	func(db *DB) error { return nil }, // 0 → 1: the first layout; buckets are created on first use
 	migrateToSegments,                 // 1 → 2
+	func(db *DB) error { return nil }, // 2 → 3: nothing to rewrite; older records read as they are
 }
 
 const (

@@ -26,7 +26,7 @@ import (
 
 // fuzzSeedFiles returns the mail files under the testdata directories dirs (licence
 // and notes files skipped), mbox files split into their messages.
-func fuzzSeedFiles(f *testing.F, dirs ...string) [][]byte {
+func fuzzSeedFiles(f testing.TB, dirs ...string) [][]byte {
 	f.Helper()
 	var out [][]byte
 	for _, d := range dirs {

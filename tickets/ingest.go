@@ -106,11 +106,19 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	for i, a := range p.Attachments {
 		atts[i] = store.Prepare(a.Data)
 	}
+	ah := ahead{body: prepareBody(m.Text, m.HTML)}
+	var ids *idKeys
+	if m.MessageID != "" {
+		ids = messageIDKeys(s.db, q.Name, m.MessageID)
+		ah.ids = ids
+	}
+	toks := s.ingestTokens(q.Name, m)
+	handed := &postingCacheOf(s.db).handed
 	var res Result
 	var owed bool
 	err := s.db.Batch(func(tx *store.Tx) error {
 		mm := *m // Batch may run fn twice: start from the same state each time
-		r, t, err := s.thread(tx, q, &mm, p, in)
+		r, t, err := s.thread(tx, q, &mm, p, in, ids)
 		if err != nil {
 			return err
 		}
@@ -123,8 +131,17 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 			// as a note on the ticket, and its sender joins nothing.
 			mm.Direction, mm.Problem = Note, "delivery failed: the customer's mail server returned this reply"
 		}
-		if err := s.addMessage(tx, t, &mm, nil, nil); err != nil {
+		if err := s.addMessageAhead(tx, t, &mm, nil, nil, ah); err != nil {
 			return err
+		}
+		// Every ticket Ingest files into is in q (thread), so the tokens hold; a check costs
+		// nothing and leaves any other case to the indexer's read-back.
+		if t.Queue == q.Name {
+			tk, pk := toks.later, mkey(t.ID, mm.Seq)
+			if mm.Seq == 1 {
+				tk = toks.first
+			}
+			tx.OnCommit(func() { handed.put(pk, tk) })
 		}
 		if err := putContent(tx, t.ID, mm.Seq, raw, atts); err != nil {
 			return err
@@ -200,9 +217,9 @@ func looksEncrypted(p *Parsed) bool {
 }
 
 // thread decides where m goes (DESIGN.md invariant 2). It reads only by key.
-func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incoming) (Result, *Ticket, error) {
+func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incoming, ids *idKeys) (Result, *Ticket, error) {
 	if m.MessageID != "" {
-		if t, ok, err := s.duplicate(tx, q, m); err != nil {
+		if t, ok, err := s.duplicate(tx, q, m, ids); err != nil {
 			return Result{}, nil, err
 		} else if ok {
 			return Result{Ticket: t, Outcome: OutcomeDuplicate}, nil, nil
@@ -286,6 +303,15 @@ func (s *Service) thread(tx *store.Tx, q Queue, m *Message, p *Parsed, in Incomi
 	return Result{Ticket: t.ID, New: true, Outcome: outcome}, t, nil
 }
 
+// ticketSubject is the subject of a ticket opened by a message with this subject.
+func ticketSubject(subject string) string {
+	subj := strings.TrimSpace(tagRe.ReplaceAllString(subject, ""))
+	if subj == "" {
+		subj = "(no subject)"
+	}
+	return subj
+}
+
 func (s *Service) joinParticipant(p *Participant, m *Message) {
 	if m.Verified {
 		p.Verified = true
@@ -314,11 +340,7 @@ func (s *Service) newTicket(tx *store.Tx, q Queue, m *Message) (*Ticket, error) 
 		return nil, err
 	}
 	now := s.opts.Now().UTC()
-	subj := strings.TrimSpace(tagRe.ReplaceAllString(m.Subject, ""))
-	if subj == "" {
-		subj = "(no subject)"
-	}
-	t := &Ticket{ID: id, Queue: q.Name, Subject: subj, Status: StatusNew, Customer: m.From, Created: now, Updated: now}
+	t := &Ticket{ID: id, Queue: q.Name, Subject: ticketSubject(m.Subject), Status: StatusNew, Customer: m.From, Created: now, Updated: now}
 	if m.From != "" {
 		t.Participants = []Participant{{Address: m.From, Name: m.FromName, Verified: m.Verified}}
 	}
@@ -333,13 +355,13 @@ func (s *Service) newTicket(tx *store.Tx, q Queue, m *Message) (*Ticket, error) 
 // message that merely reuses the Message-ID is not a duplicate: it is stored on its own and
 // never takes the id over (addMessage), so nobody can steal a customer's thread by quoting
 // its Message-ID in new mail.
-func (s *Service) duplicate(tx *store.Tx, q Queue, m *Message) (uint64, bool, error) {
-	v, err := s.idEntry(tx, q.Name, m.MessageID)
+func (s *Service) duplicate(tx *store.Tx, q Queue, m *Message, ids *idKeys) (uint64, bool, error) {
+	v, err := s.idEntry(tx, q.Name, m.MessageID, ids)
 	if err != nil || len(v) != 12 {
 		return 0, false, err
 	}
 	id, seq := store.FromU64(v), int(binary.BigEndian.Uint32(v[8:]))
-	om, err := loadMessage(tx, id, seq)
+	om, _, err := loadMessageMeta(tx, id, seq)
 	if err != nil {
 		return 0, false, nil // its ticket was deleted: not a duplicate any more
 	}
@@ -396,7 +418,7 @@ func digest(p *Parsed) string {
 // names it. An id in mailgate's own form must carry a MAC that verifies for one of the
 // ticket's participants; a forged one (a guessed ticket number) is ignored.
 func (s *Service) lookupID(tx *store.Tx, queue, id string) (*Ticket, int, error) {
-	v, err := s.idEntry(tx, queue, id)
+	v, err := s.idEntry(tx, queue, id, nil)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -371,7 +371,7 @@ func (s *Service) Attachment(a access.Actor, id uint64, seq, i int) (Attachment,
 		if seq < 1 || seq > t.Messages {
 			return "", ErrNotFound
 		}
-		m, err := loadMessage(tx, id, seq)
+		m, _, err := loadMessageMeta(tx, id, seq)
 		if err != nil {
 			return "", err
 		}

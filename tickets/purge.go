@@ -65,7 +65,7 @@ func (s *Service) purgeTx(tx *store.Tx, t *Ticket) error {
 				}
 			}
 		}
-		for _, b := range []string{bMessages, bRaw} {
+		for _, b := range []string{bMessages, bBody, bRaw} {
 			if err := tx.Delete(b, mkey(t.ID, seq)); err != nil {
 				return err
 			}

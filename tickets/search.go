@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -125,42 +127,106 @@ func eachWord(text string, fn func(w []byte) bool) {
 
 // indexWords are the words a message is found by: each word, and each address whole.
 func indexWords(t *Ticket, m *Message) map[string]bool {
-	out := map[string]bool{}
-	add := func(text string) {
-		if len(text) > maxScan {
-			text = text[:maxScan]
-		}
-		if !strings.Contains(text, "@") {
-			eachWord(text, func(w []byte) bool {
-				if !out[string(w)] && keepWord(string(w)) {
-					out[string(w)] = true
-				}
-				return len(out) < maxWords
-			})
-			return
-		}
-		splitPieces(text, func(p string) bool {
-			if strings.Contains(p, "@") && len(p) <= 254 {
-				out[p] = true
-			}
-			for _, w := range wordsOf(p) {
-				if keepWord(w) {
-					out[w] = true
-				}
+	out := wordSet{}
+	if m.Seq == 1 {
+		out.add(t.Subject)
+	}
+	out.addMessage(m)
+	return out
+}
+
+// wordSet collects index words, at most maxWords: once full, each further add takes one more
+// word and stops, so the set depends on the order of the adds only when it fills up.
+type wordSet map[string]bool
+
+func (out wordSet) addMessage(m *Message) {
+	out.add(m.Subject)
+	out.add(m.From)
+	out.add(m.FromName)
+	out.add(m.To)
+	out.add(strings.Join(m.Cc, " "))
+	out.add(m.Text)
+}
+
+func (out wordSet) add(text string) {
+	if len(text) > maxScan {
+		text = text[:maxScan]
+	}
+	if !strings.Contains(text, "@") {
+		eachWord(text, func(w []byte) bool {
+			if !out[string(w)] && keepWord(string(w)) {
+				out[string(w)] = true
 			}
 			return len(out) < maxWords
 		})
+		return
 	}
-	if m.Seq == 1 {
-		add(t.Subject)
+	splitPieces(text, func(p string) bool {
+		if strings.Contains(p, "@") && len(p) <= 254 {
+			out[p] = true
+		}
+		for _, w := range wordsOf(p) {
+			if keepWord(w) {
+				out[w] = true
+			}
+		}
+		return len(out) < maxWords
+	})
+}
+
+// tokenizer hashes words into tokens with one HMAC state, reset per word: token's result
+// without a new HMAC (two hashes and their buffers) for every word.
+type tokenizer struct{ h hash.Hash }
+
+func newTokenizer(key []byte) tokenizer { return tokenizer{hmac.New(sha256.New, key)} }
+
+// appendTokens appends the token of every word, 16 bytes each, to dst.
+func (z tokenizer) appendTokens(dst []byte, words map[string]bool) []byte {
+	dst = slices.Grow(dst, 16*len(words)+16) // Sum appends 32 bytes before we cut it to 16
+	for w := range words {
+		z.h.Reset()
+		io.WriteString(z.h, w)
+		dst = z.h.Sum(dst)[:len(dst)+16]
 	}
-	add(m.Subject)
-	add(m.From)
-	add(m.FromName)
-	add(m.To)
-	add(strings.Join(m.Cc, " "))
-	add(m.Text)
-	return out
+	return dst
+}
+
+// ingestTokens are an inbound message's index tokens, hashed by its own goroutine before its
+// transaction: the write lock then has nothing to hash, and the indexer nothing to read back.
+// Which set applies is known only once the message is threaded: later for a message that
+// joins a ticket, first (later and the words of the new ticket's subject) for one that opens
+// a ticket. later is a prefix of first.
+type ingestTokens struct{ first, later []byte }
+
+func (s *Service) ingestTokens(queue string, m *Message) ingestTokens {
+	z := newTokenizer(s.searchKey(queue))
+	rest := wordSet{}
+	rest.addMessage(m)
+	subject := wordSet{}
+	subject.add(ticketSubject(m.Subject))
+	var it ingestTokens
+	it.first = z.appendTokens(nil, rest)
+	it.later = it.first
+	if len(rest) < maxWords {
+		extra := map[string]bool{}
+		for w := range subject {
+			if !rest[w] {
+				extra[w] = true
+			}
+		}
+		// Neither set filled up, so both hold every word whatever the order of the adds, and
+		// indexWords' set for the first message is the union.
+		if len(rest)+len(extra) < maxWords {
+			it.first = z.appendTokens(it.first, extra)
+			it.later = it.first[:len(it.later)]
+			return it
+		}
+	}
+	all := wordSet{}
+	all.add(ticketSubject(m.Subject))
+	all.addMessage(m)
+	it.first = z.appendTokens(nil, all)
+	return it
 }
 
 // queryWords are the words a query must all match: an address is matched whole.
@@ -229,17 +295,18 @@ func (s *Service) kickIndexer() {
 	}()
 }
 
-// indexPending indexes every pending message, a batch per transaction. The messages are read
-// and their words hashed in a read transaction first: the write transaction, which the mail
-// path waits for, only merges the tokens into the lists.
+// indexPending indexes every pending message, a batch per transaction. The tokens of mail
+// that Ingest hashed are taken from memory; any other message is read and its words hashed in
+// a read transaction first. mergePostings then stores them.
 func (s *Service) indexPending() error {
 	pc := postingCacheOf(s.db)
 	pc.indexing.Lock()
 	defer pc.indexing.Unlock()
+	pass := pc.handed.begin()
 	type pending struct {
 		key  []byte
 		id   uint64
-		toks [][]byte
+		toks []byte // 16 bytes each
 	}
 	for {
 		var items []pending
@@ -249,14 +316,12 @@ func (s *Service) indexPending() error {
 				it := pending{key: append([]byte(nil), k...)}
 				if len(k) == 12 {
 					id, seq := store.FromU64(k), int(binary.BigEndian.Uint32(k[8:]))
-					// A ticket or message gone (purged) has nothing to index.
-					if t, err := loadTicket(tx, id); err == nil {
+					if toks, ok := pc.handed.take(k); ok {
+						it.id, it.toks = id, toks
+					} else if t, err := loadTicket(tx, id); err == nil { // A ticket or message gone (purged) has nothing to index.
 						if m, err := loadMessage(tx, id, seq); err == nil {
-							key := s.searchKey(t.Queue)
 							it.id = id
-							for w := range indexWords(t, m) {
-								it.toks = append(it.toks, token(key, w))
-							}
+							it.toks = newTokenizer(s.searchKey(t.Queue)).appendTokens(nil, indexWords(t, m))
 						}
 					}
 				}
@@ -264,16 +329,28 @@ func (s *Service) indexPending() error {
 			}
 			return nil
 		})
-		if err != nil || len(items) == 0 {
+		if err != nil {
 			return err
+		}
+		if len(items) == 0 {
+			pc.handed.prune(pass)
+			return nil
 		}
 		batch := make([]indexItem, len(items))
 		for i, it := range items {
-			batch[i] = indexItem{key: it.key, id: it.id, toks: it.toks}
+			toks := make([][]byte, 0, len(it.toks)/16)
+			for j := 0; j+16 <= len(it.toks); j += 16 {
+				toks = append(toks, it.toks[j:j+16:j+16])
+			}
+			batch[i] = indexItem{key: it.key, id: it.id, toks: toks}
 		}
 		err = s.mergePostings(batch)
-		if err != nil || len(items) < 500 {
+		if err != nil {
 			return err
+		}
+		if len(items) < 500 {
+			pc.handed.prune(pass)
+			return nil
 		}
 	}
 }
@@ -501,7 +578,8 @@ func (s *Service) mergePostings(items []indexItem) error {
 // anyone could hash a dictionary and read the lists, so a destroyed ticket's id must not stay
 // in them. A message still waiting to be indexed is simply dropped from the queue.
 func (s *Service) unindexMessage(tx *store.Tx, t *Ticket, m *Message) error {
-	if err := tx.Delete(bSearchPending, mkey(t.ID, m.Seq)); err != nil {
+	pk := mkey(t.ID, m.Seq)
+	if err := tx.Delete(bSearchPending, pk); err != nil {
 		return err
 	}
 	if err := bumpIndexEpoch(tx); err != nil {
@@ -509,6 +587,7 @@ func (s *Service) unindexMessage(tx *store.Tx, t *Ticket, m *Message) error {
 	}
 	key := s.searchKey(t.Queue)
 	pc := postingCacheOf(tx.DB())
+	tx.OnCommit(func() { pc.handed.drop(pk) })
 	for w := range indexWords(t, m) {
 		tok := token(key, w)
 		c := tx.Cursor(bSearch)
@@ -782,6 +861,7 @@ type postingCache struct {
 	// pass going while commits arrive.
 	indexing       sync.Mutex
 	running, again atomic.Bool
+	handed         handedTokens
 
 	mu    sync.Mutex
 	gen   uint64
@@ -889,4 +969,99 @@ func withIDs(list, added []uint64) []uint64 {
 		list = append(list, id)
 	}
 	return list
+}
+
+// handedTokens holds the tokens Ingest hashed, from the commit that notes a message in
+// bSearchPending until the pass that indexes it, keyed like that note. It is a shortcut, never
+// the record: a message not found here (after a restart, when it was full, mail filed by
+// another path) is read back from the store, and a note purged meanwhile is skipped as always.
+type handedTokens struct {
+	mu    sync.Mutex
+	byKey map[[12]byte]handed
+	bytes int
+	pass  uint64
+	max   int    // bytes of tokens held at most; 0 means maxHanded
+	taken uint64 // messages indexed from handed tokens
+}
+
+type handed struct {
+	toks  []byte
+	stamp uint64 // the pass counter when it came: see prune
+}
+
+// maxHanded bounds the tokens held, 16 bytes each: about 2,000 messages of 8 KB, several
+// seconds of mail at full rate. When it is full, further messages are read back instead.
+const maxHanded = 16 << 20
+
+// put hands over the tokens of the message noted under pending key k (12 bytes).
+func (h *handedTokens) put(k []byte, toks []byte) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	limit := h.max
+	if limit == 0 {
+		limit = maxHanded
+	}
+	if len(k) != 12 || h.bytes+len(toks) > limit {
+		return
+	}
+	if h.byKey == nil {
+		h.byKey = map[[12]byte]handed{}
+	}
+	key := [12]byte(k)
+	if old, ok := h.byKey[key]; ok {
+		h.bytes -= len(old.toks)
+	}
+	h.byKey[key] = handed{toks: toks, stamp: h.pass}
+	h.bytes += len(toks)
+}
+
+func (h *handedTokens) take(k []byte) ([]byte, bool) {
+	if len(k) != 12 {
+		return nil, false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	e, ok := h.byKey[[12]byte(k)]
+	if ok {
+		delete(h.byKey, [12]byte(k))
+		h.bytes -= len(e.toks)
+		h.taken++
+	}
+	return e.toks, ok
+}
+
+// drop forgets the tokens of a message whose note was purged.
+func (h *handedTokens) drop(k []byte) {
+	if len(k) != 12 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if e, ok := h.byKey[[12]byte(k)]; ok {
+		delete(h.byKey, [12]byte(k))
+		h.bytes -= len(e.toks)
+	}
+}
+
+// begin starts an indexing pass and returns its number.
+func (h *handedTokens) begin() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pass++
+	return h.pass
+}
+
+// prune drops what pass, having indexed every note it found, left behind: tokens put before
+// the pass began belong to notes committed before it read bSearchPending, so it took them
+// unless their note was already gone (indexed by a pass that ran between the commit and the
+// hand-over, or purged). Without this they would stay until the map filled up.
+func (h *handedTokens) prune(pass uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k, e := range h.byKey {
+		if e.stamp < pass {
+			delete(h.byKey, k)
+			h.bytes -= len(e.toks)
+		}
+	}
 }

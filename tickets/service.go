@@ -26,6 +26,7 @@ const (
 	bMessages = "messages"  // U64(id)|U32(seq) → Message JSON (scoped)
 	bRaw      = "raw"       // U64(id)|U32(seq) → raw RFC 5322 bytes (scoped)
 	bAttach   = "attach"    // U64(id)|U32(seq)|U32(i) → attachment bytes (scoped)
+	bBody     = "body"      // U64(id)|U32(seq) → an inbound message's Text and HTML (scoped), see saveMessageApart
 	bMsgID    = "msgid"     // HMAC(Message-ID), HMAC(queue, Message-ID) → U64(id)|U32(seq) (plain)
 	bByQueue  = "byqueue"   // HMAC(queue)[:8]|U64(id) → nothing (plain), for listings
 	bMailbox  = "mailbox"   // HMAC(queue)[:8]|U32(uid) → U64(id)|U32(seq) (plain), IMAP view
@@ -147,6 +148,8 @@ type Service struct {
 	opts  Options
 	ids   idMark
 	skeys map[string][]byte // search index key per queue
+	// qprefixes are the configured queues' qprefix, capacity 8 so that an append copies.
+	qprefixes map[string][]byte
 }
 
 // New returns a Service.
@@ -157,11 +160,12 @@ func New(db *store.DB, log *audit.Log, opts Options) *Service {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	skeys := map[string][]byte{}
+	skeys, qprefixes := map[string][]byte{}, map[string][]byte{}
 	for _, q := range opts.Queues {
 		skeys[q.Name] = db.MAC("search queue key", []byte(q.Name))
+		qprefixes[q.Name] = db.Index("queue", q.Name)[:8:8]
 	}
-	return &Service{db: db, log: log, opts: opts, ids: idMark{file: opts.IDFile}, skeys: skeys}
+	return &Service{db: db, log: log, opts: opts, ids: idMark{file: opts.IDFile}, skeys: skeys, qprefixes: qprefixes}
 }
 
 // Queues returns the configured queues.
@@ -189,7 +193,14 @@ func mkey(id uint64, seq int) []byte {
 	return binary.BigEndian.AppendUint32(store.U64(id), uint32(seq))
 }
 
-func (s *Service) qprefix(queue string) []byte { return s.db.Index("queue", queue)[:8] }
+// qprefix is the 8-byte prefix of queue's keys in the listing and mailbox buckets. Those of
+// the configured queues are computed once (an HMAC each; the mail path needs three).
+func (s *Service) qprefix(queue string) []byte {
+	if p, ok := s.qprefixes[queue]; ok {
+		return p
+	}
+	return s.db.Index("queue", queue)[:8:8]
+}
 
 func loadTicket(tx *store.Tx, id uint64) (*Ticket, error) {
 	v, err := tx.GetScoped(id, bTickets, tkey(id))
@@ -218,31 +229,121 @@ func saveTicket(tx *store.Tx, t *Ticket) error {
 	return nil
 }
 
+// loadMessage reads message seq of ticket id with its text.
 func loadMessage(tx *store.Tx, id uint64, seq int) (*Message, error) {
-	v, err := tx.GetScoped(id, bMessages, mkey(id, seq))
+	m, apart, err := loadMessageMeta(tx, id, seq)
+	if err != nil || !apart {
+		return m, err
+	}
+	v, err := tx.GetScoped(id, bBody, mkey(id, seq))
 	if err != nil {
 		return nil, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
 	}
 	if v == nil {
-		return nil, ErrNotFound
+		return nil, fmt.Errorf("ticket %d message %d: its text is missing", id, seq)
 	}
-	var m Message
-	if err := json.Unmarshal(v, &m); err != nil {
-		return nil, err
+	if m.Text, m.HTML, err = decodeBody(v); err != nil {
+		return nil, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
 	}
-	return &m, nil
+	return m, nil
 }
 
+// loadMessageMeta reads message seq of ticket id without opening its text when that is kept
+// apart (apart is then true, and Text and HTML are empty): for the checks on the mail path
+// that need only the headers. A message read so must not be saved.
+func loadMessageMeta(tx *store.Tx, id uint64, seq int) (m *Message, apart bool, err error) {
+	v, err := tx.GetScoped(id, bMessages, mkey(id, seq))
+	if err != nil {
+		return nil, false, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
+	}
+	if v == nil {
+		return nil, false, ErrNotFound
+	}
+	var r messageRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return nil, false, err
+	}
+	return &r.Message, r.BodyApart, nil
+}
+
+// messageRecord is a message as stored in bMessages. Records written before bodies were kept
+// apart, and those saveMessage writes, carry the text inline and no BodyApart.
+type messageRecord struct {
+	Message
+	BodyApart bool `json:"body_apart,omitempty"`
+}
+
+// saveMessage stores m whole, its text inline: for the paths that change a stored message
+// (delivery states, bounces), which are not the inbound path every writer waits on.
 func saveMessage(tx *store.Tx, m *Message) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
-	return tx.PutScoped(m.Ticket, bMessages, mkey(m.Ticket, m.Seq), b)
+	if err := tx.PutScoped(m.Ticket, bMessages, mkey(m.Ticket, m.Seq), b); err != nil {
+		return err
+	}
+	// A text kept apart before is now inline: the old copy must not outlive it.
+	return tx.Delete(bBody, mkey(m.Ticket, m.Seq))
+}
+
+// saveMessageApart stores m's metadata in bMessages and its text, encoded and compressed by
+// the writer's goroutine before the transaction (prepareBody), in bBody: inside the write lock
+// only a short JSON record is marshalled and sealed, not the 8 KB of text and HTML.
+func saveMessageApart(tx *store.Tx, m *Message, body *store.Prepared) error {
+	r := messageRecord{Message: *m, BodyApart: true}
+	r.Text, r.HTML = "", ""
+	b, err := json.Marshal(&r)
+	if err != nil {
+		return err
+	}
+	if err := tx.PutScoped(m.Ticket, bMessages, mkey(m.Ticket, m.Seq), b); err != nil {
+		return err
+	}
+	return tx.PutScopedPrepared(m.Ticket, bBody, mkey(m.Ticket, m.Seq), body)
+}
+
+// bodyV1 starts a bBody record: uvarint(len(Text)) | Text | HTML. Binary, not JSON, so that
+// neither writing nor reading it escapes or scans 8 KB of text.
+const bodyV1 = 1
+
+// prepareBody encodes a message's text for saveMessageApart and compresses it, outside any
+// transaction.
+func prepareBody(text, html string) *store.Prepared {
+	b := make([]byte, 0, 1+binary.MaxVarintLen64+len(text)+len(html))
+	b = append(b, bodyV1)
+	b = binary.AppendUvarint(b, uint64(len(text)))
+	b = append(append(b, text...), html...)
+	return store.Prepare(b)
+}
+
+func decodeBody(v []byte) (text, html string, err error) {
+	if len(v) == 0 || v[0] != bodyV1 {
+		return "", "", errors.New("unknown message text record")
+	}
+	n, k := binary.Uvarint(v[1:])
+	if k <= 0 || n > uint64(len(v)-1-k) {
+		return "", "", errors.New("damaged message text record")
+	}
+	rest := v[1+k:]
+	return string(rest[:n]), string(rest[n:]), nil
 }
 
 // addMessage appends m (and its raw bytes and attachments) to t inside tx and indexes it.
 func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, atts []ParsedAttachment) error {
+	return s.addMessageAhead(tx, t, m, raw, atts, ahead{})
+}
+
+// ahead is what Ingest computes for addMessage before its transaction, so that the write lock
+// every writer waits on has less to do: the message's text, encoded and compressed
+// (prepareBody), and the index keys of its Message-ID.
+type ahead struct {
+	body *store.Prepared
+	ids  *idKeys
+}
+
+// addMessageAhead is addMessage with work done ahead where ah has it.
+func (s *Service) addMessageAhead(tx *store.Tx, t *Ticket, m *Message, raw []byte, atts []ParsedAttachment, ah ahead) error {
 	t.Messages++
 	m.Ticket, m.Seq = t.ID, t.Messages
 	for i, a := range atts {
@@ -256,7 +357,7 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 		}
 	}
 	if m.MessageID != "" {
-		if err := s.claimID(tx, t, m); err != nil {
+		if err := s.claimID(tx, t, m, ah.ids); err != nil {
 			return err
 		}
 	}
@@ -268,7 +369,12 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 	if err := tx.PutPlain(bMailbox, binary.BigEndian.AppendUint32(append([]byte(nil), s.qprefix(t.Queue)...), uid), mkey(t.ID, m.Seq)); err != nil {
 		return err
 	}
-	if err := saveMessage(tx, m); err != nil {
+	if ah.body != nil {
+		err = saveMessageApart(tx, m, ah.body)
+	} else {
+		err = saveMessage(tx, m)
+	}
+	if err != nil {
 		return err
 	}
 	t.Updated = s.opts.Now().UTC()
@@ -301,8 +407,8 @@ func putContent(tx *store.Tx, id uint64, seq int, raw *store.Prepared, atts []*s
 // for the whole store (FindMessage, and the only one written before per-queue entries
 // existed). A message sent to two queues is then first in both, and only a second writer in
 // the same queue is marked as such.
-func (s *Service) claimID(tx *store.Tx, t *Ticket, m *Message) error {
-	kq, kg := queueIDKey(s.db, t.Queue, m.MessageID), s.db.Index("msgid", normID(m.MessageID))
+func (s *Service) claimID(tx *store.Tx, t *Ticket, m *Message, pre *idKeys) error {
+	kq, kg := pre.of(s.db, t.Queue, m.MessageID)
 	if err := s.backfill(tx, kq, kg, t.Queue); err != nil {
 		return err
 	}
@@ -350,7 +456,7 @@ func (s *Service) claim(tx *store.Tx, k []byte, t *Ticket, m *Message) (taken bo
 			return false, nil
 		}
 		// A purged or destroyed ticket no longer holds anything: its id is free again.
-		if _, err := loadMessage(tx, id, seq); err == nil {
+		if _, _, err := loadMessageMeta(tx, id, seq); err == nil {
 			return true, nil
 		} else if !errors.Is(err, ErrNotFound) && !errors.Is(err, store.ErrScopeDestroyed) {
 			return false, err
@@ -365,13 +471,33 @@ func queueIDKey(db *store.DB, queue, id string) []byte {
 }
 
 // idEntry reads the index entry of Message-ID id for queue: the queue's own, else (mail
-// stored before per-queue entries) the store-wide one.
-func (s *Service) idEntry(tx *store.Tx, queue, id string) ([]byte, error) {
-	v, err := tx.GetPlain(bMsgID, queueIDKey(s.db, queue, id))
+// stored before per-queue entries) the store-wide one. pre may hold the keys, computed ahead.
+func (s *Service) idEntry(tx *store.Tx, queue, id string, pre *idKeys) ([]byte, error) {
+	kq, kg := pre.of(s.db, queue, id)
+	v, err := tx.GetPlain(bMsgID, kq)
 	if err != nil || len(v) == 12 {
 		return v, err
 	}
-	return tx.GetPlain(bMsgID, s.db.Index("msgid", normID(id)))
+	return tx.GetPlain(bMsgID, kg)
+}
+
+// idKeys are the two index keys of a Message-ID (two HMACs), computed before the transaction
+// that reads and writes them.
+type idKeys struct {
+	queue, id string
+	kq, kg    []byte
+}
+
+func messageIDKeys(db *store.DB, queue, id string) *idKeys {
+	return &idKeys{queue: queue, id: id, kq: queueIDKey(db, queue, id), kg: db.Index("msgid", normID(id))}
+}
+
+// of returns the per-queue and store-wide keys of id in queue: k's when it was made for them.
+func (k *idKeys) of(db *store.DB, queue, id string) (kq, kg []byte) {
+	if k != nil && k.queue == queue && k.id == id {
+		return k.kq, k.kg
+	}
+	return queueIDKey(db, queue, id), db.Index("msgid", normID(id))
 }
 
 // nextUID hands out the queue mailbox's next IMAP UID; UIDVALIDITY is fixed when the mailbox

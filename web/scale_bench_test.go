@@ -32,7 +32,7 @@ import (
 
 // scaleSeedVersion names the cached seeded stores in os.TempDir(). Bump it whenever the store
 // format, the tickets model or the seed below changes, so no run measures a stale file.
-const scaleSeedVersion = "v4" // v2: work-queue fields and the sealed search index; v3: store schema 2 (segments); v4: the segments kept with the file
+const scaleSeedVersion = "v5" // v2: work-queue fields and the sealed search index; v3: store schema 2 (segments); v4: the segments kept with the file; v5: schema 3 (inbound text apart)
 
 // scaleKey is the master key of the seeded stores (the same fixed key newEnv uses).
 var scaleKey = bytes.Repeat([]byte{9}, 32)
