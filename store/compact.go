@@ -101,6 +101,9 @@ func (db *DB) CompactSegments() (CompactStats, error) {
 	if err != nil {
 		return st, err
 	}
+	if testHookCompactScanned != nil {
+		testHookCompactScanned()
+	}
 	ids, err := db.segs.list()
 	if err != nil {
 		return st, err
@@ -159,6 +162,9 @@ func (db *DB) CompactSegments() (CompactStats, error) {
 	}
 	return st, nil
 }
+
+// testHookCompactScanned runs after compaction has counted the live blobs (tests).
+var testHookCompactScanned func()
 
 // openBlobRef opens the sealed reference v at bucket/key with the key of the scope it names;
 // ok is false when that does not open it.

@@ -334,6 +334,13 @@ func (sg *segments) file(id uint32) (*os.File, error) {
 	return f, nil
 }
 
+// mark is where the next reservation goes.
+func (sg *segments) mark() segMark {
+	sg.wmu.Lock()
+	defer sg.wmu.Unlock()
+	return segMark{sg.active, sg.pos}
+}
+
 // begin starts a write transaction's bookkeeping.
 func (sg *segments) begin() {
 	sg.wmu.Lock()
