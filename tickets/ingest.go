@@ -97,14 +97,16 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	}
 
 	ackable := q.AutoAck && in.Kind == "" && s.opts.AutoAck != nil && s.opts.AutoAck(p, in)
-	// Compressed here, by this message's goroutine, not inside the commit every writer waits on.
+	// Compressed, and when large written to a segment and fsynced, here, by this message's
+	// goroutine, not inside the commit every writer waits on. A duplicate leaves the blobs
+	// orphaned for compaction.
 	var raw *store.Prepared
 	if in.Raw != nil {
-		raw = store.Prepare(in.Raw)
+		raw = s.db.Prepare(in.Raw)
 	}
 	atts := make([]*store.Prepared, len(p.Attachments))
 	for i, a := range p.Attachments {
-		atts[i] = store.Prepare(a.Data)
+		atts[i] = s.db.Prepare(a.Data)
 	}
 	var res Result
 	var owed bool
