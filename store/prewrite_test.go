@@ -211,14 +211,43 @@ func TestPreparedCommitSkipsSegmentSync(t *testing.T) {
 	})
 }
 
-// A write error while preparing is kept and returned where the value is stored; nothing of it
-// is committed.
+// Concurrent preparers share their fsyncs: one group fdatasync covers all who wrote before it.
+func TestPreparersShareFsync(t *testing.T) {
+	db, _ := openTest(t)
+	var syncs atomic.Int64
+	testHookFsync = func(uint32) error { syncs.Add(1); return nil }
+	defer func() { testHookFsync = nil }()
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	ps := make([]*Prepared, 40)
+	for i := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			ps[i] = db.Prepare(mail(i))
+		}()
+	}
+	close(start)
+	wg.Wait()
+	t.Logf("40 preparers, %d fsyncs", syncs.Load())
+	if n := syncs.Load(); n == 0 || n >= 40 {
+		t.Errorf("40 preparers made %d fsyncs", n)
+	}
+	for i, p := range ps {
+		if p.err != nil || p.blob == nil {
+			t.Fatalf("prepare %d: %v", i, p.err)
+		}
+	}
+}
+
+// A failed fsync while preparing is kept and returned where the value is stored; nothing of it
+// is committed, and a value prepared after the failure is stored normally.
 func TestPrepareErrorIsReturnedByPut(t *testing.T) {
 	db, _ := openTest(t)
-	db.segs.group.mu.Lock()
-	db.segs.group.err = errors.New("injected fsync failure")
-	db.segs.group.mu.Unlock()
+	testHookFsync = func(uint32) error { return errors.New("injected fsync failure") }
 	p := db.Prepare(mail(1))
+	testHookFsync = nil
 	err := db.Batch(func(tx *Tx) error { return tx.PutScopedPrepared(1, "raw", U64(1), p) })
 	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("injected fsync failure")) {
 		t.Fatalf("store of a value whose blob did not sync: %v", err)
@@ -226,6 +255,14 @@ func TestPrepareErrorIsReturnedByPut(t *testing.T) {
 	db.View(func(tx *Tx) error {
 		if v, _ := tx.GetPlain("raw", U64(1)); v != nil {
 			t.Error("a reference to an unsynced blob was committed")
+		}
+		return nil
+	})
+	p = db.Prepare(mail(2))
+	putPrepared(t, db, 1, "raw", U64(2), p)
+	db.View(func(tx *Tx) error {
+		if v, err := tx.GetScoped(1, "raw", U64(2)); err != nil || !bytes.HasPrefix(v, []byte("Subject: order 2\r\n")) {
+			t.Errorf("value prepared after the failure: %v", err)
 		}
 		return nil
 	})

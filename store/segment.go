@@ -90,18 +90,21 @@ type segments struct {
 }
 
 // groupSync makes the blobs of concurrent preparers durable with one fdatasync per segment
-// file for all who wrote before it began, while each of them waits for the first sync that
-// started after its write.
+// file for all who wrote before it began: a preparer joins the pending round, and whoever finds
+// no round running starts the pending one.
 type groupSync struct {
 	mu      sync.Mutex
 	cond    sync.Cond
-	seq     uint64 // writes registered
-	done    uint64 // writes covered by a finished sync
 	running bool
-	files   map[uint32]bool
-	// err sticks: after a failed fdatasync the kernel may have dropped the dirty pages and
-	// a later sync would report success for data that is gone.
-	err error
+	pending *syncRound // the round that will cover writes registered now
+}
+
+// syncRound is one group fdatasync. Its error goes to the preparers it covered only: the
+// pages a failed flush dropped are theirs, and the next round flushes what was written after.
+type syncRound struct {
+	files map[uint32]bool
+	done  bool
+	err   error
 }
 
 // segMark is a position in the segments: the active segment and the offset of its end.
@@ -481,7 +484,15 @@ func (sg *segments) sync() error {
 	return nil
 }
 
+// testHookFsync, when set, fails the fdatasync of a segment (tests).
+var testHookFsync func(id uint32) error
+
 func (sg *segments) fdatasync(id uint32) error {
+	if testHookFsync != nil {
+		if err := testHookFsync(id); err != nil {
+			return fmt.Errorf("fsync segment %d: %w", id, err)
+		}
+	}
 	f, err := sg.file(id)
 	if err != nil {
 		return err
@@ -508,26 +519,21 @@ func (sg *segments) durable(seg uint32) error {
 	g := &sg.group
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.seq++
-	my := g.seq
-	if g.files == nil {
-		g.files = map[uint32]bool{}
+	if g.pending == nil {
+		g.pending = &syncRound{files: map[uint32]bool{}}
 	}
-	g.files[seg] = true
-	for g.done < my {
-		if g.err != nil {
-			return g.err
-		}
+	r := g.pending
+	r.files[seg] = true
+	for !r.done {
 		if g.running {
 			g.cond.Wait()
 			continue
 		}
-		g.running = true
-		target, files := g.seq, g.files
-		g.files = nil
+		// No round runs and r is not done, so r is the pending round: start it.
+		g.pending, g.running = nil, true
 		g.mu.Unlock()
 		var err error
-		for id := range files {
+		for id := range r.files {
 			if err = sg.fdatasync(id); err != nil {
 				if sg.isGone(id) {
 					err = nil // removed by compaction: a blob there will not be referenced
@@ -537,15 +543,10 @@ func (sg *segments) durable(seg uint32) error {
 			}
 		}
 		g.mu.Lock()
-		g.running = false
-		if err != nil {
-			g.err = err
-		} else {
-			g.done = target
-		}
+		r.err, r.done, g.running = err, true, false
 		g.cond.Broadcast()
 	}
-	return nil
+	return r.err
 }
 
 func (sg *segments) isGone(id uint32) bool {
