@@ -592,7 +592,9 @@ func BenchmarkPrepareBatch8(b *testing.B) {
 }
 
 func benchPrepareBatch(b *testing.B, mode string, writers int) {
-	var commits, busy atomic.Int64
+	var commits, busy, fsyncs atomic.Int64
+	testHookFsync = func(uint32) error { fsyncs.Add(1); return nil }
+	defer func() { testHookFsync = nil }()
 	db, err := Open(filepath.Join(b.TempDir(), "b.db"), testKey(1), Options{OnCommit: func(_ int, took time.Duration) {
 		commits.Add(1)
 		busy.Add(int64(took))
@@ -624,4 +626,6 @@ func benchPrepareBatch(b *testing.B, mode string, writers int) {
 	b.ReportMetric(float64(commits.Load())/el, "commits/s")
 	b.ReportMetric(float64(b.N)/el, "writes/s")
 	b.ReportMetric(float64(busy.Load())/1e3/float64(b.N), "loop-us/write")
+	b.ReportMetric(float64(b.N)/float64(commits.Load()), "writes/commit")
+	b.ReportMetric(float64(fsyncs.Load())/float64(b.N), "segfsyncs/write")
 }
