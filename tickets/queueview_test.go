@@ -367,3 +367,42 @@ func TestPurgeTakesTicketOutOfTheIndex(t *testing.T) {
 		t.Fatalf("after: %v", ids(r.Tickets))
 	}
 }
+
+// A pass works out its new chunks before it takes the write lock. A purge that commits in
+// between must still keep the purged ticket out of the lists, and the other messages of the
+// pass must still be indexed.
+func TestPurgeDuringIndexPassStaysOut(t *testing.T) {
+	e := newEnv(t)
+	admin := agentA
+	admin.Role = access.RoleAdmin
+	gone := e.ingest(t, msgText("z@customer.example", "zanzibar divorce", "z1@customer.example"), true).Ticket
+	kept := e.ingest(t, msgText("k@customer.example", "divorce lawyer", "k1@customer.example"), true).Ticket
+	purged := false
+	testHookIndexPlanned = func() {
+		if !purged {
+			purged = true
+			if err := e.svc.Purge(admin, gone); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer func() { testHookIndexPlanned = nil }()
+	if err := e.svc.indexPending(); err != nil {
+		t.Fatal(err)
+	}
+	if !purged {
+		t.Fatal("no pass ran between the ingest and the check (the test would prove nothing)")
+	}
+	for _, w := range []string{"divorce", "zanzibar", "z@customer.example"} {
+		var found []uint64
+		e.db.View(func(tx *store.Tx) error {
+			return postings(tx, token(e.svc.searchKey("support"), w), func(id uint64) { found = append(found, id) })
+		})
+		if slices.Contains(found, gone) {
+			t.Errorf("the index lists ticket %d, purged during the pass, under %q", gone, w)
+		}
+	}
+	if r := e.work(t, ListQuery{Search: "divorce", View: ViewAll}); !slices.Equal(ids(r.Tickets), []uint64{kept}) {
+		t.Fatalf("divorce: %v, want [%d]", ids(r.Tickets), kept)
+	}
+}

@@ -266,32 +266,11 @@ func (s *Service) indexPending() error {
 		if err != nil || len(items) == 0 {
 			return err
 		}
-		err = s.db.Update(func(tx *store.Tx) error {
-			byTok := map[string][]uint64{}
-			for _, it := range items {
-				v, err := tx.GetPlain(bSearchPending, it.key)
-				if err != nil {
-					return err
-				}
-				if v == nil {
-					continue // purged since it was read: its id must not come back into the lists
-				}
-				for _, tok := range it.toks {
-					if l := byTok[string(tok)]; len(l) == 0 || l[len(l)-1] != it.id {
-						byTok[string(tok)] = append(l, it.id)
-					}
-				}
-				if err := tx.Delete(bSearchPending, it.key); err != nil {
-					return err
-				}
-			}
-			for tok, ids := range byTok {
-				if err := appendPostings(tx, []byte(tok), ids); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
+		batch := make([]indexItem, len(items))
+		for i, it := range items {
+			batch[i] = indexItem{key: it.key, id: it.id, toks: it.toks}
+		}
+		err = s.mergePostings(batch)
 		if err != nil || len(items) < 500 {
 			return err
 		}
@@ -300,6 +279,9 @@ func (s *Service) indexPending() error {
 
 // indexMessage adds m's words to the index inside the caller's transaction.
 func (s *Service) indexMessage(tx *store.Tx, t *Ticket, m *Message) error {
+	if err := bumpIndexEpoch(tx); err != nil {
+		return err
+	}
 	key := s.searchKey(t.Queue)
 	for w := range indexWords(t, m) {
 		if err := appendPostings(tx, token(key, w), []uint64{t.ID}); err != nil {
@@ -309,9 +291,12 @@ func (s *Service) indexMessage(tx *store.Tx, t *Ticket, m *Message) error {
 	return nil
 }
 
-// appendPostings adds ids to token tok's list: into its last chunk, then new chunks. Each
-// chunk is opened and sealed once per call, however many ids join it.
-func appendPostings(tx *store.Tx, tok []byte, ids []uint64) error {
+// chunkWrite is one posting chunk's new content: key token|U32(chunk), value its ids.
+type chunkWrite struct{ key, ids []byte }
+
+// planPostings works out the chunk writes that add ids to token tok's list: into its last
+// chunk, then new chunks. It only reads, so it can run in a read transaction.
+func planPostings(tx *store.Tx, tok []byte, ids []uint64) ([]chunkWrite, error) {
 	c := tx.Cursor(bSearch)
 	end := binary.BigEndian.AppendUint32(append([]byte(nil), tok...), 0xffffffff)
 	k := c.Seek(end)
@@ -326,31 +311,38 @@ func appendPostings(tx *store.Tx, tok []byte, ids []uint64) error {
 		n = binary.BigEndian.Uint32(k[16:])
 		v, err := tx.Get(bSearch, k)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		chunk = v
 	}
-	have := map[uint64]bool{}
+	have := make(map[uint64]bool, len(chunk)/8+len(ids))
 	for i := 0; i+8 <= len(chunk); i += 8 {
 		have[store.FromU64(chunk[i:])] = true
 	}
+	var out []chunkWrite
 	dirty := false
 	for _, id := range ids {
 		if have[id] {
 			continue // already there: another message of the same ticket
 		}
 		if len(chunk)/8 >= chunkIDs {
-			if err := tx.Put(bSearch, binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), chunk); err != nil {
-				return err
-			}
+			out = append(out, chunkWrite{binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), chunk})
 			n++
-			chunk, have, dirty = nil, map[uint64]bool{}, false
+			chunk, dirty = nil, false
 		}
 		chunk = append(chunk, store.U64(id)...)
 		have[id] = true
 		dirty = true
 	}
-	if !dirty {
+	if dirty {
+		out = append(out, chunkWrite{binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), chunk})
+	}
+	return out, nil
+}
+
+// putChunks stores planned chunk writes of token tok.
+func putChunks(tx *store.Tx, tok []byte, writes []chunkWrite) error {
+	if len(writes) == 0 {
 		return nil
 	}
 	// Dropped now, so no search between this commit and its callback can take the cached list
@@ -359,7 +351,141 @@ func appendPostings(tx *store.Tx, tok []byte, ids []uint64) error {
 	pc.drop(tok)
 	t := string(tok)
 	tx.OnCommit(func() { pc.drop([]byte(t)) })
-	return tx.Put(bSearch, binary.BigEndian.AppendUint32(append([]byte(nil), tok...), n), chunk)
+	for _, w := range writes {
+		if err := tx.Put(bSearch, w.key, w.ids); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// appendPostings adds ids to token tok's list inside the caller's write transaction. Each
+// chunk is opened and sealed once per call, however many ids join it.
+func appendPostings(tx *store.Tx, tok []byte, ids []uint64) error {
+	writes, err := planPostings(tx, tok, ids)
+	if err != nil {
+		return err
+	}
+	return putChunks(tx, tok, writes)
+}
+
+// indexEpochKey (in bSearchState) counts the transactions that change posting chunks outside
+// a pass of indexPending: purges and the start-up migration.
+var indexEpochKey = []byte("epoch")
+
+// bumpIndexEpoch marks, inside tx, that it changes posting chunks on its own.
+func bumpIndexEpoch(tx *store.Tx) error {
+	v, err := tx.GetPlain(bSearchState, indexEpochKey)
+	if err != nil {
+		return err
+	}
+	var n uint64
+	if len(v) == 8 {
+		n = store.FromU64(v)
+	}
+	return tx.PutPlain(bSearchState, indexEpochKey, store.U64(n+1))
+}
+
+func indexEpoch(tx *store.Tx) ([]byte, error) { return tx.GetPlain(bSearchState, indexEpochKey) }
+
+// testHookIndexPlanned runs between a pass's read and write transactions (tests).
+var testHookIndexPlanned func()
+
+// indexItem is one pending message for mergePostings: its pending key, its ticket and the
+// tokens of its words.
+type indexItem struct {
+	key  []byte
+	id   uint64
+	toks [][]byte
+}
+
+// byToken groups the ticket ids of items by token, each list in the items' order without
+// repeats of a ticket.
+func byToken(items []indexItem) map[string][]uint64 {
+	out := map[string][]uint64{}
+	for _, it := range items {
+		for _, tok := range it.toks {
+			if l := out[string(tok)]; len(l) == 0 || l[len(l)-1] != it.id {
+				out[string(tok)] = append(l, it.id)
+			}
+		}
+	}
+	return out
+}
+
+// mergePostings adds the items' ids to their tokens' lists and removes their pending keys, in
+// one commit. The new chunks are worked out in a read transaction first (opening each token's
+// last chunk and merging), so the write transaction, which every mail writer waits on, only
+// stores them: merging a few thousand words under the write lock held it for tens of
+// milliseconds, and every message arriving meanwhile waited that long for its 250. Passes
+// run one at a time (postingCache.indexing), so no other pass appends between the read and the
+// write. Purges and the start-up migration change chunks on their own and move the epoch;
+// when it moved, the pass merges under the write lock as before.
+func (s *Service) mergePostings(items []indexItem) error {
+	byTok := byToken(items)
+	toks := make([]string, 0, len(byTok))
+	for tok := range byTok {
+		toks = append(toks, tok)
+	}
+	slices.Sort(toks) // the write transaction then visits the B-tree in order
+	var epoch []byte
+	planned := make(map[string][]chunkWrite, len(toks))
+	err := s.db.View(func(tx *store.Tx) error {
+		var err error
+		if epoch, err = indexEpoch(tx); err != nil {
+			return err
+		}
+		for _, tok := range toks {
+			w, err := planPostings(tx, []byte(tok), byTok[tok])
+			if err != nil {
+				return err
+			}
+			planned[tok] = w
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if testHookIndexPlanned != nil {
+		testHookIndexPlanned()
+	}
+	return s.db.Update(func(tx *store.Tx) error {
+		now, err := indexEpoch(tx)
+		if err != nil {
+			return err
+		}
+		stale := string(now) != string(epoch)
+		live := items[:0:0]
+		for _, it := range items {
+			v, err := tx.GetPlain(bSearchPending, it.key)
+			if err != nil {
+				return err
+			}
+			if v == nil {
+				stale = true // purged since it was read: its id must not come back into the lists
+				continue
+			}
+			if err := tx.Delete(bSearchPending, it.key); err != nil {
+				return err
+			}
+			live = append(live, it)
+		}
+		if stale {
+			for tok, ids := range byToken(live) {
+				if err := appendPostings(tx, []byte(tok), ids); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		for _, tok := range toks {
+			if err := putChunks(tx, []byte(tok), planned[tok]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // unindexMessage takes ticket t out of the lists of m's words (a purge): with the master key,
@@ -367,6 +493,9 @@ func appendPostings(tx *store.Tx, tok []byte, ids []uint64) error {
 // in them. A message still waiting to be indexed is simply dropped from the queue.
 func (s *Service) unindexMessage(tx *store.Tx, t *Ticket, m *Message) error {
 	if err := tx.Delete(bSearchPending, mkey(t.ID, m.Seq)); err != nil {
+		return err
+	}
+	if err := bumpIndexEpoch(tx); err != nil {
 		return err
 	}
 	key := s.searchKey(t.Queue)

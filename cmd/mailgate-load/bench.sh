@@ -11,6 +11,8 @@
 #
 #   bash cmd/mailgate-load/bench.sh                          # the documented run (~166,000 messages)
 #   N=2000 STORED=5000 M=1000 bash cmd/mailgate-load/bench.sh   # a quick look
+#   MAILGATE=/tmp/old/mailgate N=10000 STORED=200 M=200 ROUNDS=1 bash cmd/mailgate-load/bench.sh
+#                                                              # another build of mailgate
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -32,7 +34,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-go build -o "$WORK/mailgate" ./cmd/mailgate
+# MAILGATE=path/to/mailgate measures a binary built elsewhere (an A/B against another commit).
+if [ -n "${MAILGATE:-}" ]; then cp "$MAILGATE" "$WORK/mailgate"; else go build -o "$WORK/mailgate" ./cmd/mailgate; fi
 go build -o "$WORK/mailgate-load" ./cmd/mailgate-load
 
 # start NAME ADDR: a daemon with its own data dir and key; sets $started to its pid.
