@@ -63,8 +63,6 @@ func (b *batcher) loop() {
 
 func (b *batcher) commit(calls []*call) {
 	start, n := time.Now(), len(calls)
-	// Blobs prepared lazily by these calls are flushed while their closures run.
-	b.db.segs.kick()
 	for len(calls) > 0 {
 		err := b.db.update(func(btx *bolt.Tx) error {
 			for i, c := range calls {

@@ -582,7 +582,7 @@ func benchValue() []byte {
 // daemon's ingest rate once other work shares the loop; /32 runs 32 writers.
 func BenchmarkPrepareBatch8(b *testing.B) {
 	for _, writers := range []int{8, 32} {
-		for _, mode := range []string{"intx", "prewrite", "lazy"} {
+		for _, mode := range []string{"intx", "prewrite"} {
 			name := mode
 			if writers != 8 {
 				name = fmt.Sprintf("%s/%d", mode, writers)
@@ -591,7 +591,7 @@ func BenchmarkPrepareBatch8(b *testing.B) {
 		}
 	}
 	// With 0.3 ms of CPU per write inside the transaction, as the daemon's Ingest closures take.
-	for _, mode := range []string{"intx", "prewrite", "lazy"} {
+	for _, mode := range []string{"intx", "prewrite"} {
 		b.Run(mode+"/work", func(b *testing.B) { benchPrepareBatch(b, mode, 8, 300*time.Microsecond) })
 	}
 }
@@ -625,12 +625,9 @@ func benchPrepareBatch(b *testing.B, mode string, writers int, work time.Duratio
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			var p *Prepared
-			switch mode {
-			case "intx":
+			if mode == "intx" {
 				p = Prepare(val)
-			case "lazy":
-				p = db.prepare(val, true)
-			default:
+			} else {
 				p = db.Prepare(val)
 			}
 			n := seq.Add(1)

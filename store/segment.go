@@ -84,7 +84,6 @@ type segments struct {
 	txDirty map[uint32]bool  // segments the transaction appended to, to fsync before commit
 	txEnd   segMark          // end of the furthest blob the transaction references
 	txRefs  bool             // the transaction stored a blob reference
-	txWait  []*syncRound     // group rounds that must finish before the commit (lazy prepares)
 	stores  map[uint32]int64 // prepared references stored into each segment, for compaction
 
 	group groupSync
@@ -350,7 +349,7 @@ func (sg *segments) begin() {
 	sg.wmu.Lock()
 	sg.txMark, sg.txResv = segMark{sg.active, sg.pos}, sg.resv
 	sg.wmu.Unlock()
-	sg.txOwn, sg.txDirty, sg.txEnd, sg.txRefs, sg.txWait = 0, nil, segMark{}, false, nil
+	sg.txOwn, sg.txDirty, sg.txEnd, sg.txRefs = 0, nil, segMark{}, false
 }
 
 // rollback forgets what a transaction that did not commit appended: the next writer writes over
@@ -361,7 +360,7 @@ func (sg *segments) rollback() {
 		sg.pos = sg.txMark.pos
 	}
 	sg.wmu.Unlock()
-	sg.txOwn, sg.txDirty, sg.txEnd, sg.txRefs, sg.txWait = 0, nil, segMark{}, false, nil
+	sg.txOwn, sg.txDirty, sg.txEnd, sg.txRefs = 0, nil, segMark{}, false
 }
 
 // referenced notes that the transaction stores a reference to the blob that ends at end.
@@ -470,11 +469,6 @@ var testHookSegmentSync func()
 
 // sync makes the transaction's appends durable; it runs before bbolt commits.
 func (sg *segments) sync() error {
-	for _, r := range sg.txWait {
-		if err := sg.wait(r); err != nil {
-			return err
-		}
-	}
 	if len(sg.txDirty) == 0 {
 		return nil
 	}
@@ -522,26 +516,14 @@ func (sg *segments) fdatasync(id uint32) error {
 // durable returns once what a preparer wrote to segment seg is on disk: the first group sync
 // that begins after the call covers it, and one preparer runs that sync for everyone waiting.
 func (sg *segments) durable(seg uint32) error {
-	return sg.wait(sg.register(seg))
-}
-
-// register enters a write to segment seg, finished by the caller, in the pending group round.
-func (sg *segments) register(seg uint32) *syncRound {
 	g := &sg.group
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.pending == nil {
 		g.pending = &syncRound{files: map[uint32]bool{}}
 	}
-	g.pending.files[seg] = true
-	return g.pending
-}
-
-// wait returns once round r has run, running it if no round is running.
-func (sg *segments) wait(r *syncRound) error {
-	g := &sg.group
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	r := g.pending
+	r.files[seg] = true
 	for !r.done {
 		if g.running {
 			g.cond.Wait()
@@ -565,17 +547,6 @@ func (sg *segments) wait(r *syncRound) error {
 		g.cond.Broadcast()
 	}
 	return r.err
-}
-
-// kick starts the pending group round in the background, if there is one and none runs.
-func (sg *segments) kick() {
-	g := &sg.group
-	g.mu.Lock()
-	r := g.pending
-	g.mu.Unlock()
-	if r != nil {
-		go sg.wait(r)
-	}
 }
 
 func (sg *segments) isGone(id uint32) bool {

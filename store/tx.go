@@ -69,7 +69,6 @@ type Prepared struct {
 	val, c []byte
 	db     *DB
 	blob   *blobKeyRef // nil unless written ahead
-	round  *syncRound  // lazy: the group sync the commit must wait for
 	err    error       // writing it ahead failed: PutScopedPrepared returns it
 }
 
@@ -90,12 +89,7 @@ var testHookPrepared func()
 // adds a reference and its commit waits for no segment fsync. The fsync is shared with the
 // other callers preparing at the same time. A Prepared that is never stored leaves its blob
 // orphaned, for compaction to reclaim; an error is kept for PutScopedPrepared to return.
-func (db *DB) Prepare(val []byte) *Prepared { return db.prepare(val, false) }
-
-// prepare is Prepare; lazy leaves the fsync to the group round that the transaction storing
-// the value waits for before it commits (started when the batch begins), instead of waiting
-// for it here. Only the benchmarks use it, to compare.
-func (db *DB) prepare(val []byte, lazy bool) *Prepared {
+func (db *DB) Prepare(val []byte) *Prepared {
 	p := Prepare(val)
 	if len(val) < blobMin || db.segs.readOnly {
 		return p
@@ -110,9 +104,7 @@ func (db *DB) prepare(val []byte, lazy bool) *Prepared {
 	if err == nil {
 		err = db.segs.writeAt(seg, newSealer(key).sealAs(blobRefFormat, p.c, blobKeyAD(seg, off)), off)
 	}
-	if err == nil && lazy {
-		p.round = db.segs.register(seg)
-	} else if err == nil {
+	if err == nil {
 		err = db.segs.durable(seg)
 	}
 	if err != nil {
@@ -145,9 +137,6 @@ func (tx *Tx) PutScopedPrepared(scope uint64, bucket string, key []byte, p *Prep
 		}
 		sg.stores[b.seg]++
 		sg.referenced(b.seg, b.off+int64(b.n))
-		if p.round != nil {
-			sg.txWait = append(sg.txWait, p.round)
-		}
 		return tx.PutPlain(bucket, key, sealRef(s, scope, ad(bucket, key, scope), *b))
 	}
 	// Not written ahead, or into a segment compaction removed since: written here.
