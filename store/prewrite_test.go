@@ -242,6 +242,41 @@ func TestPreparersShareFsync(t *testing.T) {
 	}
 }
 
+// The blobs of one message (raw mail, attachments) are written first and made durable by one
+// fsync, not one each; a short value among them is only compressed.
+func TestPrepareAllWaitsOnce(t *testing.T) {
+	db, _ := openTest(t)
+	var syncs atomic.Int64
+	testHookFsync = func(uint32) error { syncs.Add(1); return nil }
+	defer func() { testHookFsync = nil }()
+	ps := db.PrepareAll([][]byte{mail(1), []byte("short"), mail(2), mail(3)})
+	if n := syncs.Load(); n != 1 {
+		t.Errorf("4 values of one message took %d fsyncs", n)
+	}
+	if ps[1].blob != nil || ps[0].blob == nil || ps[3].blob == nil {
+		t.Fatalf("blobs: %v %v %v", ps[0].blob, ps[1].blob, ps[3].blob)
+	}
+	err := db.Batch(func(tx *Tx) error {
+		for i, p := range ps {
+			if err := tx.PutScopedPrepared(1, "raw", U64(uint64(i)), p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.View(func(tx *Tx) error {
+		for i, want := range []string{"Subject: order 1\r\n", "short", "Subject: order 2\r\n", "Subject: order 3\r\n"} {
+			if v, err := tx.GetScoped(1, "raw", U64(uint64(i))); err != nil || !bytes.HasPrefix(v, []byte(want)) {
+				t.Errorf("value %d: %v", i, err)
+			}
+		}
+		return nil
+	})
+}
+
 // A failed fsync while preparing is kept and returned where the value is stored; nothing of it
 // is committed, and a value prepared after the failure is stored normally.
 func TestPrepareErrorIsReturnedByPut(t *testing.T) {

@@ -516,14 +516,26 @@ func (sg *segments) fdatasync(id uint32) error {
 // durable returns once what a preparer wrote to segment seg is on disk: the first group sync
 // that begins after the call covers it, and one preparer runs that sync for everyone waiting.
 func (sg *segments) durable(seg uint32) error {
+	return sg.wait(sg.register(seg))
+}
+
+// register enters a finished write to segment seg in the pending group round.
+func (sg *segments) register(seg uint32) *syncRound {
 	g := &sg.group
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.pending == nil {
 		g.pending = &syncRound{files: map[uint32]bool{}}
 	}
-	r := g.pending
-	r.files[seg] = true
+	g.pending.files[seg] = true
+	return g.pending
+}
+
+// wait returns once round r has run, running it if no round is running.
+func (sg *segments) wait(r *syncRound) error {
+	g := &sg.group
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	for !r.done {
 		if g.running {
 			g.cond.Wait()

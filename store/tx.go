@@ -81,41 +81,57 @@ func Prepare(val []byte) *Prepared {
 	return p
 }
 
-// testHookPrepared runs when DB.Prepare has made a blob durable (crash tests).
-var testHookPrepared func()
-
 // Prepare is Prepare that, for a value that will be a blob, also seals it under a fresh key of
 // its own and writes and fsyncs it before returning, so the transaction that stores it only
 // adds a reference and its commit waits for no segment fsync. The fsync is shared with the
 // other callers preparing at the same time. A Prepared that is never stored leaves its blob
 // orphaned, for compaction to reclaim; an error is kept for PutScopedPrepared to return.
 func (db *DB) Prepare(val []byte) *Prepared {
+	return db.PrepareAll([][]byte{val})[0]
+}
+
+// PrepareAll is Prepare for the values of one message (raw mail, attachments): all are
+// written first, then one wait covers them.
+func (db *DB) PrepareAll(vals [][]byte) []*Prepared {
+	ps := make([]*Prepared, len(vals))
+	rounds := make([]*syncRound, len(vals))
+	for i, val := range vals {
+		ps[i], rounds[i] = db.prepareWrite(val)
+	}
+	for i, r := range rounds {
+		if r == nil {
+			continue
+		}
+		if err := db.segs.wait(r); err != nil {
+			ps[i].err, ps[i].db, ps[i].blob = fmt.Errorf("prepare blob: %w", err), nil, nil
+		}
+	}
+	return ps
+}
+
+// prepareWrite compresses val and, when it will be a blob, seals and writes it; the round is
+// the group sync that makes it durable, nil when there is nothing to wait for.
+func (db *DB) prepareWrite(val []byte) (*Prepared, *syncRound) {
 	p := Prepare(val)
 	if len(val) < blobMin || db.segs.readOnly {
-		return p
+		return p, nil
 	}
 	key := make([]byte, KeySize)
 	if _, err := rand.Read(key); err != nil {
 		p.err = err
-		return p
+		return p, nil
 	}
 	n := len(p.c) + sealOverhead
 	seg, off, err := db.segs.reserve(n)
 	if err == nil {
 		err = db.segs.writeAt(seg, newSealer(key).sealAs(blobRefFormat, p.c, blobKeyAD(seg, off)), off)
 	}
-	if err == nil {
-		err = db.segs.durable(seg)
-	}
 	if err != nil {
 		p.err = fmt.Errorf("prepare blob: %w", err)
-		return p
+		return p, nil
 	}
 	p.db, p.blob = db, &blobKeyRef{seg: seg, off: off, n: n, key: key}
-	if testHookPrepared != nil {
-		testHookPrepared()
-	}
-	return p
+	return p, db.segs.register(seg)
 }
 
 // PutScopedPrepared is PutScoped with the compression, and for a blob from DB.Prepare the

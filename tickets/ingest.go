@@ -100,13 +100,18 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	// Compressed, and when large written to a segment and fsynced, here, by this message's
 	// goroutine, not inside the commit every writer waits on. A duplicate leaves the blobs
 	// orphaned for compaction.
+	vals := make([][]byte, 0, 1+len(p.Attachments))
+	for _, a := range p.Attachments {
+		vals = append(vals, a.Data)
+	}
+	if in.Raw != nil {
+		vals = append(vals, in.Raw)
+	}
+	atts := s.db.PrepareAll(vals)
 	var raw *store.Prepared
 	if in.Raw != nil {
-		raw = s.db.Prepare(in.Raw)
-	}
-	atts := make([]*store.Prepared, len(p.Attachments))
-	for i, a := range p.Attachments {
-		atts[i] = s.db.Prepare(a.Data)
+		raw = atts[len(atts)-1]
+		atts = atts[:len(atts)-1]
 	}
 	var res Result
 	var owed bool
