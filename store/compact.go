@@ -19,13 +19,19 @@ type CompactStats struct {
 const compactBatch = 200
 
 // CompactSegments reclaims the space of blobs no record references any more (purged tickets,
-// rewritten records, delivered outbound mail). It counts the live bytes of every closed segment
-// against the references in the database; a segment with nothing live is removed, one that is
-// less than half live has its live blobs copied to the active segment (re-sealed for their new
-// place, committed like any write) and is then removed. A crash at any point leaves either the
-// old reference and the old segment, or the new reference and a segment with nothing live that
-// the next run removes. Removed files stay open for read transactions that began before the
-// move, and are closed on the next run. It runs in the background, never on the mail path.
+// rewritten records, delivered outbound mail, prepared values never stored). It counts the live
+// bytes of every closed segment against the references in the database; a segment with nothing
+// live is removed, one that is less than half live has its live blobs copied to the active
+// segment (re-sealed for their new place, committed like any write) and is then removed. A
+// crash at any point leaves either the old reference and the old segment, or the new reference
+// and a segment with nothing live that the next run removes. Removed files stay open for read
+// transactions that began before the move, and are closed on the next run. It runs in the
+// background, never on the mail path.
+//
+// A value prepared ahead (DB.Prepare) may hold a place in a closed segment and have its
+// reference committed only after the scan: the count of such references stored into each
+// segment is taken in a write transaction before the scan and checked again in the write
+// transaction that removes the segment, which is kept when the count moved.
 func (db *DB) CompactSegments() (CompactStats, error) {
 	db.maint.Lock()
 	defer db.maint.Unlock()
@@ -35,6 +41,17 @@ func (db *DB) CompactSegments() (CompactStats, error) {
 	}
 	db.segs.closeRetired()
 
+	stores := map[uint32]int64{}
+	if err := db.Update(func(*Tx) error {
+		clear(stores)
+		for id, n := range db.segs.stores {
+			stores[id] = n
+		}
+		return nil
+	}); err != nil {
+		return st, err
+	}
+
 	type loc struct {
 		bucket string
 		key    []byte
@@ -42,7 +59,8 @@ func (db *DB) CompactSegments() (CompactStats, error) {
 	live := map[uint32]int64{}
 	refs := map[uint32][]loc{}
 	var tail segMark
-	err := db.bolt.View(func(btx *bolt.Tx) error {
+	err := db.View(func(tx *Tx) error {
+		btx := tx.btx
 		tail = segMark{seg: 1}
 		if meta := btx.Bucket([]byte(metaBucket)); meta != nil {
 			tail, _ = parseMark(meta.Get(segTailKey))
@@ -52,16 +70,29 @@ func (db *DB) CompactSegments() (CompactStats, error) {
 				return nil
 			}
 			return b.ForEach(func(k, v []byte) error {
-				if len(v) != refLen || v[0] != refFormat {
+				var seg uint32
+				var n int
+				switch {
+				case len(v) == refLen && v[0] == refFormat:
+					r, err := parseRef(v)
+					if err != nil {
+						return nil
+					}
+					seg, n = r.seg, r.n
+				case len(v) == blobRefLen && v[0] == blobRefFormat:
+					// A reference that does not open (its scope destroyed, or tampered
+					// with) makes its blob unreadable anyway: it keeps nothing live.
+					r, ok := tx.openBlobRef(string(name), k, v)
+					if !ok {
+						return nil
+					}
+					seg, n = r.seg, r.n
+				default:
 					return nil
 				}
-				r, err := parseRef(v)
-				if err != nil {
-					return nil
-				}
-				live[r.seg] += int64(r.n)
-				if r.seg < tail.seg {
-					refs[r.seg] = append(refs[r.seg], loc{string(name), append([]byte(nil), k...)})
+				live[seg] += int64(n)
+				if seg < tail.seg {
+					refs[seg] = append(refs[seg], loc{string(name), append([]byte(nil), k...)})
 				}
 				return nil
 			})
@@ -69,6 +100,9 @@ func (db *DB) CompactSegments() (CompactStats, error) {
 	})
 	if err != nil {
 		return st, err
+	}
+	if testHookCompactScanned != nil {
+		testHookCompactScanned()
 	}
 	ids, err := db.segs.list()
 	if err != nil {
@@ -110,20 +144,54 @@ func (db *DB) CompactSegments() (CompactStats, error) {
 			}
 			st.Moved += moved
 		}
-		if err := db.segs.retire(id); err != nil {
+		removed := false
+		err = db.Update(func(*Tx) error {
+			if db.segs.stores[id] != stores[id] {
+				return nil // a prepared reference committed since the scan: next run
+			}
+			removed = true
+			return db.segs.retire(id)
+		})
+		if err != nil {
 			return st, err
 		}
-		st.Segments++
-		st.Reclaimed += fi.Size()
+		if removed {
+			st.Segments++
+			st.Reclaimed += fi.Size()
+		}
 	}
 	return st, nil
+}
+
+// testHookCompactScanned runs after compaction has counted the live blobs (tests).
+var testHookCompactScanned func()
+
+// openBlobRef opens the sealed reference v at bucket/key with the key of the scope it names;
+// ok is false when that does not open it.
+func (tx *Tx) openBlobRef(bucket string, key, v []byte) (r blobKeyRef, ok bool) {
+	scope, _ := refScope(v)
+	s := tx.db.data
+	if scope != 0 {
+		var err error
+		if s, err = tx.scope(scope, false); err != nil {
+			return r, false
+		}
+	}
+	r, err := openRef(s, ad(bucket, key, scope), v)
+	return r, err == nil
 }
 
 // moveBlob re-seals the blob of bucket/key into the active segment if it still lives in seg.
 func (tx *Tx) moveBlob(bucket string, key []byte, seg uint32) (bool, error) {
 	v, err := tx.GetPlain(bucket, key)
-	if err != nil || len(v) != refLen || v[0] != refFormat {
+	if err != nil || len(v) == 0 {
 		return false, err
+	}
+	if v[0] == blobRefFormat {
+		return tx.moveKeyBlob(bucket, key, v, seg)
+	}
+	if len(v) != refLen || v[0] != refFormat {
+		return false, nil
 	}
 	r, err := parseRef(v)
 	if err != nil || r.seg != seg {
@@ -145,4 +213,27 @@ func (tx *Tx) moveBlob(bucket string, key []byte, seg uint32) (bool, error) {
 		return false, fmt.Errorf("%s/%x: %w", bucket, key, err)
 	}
 	return true, tx.putBlob(s, r.scope, bucket, key, a, c)
+}
+
+// moveKeyBlob moves a prepared blob: re-sealed under a new key of its own at its new place,
+// with a new sealed reference.
+func (tx *Tx) moveKeyBlob(bucket string, key, v []byte, seg uint32) (bool, error) {
+	scope, _ := refScope(v)
+	s := tx.db.data
+	if scope != 0 {
+		var err error
+		if s, err = tx.scope(scope, false); err != nil {
+			return false, nil // destroyed since the scan: nothing to keep
+		}
+	}
+	a := ad(bucket, key, scope)
+	r, err := openRef(s, a, v)
+	if err != nil || r.seg != seg {
+		return false, nil
+	}
+	c, _, err := tx.db.openKeyBlob(s, a, v)
+	if err != nil {
+		return false, fmt.Errorf("%s/%x: %w", bucket, key, err)
+	}
+	return true, tx.putKeyBlob(s, scope, bucket, key, a, c)
 }

@@ -17,6 +17,9 @@ const (
 	zstdFormat = 2
 	// refFormat: a plain reference to a sealed, compressed blob in a segment file (segment.go).
 	refFormat = 3
+	// blobRefFormat: a sealed reference to a blob sealed under a key of its own, which the
+	// reference carries (a prepared value, segment.go). Also the format of such a blob.
+	blobRefFormat = 4
 )
 
 type sealer struct{ aead cipher.AEAD }

@@ -254,31 +254,44 @@ func (db *DB) Update(fn func(*Tx) error) error {
 	return db.update(func(btx *bolt.Tx) error { return db.run(btx, fn) })
 }
 
-// testHookBeforeCommit runs after the segments are synced and before bbolt commits (crash tests).
+// testHookBeforeCommit runs before bbolt commits a transaction that stores a blob reference,
+// after the transaction's own appends are synced (crash tests).
 var testHookBeforeCommit func()
 
-// update is bolt's Update with the segments kept in step: what fn appended is fsynced and its
-// end recorded before the commit, and forgotten when the transaction rolls back.
+// update is bolt's Update with the segments kept in step: what fn appended is fsynced and the
+// end of what it references recorded before the commit, and its appends are forgotten when the
+// transaction rolls back. Blobs written ahead by DB.Prepare are durable already.
 func (db *DB) update(fn func(*bolt.Tx) error) error {
 	return db.bolt.Update(func(btx *bolt.Tx) error {
-		m := db.segs.mark()
+		sg := db.segs
+		sg.begin()
 		err := fn(btx)
-		if err == nil && db.segs.dirty {
-			if err = db.segs.sync(); err == nil {
-				var meta *bolt.Bucket
-				if meta, err = btx.CreateBucketIfNotExists([]byte(metaBucket)); err == nil {
-					err = meta.Put(segTailKey, db.segs.mark().bytes())
-				}
+		if err == nil && sg.txRefs {
+			if err = sg.sync(); err == nil {
+				err = recordTail(btx, sg.txEnd)
 			}
 			if err == nil && testHookBeforeCommit != nil {
 				testHookBeforeCommit()
 			}
 		}
 		if err != nil {
-			db.segs.rollback(m)
+			sg.rollback()
 		}
 		return err
 	})
+}
+
+// recordTail raises meta/segtail to end. It never lowers it: a blob prepared early may be
+// committed after one prepared later, or after the segment it is in was closed.
+func recordTail(btx *bolt.Tx, end segMark) error {
+	meta, err := btx.CreateBucketIfNotExists([]byte(metaBucket))
+	if err != nil {
+		return err
+	}
+	if cur, ok := parseMark(meta.Get(segTailKey)); ok && !end.after(cur) {
+		return nil
+	}
+	return meta.Put(segTailKey, end.bytes())
 }
 
 // View runs fn in a read-only transaction.

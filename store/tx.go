@@ -61,9 +61,16 @@ func (tx *Tx) Get(bucket string, key []byte) ([]byte, error) {
 	return plain, nil
 }
 
-// Prepared is a value compressed ahead of the transaction that stores it, so that the work
-// is done by the writer's own goroutine and not inside the write lock that every writer waits on.
-type Prepared struct{ val, c []byte }
+// Prepared is a value made ready ahead of the transaction that stores it, so that the work is
+// done by the writer's own goroutine and not inside the write lock that every writer waits on:
+// compressed, and when DB.Prepare made it and it is large, already sealed, written to a
+// segment and fsynced (segment.go).
+type Prepared struct {
+	val, c []byte
+	db     *DB
+	blob   *blobKeyRef // nil unless written ahead
+	err    error       // writing it ahead failed: PutScopedPrepared returns it
+}
 
 // Prepare compresses val for PutScopedPrepared. val must not change afterwards.
 func Prepare(val []byte) *Prepared {
@@ -74,12 +81,81 @@ func Prepare(val []byte) *Prepared {
 	return p
 }
 
-// PutScopedPrepared is PutScoped with the compression already done.
+// Prepare is Prepare that, for a value that will be a blob, also seals it under a fresh key of
+// its own and writes and fsyncs it before returning, so the transaction that stores it only
+// adds a reference and its commit waits for no segment fsync. The fsync is shared with the
+// other callers preparing at the same time. A Prepared that is never stored leaves its blob
+// orphaned, for compaction to reclaim; an error is kept for PutScopedPrepared to return.
+func (db *DB) Prepare(val []byte) *Prepared {
+	return db.PrepareAll([][]byte{val})[0]
+}
+
+// PrepareAll is Prepare for the values of one message (raw mail, attachments): all are
+// written first, then one wait covers them.
+func (db *DB) PrepareAll(vals [][]byte) []*Prepared {
+	ps := make([]*Prepared, len(vals))
+	rounds := make([]*syncRound, len(vals))
+	for i, val := range vals {
+		ps[i], rounds[i] = db.prepareWrite(val)
+	}
+	for i, r := range rounds {
+		if r == nil {
+			continue
+		}
+		if err := db.segs.wait(r); err != nil {
+			ps[i].err, ps[i].db, ps[i].blob = fmt.Errorf("prepare blob: %w", err), nil, nil
+		}
+	}
+	return ps
+}
+
+// prepareWrite compresses val and, when it will be a blob, seals and writes it; the round is
+// the group sync that makes it durable, nil when there is nothing to wait for.
+func (db *DB) prepareWrite(val []byte) (*Prepared, *syncRound) {
+	p := Prepare(val)
+	if len(val) < blobMin || db.segs.readOnly {
+		return p, nil
+	}
+	key := make([]byte, KeySize)
+	if _, err := rand.Read(key); err != nil {
+		p.err = err
+		return p, nil
+	}
+	n := len(p.c) + sealOverhead
+	seg, off, err := db.segs.reserve(n)
+	if err == nil {
+		err = db.segs.writeAt(seg, newSealer(key).sealAs(blobRefFormat, p.c, blobKeyAD(seg, off)), off)
+	}
+	if err != nil {
+		p.err = fmt.Errorf("prepare blob: %w", err)
+		return p, nil
+	}
+	p.db, p.blob = db, &blobKeyRef{seg: seg, off: off, n: n, key: key}
+	return p, db.segs.register(seg)
+}
+
+// PutScopedPrepared is PutScoped with the compression, and for a blob from DB.Prepare the
+// writing, already done. p may be stored by a transaction that runs more than once.
 func (tx *Tx) PutScopedPrepared(scope uint64, bucket string, key []byte, p *Prepared) error {
+	if p.err != nil {
+		return p.err
+	}
 	s, err := tx.scope(scope, true)
 	if err != nil {
 		return err
 	}
+	if b := p.blob; b != nil && p.db == tx.db && tx.btx.Writable() && !tx.db.segs.isGone(b.seg) {
+		// Counted before the commit, so a compaction that decided to remove the segment
+		// without seeing this reference notices and keeps the segment.
+		sg := tx.db.segs
+		if sg.stores == nil {
+			sg.stores = map[uint32]int64{}
+		}
+		sg.stores[b.seg]++
+		sg.referenced(b.seg, b.off+int64(b.n))
+		return tx.PutPlain(bucket, key, sealRef(s, scope, ad(bucket, key, scope), *b))
+	}
+	// Not written ahead, or into a segment compaction removed since: written here.
 	return tx.putCompressed(s, scope, bucket, key, p.val, p.c)
 }
 
@@ -113,14 +189,35 @@ func (tx *Tx) putCompressed(s *sealer, scope uint64, bucket string, key, val, c 
 
 func (tx *Tx) putBlob(s *sealer, scope uint64, bucket string, key, recordAD, c []byte) error {
 	n := len(c) + sealOverhead
-	seg, off, err := tx.db.segs.place(n)
+	// The place is part of the AD, so it is reserved before sealing.
+	sg := tx.db.segs
+	seg, off, err := sg.reserve(n)
 	if err != nil {
 		return err
 	}
-	if err := tx.db.segs.write(s.sealAs(refFormat, c, blobAD(recordAD, seg, off)), off); err != nil {
+	if err := sg.writeTx(seg, off, s.sealAs(refFormat, c, blobAD(recordAD, seg, off))); err != nil {
 		return err
 	}
 	return tx.PutPlain(bucket, key, blobRef{seg: seg, off: off, n: n, scope: scope}.bytes())
+}
+
+// putKeyBlob writes c as a blob under a fresh key of its own, in the transaction (compaction
+// moving a prepared blob), and stores its sealed reference.
+func (tx *Tx) putKeyBlob(s *sealer, scope uint64, bucket string, key, recordAD, c []byte) error {
+	k := make([]byte, KeySize)
+	if _, err := rand.Read(k); err != nil {
+		return err
+	}
+	n := len(c) + sealOverhead
+	sg := tx.db.segs
+	seg, off, err := sg.reserve(n)
+	if err != nil {
+		return err
+	}
+	if err := sg.writeTx(seg, off, newSealer(k).sealAs(blobRefFormat, c, blobKeyAD(seg, off))); err != nil {
+		return err
+	}
+	return tx.PutPlain(bucket, key, sealRef(s, scope, recordAD, blobKeyRef{seg: seg, off: off, n: n, key: k}))
 }
 
 // openStored opens a value in any of the formats putSealed writes.
@@ -150,8 +247,29 @@ func (db *DB) openStored(s *sealer, scope uint64, bucket string, key, v []byte) 
 			return nil, err
 		}
 		return decompress(c)
+	case blobRefFormat:
+		c, _, err := db.openKeyBlob(s, a, v)
+		if err != nil {
+			return nil, err
+		}
+		return decompress(c)
 	}
 	return s.open(v, a)
+}
+
+// openKeyBlob opens a sealed reference and the blob it points at, returning the blob's
+// compressed plaintext.
+func (db *DB) openKeyBlob(s *sealer, recordAD, v []byte) ([]byte, blobKeyRef, error) {
+	r, err := openRef(s, recordAD, v)
+	if err != nil {
+		return nil, r, err
+	}
+	rec, err := db.segs.read(r.seg, r.off, r.n)
+	if err != nil {
+		return nil, r, err
+	}
+	c, err := newSealer(r.key).openAs(blobRefFormat, rec, blobKeyAD(r.seg, r.off))
+	return c, r, err
 }
 
 // PutPlain stores val as is: only for values that reveal nothing (counters, hashes, ids).

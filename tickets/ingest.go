@@ -97,16 +97,27 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	}
 
 	ackable := q.AutoAck && in.Kind == "" && s.opts.AutoAck != nil && s.opts.AutoAck(p, in)
-	// Compressed here, by this message's goroutine, not inside the commit every writer waits on.
+	// Compressed, and when large written to a segment and fsynced, here, by this message's
+	// goroutine, not inside the commit every writer waits on. A duplicate leaves the blobs
+	// orphaned for compaction.
+	vals := make([][]byte, 0, 1+len(p.Attachments))
+	for _, a := range p.Attachments {
+		vals = append(vals, a.Data)
+	}
+	if in.Raw != nil {
+		vals = append(vals, in.Raw)
+	}
+	// The text too: a body written inside the transaction would make the commit fsync the
+	// segment again, for every writer it carries.
+	vals = append(vals, encodeBody(m.Text, m.HTML))
+	atts := s.db.PrepareAll(vals)
+	ah := ahead{body: atts[len(atts)-1]}
+	atts = atts[:len(atts)-1]
 	var raw *store.Prepared
 	if in.Raw != nil {
-		raw = store.Prepare(in.Raw)
+		raw = atts[len(atts)-1]
+		atts = atts[:len(atts)-1]
 	}
-	atts := make([]*store.Prepared, len(p.Attachments))
-	for i, a := range p.Attachments {
-		atts[i] = store.Prepare(a.Data)
-	}
-	ah := ahead{body: prepareBody(m.Text, m.HTML)}
 	var ids *idKeys
 	if m.MessageID != "" {
 		ids = messageIDKeys(s.db, q.Name, m.MessageID)

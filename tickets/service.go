@@ -307,15 +307,17 @@ func saveMessageApart(tx *store.Tx, m *Message, body *store.Prepared) error {
 // neither writing nor reading it escapes or scans 8 KB of text.
 const bodyV1 = 1
 
-// prepareBody encodes a message's text for saveMessageApart and compresses it, outside any
-// transaction.
-func prepareBody(text, html string) *store.Prepared {
+// encodeBody encodes a message's text for saveMessageApart; the caller prepares it (DB.Prepare)
+// outside any transaction.
+func encodeBody(text, html string) []byte {
 	b := make([]byte, 0, 1+binary.MaxVarintLen64+len(text)+len(html))
 	b = append(b, bodyV1)
 	b = binary.AppendUvarint(b, uint64(len(text)))
-	b = append(append(b, text...), html...)
-	return store.Prepare(b)
+	return append(append(b, text...), html...)
 }
+
+// prepareBody is encodeBody prepared on its own.
+func prepareBody(text, html string) *store.Prepared { return store.Prepare(encodeBody(text, html)) }
 
 func decodeBody(v []byte) (text, html string, err error) {
 	if len(v) == 0 || v[0] != bodyV1 {
