@@ -731,7 +731,7 @@ func benchPrepareBatch(b *testing.B, mode string, writers int, work time.Duratio
 		for pb.Next() {
 			var p *Prepared
 			if mode == "intx" {
-				p = Prepare(val)
+				p = prepareCompressed(val)
 			} else {
 				p = db.Prepare(val)
 			}

@@ -72,8 +72,10 @@ type Prepared struct {
 	err    error       // writing it ahead failed: PutScopedPrepared returns it
 }
 
-// Prepare compresses val for PutScopedPrepared. val must not change afterwards.
-func Prepare(val []byte) *Prepared {
+// prepareCompressed compresses val for PutScopedPrepared, with no blob written ahead. Not
+// exported: a second Prepare that silently skipped the write ahead would put the segment fsync
+// back into the commit of whoever called it.
+func prepareCompressed(val []byte) *Prepared {
 	p := &Prepared{val: val}
 	if len(val) >= compressMin {
 		p.c = compress(val)
@@ -81,7 +83,8 @@ func Prepare(val []byte) *Prepared {
 	return p
 }
 
-// Prepare is Prepare that, for a value that will be a blob, also seals it under a fresh key of
+// Prepare compresses val (which must not change afterwards) for PutScopedPrepared and, for a
+// value that will be a blob, also seals it under a fresh key of
 // its own and writes and fsyncs it before returning, so the transaction that stores it only
 // adds a reference and its commit waits for no segment fsync. The fsync is shared with the
 // other callers preparing at the same time. A Prepared that is never stored leaves its blob
@@ -90,7 +93,7 @@ func (db *DB) Prepare(val []byte) *Prepared {
 	return db.PrepareAll([][]byte{val})[0]
 }
 
-// PrepareAll is Prepare for the values of one message (raw mail, attachments): all are
+// PrepareAll is Prepare for the values of one message (raw mail, text, attachments): all are
 // written first, then one wait covers them.
 func (db *DB) PrepareAll(vals [][]byte) []*Prepared {
 	ps := make([]*Prepared, len(vals))
@@ -112,7 +115,7 @@ func (db *DB) PrepareAll(vals [][]byte) []*Prepared {
 // prepareWrite compresses val and, when it will be a blob, seals and writes it; the round is
 // the group sync that makes it durable, nil when there is nothing to wait for.
 func (db *DB) prepareWrite(val []byte) (*Prepared, *syncRound) {
-	p := Prepare(val)
+	p := prepareCompressed(val)
 	if len(val) < blobMin || db.segs.readOnly {
 		return p, nil
 	}

@@ -288,7 +288,7 @@ func saveMessage(tx *store.Tx, m *Message) error {
 }
 
 // saveMessageApart stores m's metadata in bMessages and its text, encoded and compressed by
-// the writer's goroutine before the transaction (prepareBody), in bBody: inside the write lock
+// the writer's goroutine before the transaction (encodeBody, DB.PrepareAll), in bBody: inside the write lock
 // only a short JSON record is marshalled and sealed, not the 8 KB of text and HTML.
 func saveMessageApart(tx *store.Tx, m *Message, body *store.Prepared) error {
 	r := messageRecord{Message: *m, BodyApart: true}
@@ -316,9 +316,6 @@ func encodeBody(text, html string) []byte {
 	return append(append(b, text...), html...)
 }
 
-// prepareBody is encodeBody prepared on its own.
-func prepareBody(text, html string) *store.Prepared { return store.Prepare(encodeBody(text, html)) }
-
 func decodeBody(v []byte) (text, html string, err error) {
 	if len(v) == 0 || v[0] != bodyV1 {
 		return "", "", errors.New("unknown message text record")
@@ -338,7 +335,7 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 
 // ahead is what Ingest computes for addMessage before its transaction, so that the write lock
 // every writer waits on has less to do: the message's text, encoded and compressed
-// (prepareBody), and the index keys of its Message-ID.
+// (encodeBody, DB.PrepareAll), and the index keys of its Message-ID.
 type ahead struct {
 	body *store.Prepared
 	ids  *idKeys
