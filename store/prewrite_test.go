@@ -646,25 +646,7 @@ func TestBackupUnderPreparedWrites(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	dir := t.TempDir()
-	extract(t, out, dir)
-	b, err := Open(filepath.Join(dir, "mailgate.db"), testKey(1), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	got := 0
-	b.View(func(tx *Tx) error {
-		c := tx.Cursor("raw")
-		for k := c.First(); k != nil; k = c.Next() {
-			v, err := tx.GetScoped(1, "raw", k)
-			if err != nil || !bytes.HasPrefix(v, fmt.Appendf(nil, "Subject: order %d\r\n", FromU64(k))) {
-				t.Errorf("record %d of the backup: %v", FromU64(k), err)
-			}
-			got++
-		}
-		return nil
-	})
+	got := backupRecords(t, out)
 	t.Logf("backup under prepared writes: %d records, segments at %+v", got, db.segs.mark())
 	if got < 30 {
 		t.Errorf("backup holds %d records", got)

@@ -384,6 +384,17 @@ func TestBackupUnderWritesHasEveryBlob(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+	n := backupRecords(t, out)
+	if n < 25 {
+		t.Errorf("backup holds %d records, want at least the 25 written before it", n)
+	}
+	t.Logf("backup under writes: %d records", n)
+}
+
+// backupRecords restores the backup at out and checks every "raw" record of scope 1 opens and
+// is the mail(i) of its key; it returns how many there are.
+func backupRecords(t *testing.T, out string) int {
+	t.Helper()
 	dir := t.TempDir()
 	extract(t, out, dir)
 	b, err := Open(filepath.Join(dir, "mailgate.db"), testKey(1), Options{})
@@ -396,17 +407,14 @@ func TestBackupUnderWritesHasEveryBlob(t *testing.T) {
 		c := tx.Cursor("raw")
 		for k := c.First(); k != nil; k = c.Next() {
 			v, err := tx.GetScoped(1, "raw", k)
-			if err != nil || !bytes.HasPrefix(v, []byte(fmt.Sprintf("Subject: order %d\r\n", FromU64(k)))) {
+			if err != nil || !bytes.HasPrefix(v, fmt.Appendf(nil, "Subject: order %d\r\n", FromU64(k))) {
 				t.Errorf("record %d of the backup: %v", FromU64(k), err)
 			}
 			n++
 		}
 		return nil
 	})
-	if n < 25 {
-		t.Errorf("backup holds %d records, want at least the 25 written before it", n)
-	}
-	t.Logf("backup under writes: %d records", n)
+	return n
 }
 
 // A value that is empty or a truncated reference is an error, never a panic.
