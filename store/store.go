@@ -29,13 +29,16 @@ import (
 //	2: values compressed, large ones in segment files beside the database (segment.go).
 //	3: the same layout; tickets keeps new inbound messages' text in a record of its own,
 //	   which a schema-2 mailgate would show as an empty message.
-const SchemaVersion = 3
+//	4: the same layout; tickets keeps new inbound messages' headers with their text, and only
+//	   a stub of them in the B-tree, which a schema-3 mailgate would show as a blank message.
+const SchemaVersion = 4
 
 // migrations[i] moves a database from schema version i to i+1. Version 0 is an empty file.
 var migrations = []func(db *DB) error{
 	func(db *DB) error { return nil }, // 0 → 1: the first layout; buckets are created on first use
 	migrateToSegments,                 // 1 → 2
 	func(db *DB) error { return nil }, // 2 → 3: nothing to rewrite; older records read as they are
+	func(db *DB) error { return nil }, // 3 → 4: the same
 }
 
 const (

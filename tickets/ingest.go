@@ -107,11 +107,17 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	if in.Raw != nil {
 		vals = append(vals, in.Raw)
 	}
-	// The text too: a body written inside the transaction would make the commit fsync the
-	// segment again, for every writer it carries.
-	vals = append(vals, encodeBody(m.Text, m.HTML))
+	// The headers and text too: a body written inside the transaction would make the commit
+	// fsync the segment again, for every writer it carries, and headers kept in the B-tree
+	// would make it, and the memory bbolt maps, twice the size.
+	body, enc, err := encodeBody(m)
+	if err != nil {
+		return Result{}, fmt.Errorf("ingest into %s: %w", in.Queue, err)
+	}
+	vals = append(vals, enc)
 	atts := s.db.PrepareAll(vals)
-	ah := ahead{body: atts[len(atts)-1]}
+	body.prep = atts[len(atts)-1]
+	ah := ahead{body: &body}
 	atts = atts[:len(atts)-1]
 	var raw *store.Prepared
 	if in.Raw != nil {
@@ -127,7 +133,7 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	handed := &postingCacheOf(s.db).handed
 	var res Result
 	var owed bool
-	err := s.db.Batch(func(tx *store.Tx) error {
+	err = s.db.Batch(func(tx *store.Tx) error {
 		mm := *m // Batch may run fn twice: start from the same state each time
 		r, t, err := s.thread(tx, q, &mm, p, in, ids)
 		if err != nil {

@@ -2,10 +2,12 @@ package tickets
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -263,10 +265,16 @@ func TestMessageTextKeptApart(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if bytes.Contains(v, []byte("pomegranate")) || !bytes.Contains(v, []byte(`"body_apart":true`)) {
-			t.Errorf("metadata record holds the text or lacks the mark: %s", v)
+		// Only the stub: neither the text nor the headers (subject, sender, digest).
+		for _, s := range []string{"pomegranate", "both", "c@customer.example", p.MessageID, "digest", "auth"} {
+			if bytes.Contains(v, []byte(s)) {
+				t.Errorf("the record in messages holds %q: %s", s, v)
+			}
 		}
-		if b, err := tx.GetScoped(id, bBody, mkey(id, 1)); err != nil || !bytes.Contains(b, []byte("HTML pomegranate")) {
+		if !bytes.Contains(v, []byte(`"head_apart":true`)) || len(v) > 120 {
+			t.Errorf("the record in messages is not the stub: %s", v)
+		}
+		if b, err := tx.GetScoped(id, bBody, mkey(id, 1)); err != nil || !bytes.Contains(b, []byte("HTML pomegranate")) || !bytes.Contains(b, []byte(`"subject":"both"`)) {
 			t.Errorf("text record: %q %v", b, err)
 		}
 		return nil
@@ -344,6 +352,107 @@ func TestOldMessageRecordsRead(t *testing.T) {
 	// The same message again is still a retransmission (its digest is read from the old record).
 	if r := e.ingest(t, msgText("c@customer.example", "old style", "o1@customer.example"), true); r.Outcome != OutcomeDuplicate {
 		t.Fatalf("retransmission after the old record: %+v", r)
+	}
+}
+
+// Records schema 3 wrote (headers inline with body_apart, the text alone in a bodyV1 record)
+// read as before, and a retransmission of such a message is still known by its digest.
+func TestSchema3MessageRecordsRead(t *testing.T) {
+	e := newEnv(t)
+	raw := msgText("c@customer.example", "three", "s3@customer.example")
+	id := e.ingest(t, raw, true).Ticket
+	var want *Message
+	err := e.db.Update(func(tx *store.Tx) error {
+		m, err := loadMessage(tx, id, 1)
+		if err != nil {
+			return err
+		}
+		want = m
+		r := messageRecord{Message: *m, BodyApart: true}
+		r.Text, r.HTML = "", ""
+		b, err := json.Marshal(&r)
+		if err != nil {
+			return err
+		}
+		if err := tx.PutScoped(id, bMessages, mkey(id, 1), b); err != nil {
+			return err
+		}
+		v1 := binary.AppendUvarint([]byte{bodyV1}, uint64(len(m.Text)))
+		return tx.PutScoped(id, bBody, mkey(id, 1), append(append(v1, m.Text...), m.HTML...))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, msgs, err := e.svc.Get(agentA, id)
+	if err != nil || len(msgs) != 1 || !reflect.DeepEqual(&msgs[0], want) {
+		t.Fatalf("schema-3 record: %+v %v, want %+v", msgs, err, want)
+	}
+	if r := e.ingest(t, raw, true); r.Outcome != OutcomeDuplicate || r.Ticket != id {
+		t.Fatalf("retransmission after the schema-3 record: %+v", r)
+	}
+}
+
+// A message whose headers the transaction changed after they were written ahead keeps the
+// changed headers, inline, and its text from the record written ahead.
+func TestChangedHeadStoredInline(t *testing.T) {
+	e := newEnv(t)
+	id := e.ingest(t, msgText("c@customer.example", "first", "h1@customer.example"), true).Ticket
+	m := &Message{Direction: In, From: "c@customer.example", Subject: "as written ahead", Text: "ahead text", MessageID: "h2@customer.example"}
+	body, enc, err := encodeBody(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body.prep = e.db.Prepare(enc)
+	err = e.db.Update(func(tx *store.Tx) error {
+		t2, err := loadTicket(tx, id)
+		if err != nil {
+			return err
+		}
+		mm := *m
+		mm.Subject = "changed in the transaction"
+		mm.Ticket, mm.Seq = id, t2.Messages+1
+		t2.Messages++
+		if err := saveMessageApart(tx, &mm, &body); err != nil {
+			return err
+		}
+		return saveTicket(tx, t2)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = e.db.View(func(tx *store.Tx) error {
+		v, err := tx.GetScoped(id, bMessages, mkey(id, 2))
+		if err != nil || !bytes.Contains(v, []byte(`"body_apart":true`)) || bytes.Contains(v, []byte("head_apart")) {
+			t.Errorf("record: %s %v", v, err)
+		}
+		got, err := loadMessage(tx, id, 2)
+		if err != nil || got.Subject != "changed in the transaction" || got.Text != "ahead text" || got.Seq != 2 {
+			t.Errorf("read back: %+v %v", got, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A damaged or truncated text record is an error, never a message with made-up fields.
+func TestDecodeBodyRejectsDamage(t *testing.T) {
+	_, enc, err := encodeBody(&Message{Subject: "s", Text: "some text", HTML: "<p>x</p>"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, text, html, err := decodeBody(enc)
+	if err != nil || !bytes.Contains(head, []byte(`"subject":"s"`)) || text != "some text" || html != "<p>x</p>" {
+		t.Fatalf("whole record: %q %q %q %v", head, text, html, err)
+	}
+	for n := range len(enc) - len("some text<p>x</p>") {
+		if _, _, _, err := decodeBody(enc[:n]); err == nil {
+			t.Errorf("a record cut to %d bytes decoded", n)
+		}
+	}
+	if _, _, _, err := decodeBody(append([]byte{9}, enc[1:]...)); err == nil {
+		t.Error("an unknown record kind decoded")
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -242,7 +243,7 @@ func loadMessage(tx *store.Tx, id uint64, seq int) (*Message, error) {
 	if v == nil {
 		return nil, fmt.Errorf("ticket %d message %d: its text is missing", id, seq)
 	}
-	if m.Text, m.HTML, err = decodeBody(v); err != nil {
+	if _, m.Text, m.HTML, err = decodeBody(v); err != nil {
 		return nil, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
 	}
 	return m, nil
@@ -250,7 +251,8 @@ func loadMessage(tx *store.Tx, id uint64, seq int) (*Message, error) {
 
 // loadMessageMeta reads message seq of ticket id without opening its text when that is kept
 // apart (apart is then true, and Text and HTML are empty): for the checks on the mail path
-// that need only the headers. A message read so must not be saved.
+// that need only the headers. A message read so must not be saved. A message whose headers are
+// kept with its text (saveMessageApart) is read whole, text included, and apart is false.
 func loadMessageMeta(tx *store.Tx, id uint64, seq int) (m *Message, apart bool, err error) {
 	v, err := tx.GetScoped(id, bMessages, mkey(id, seq))
 	if err != nil {
@@ -263,14 +265,75 @@ func loadMessageMeta(tx *store.Tx, id uint64, seq int) (m *Message, apart bool, 
 	if err := json.Unmarshal(v, &r); err != nil {
 		return nil, false, err
 	}
-	return &r.Message, r.BodyApart, nil
+	if !r.HeadApart {
+		return &r.Message, r.BodyApart, nil
+	}
+	b, err := tx.GetScoped(id, bBody, mkey(id, seq))
+	if err != nil {
+		return nil, false, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
+	}
+	if b == nil {
+		return nil, false, fmt.Errorf("ticket %d message %d: its headers and text are missing", id, seq)
+	}
+	head, text, html, err := decodeBody(b)
+	if err == nil && head == nil {
+		err = errors.New("its text record has no headers")
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
+	}
+	m = new(Message)
+	if err := json.Unmarshal(head, m); err != nil {
+		return nil, false, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
+	}
+	r.stub().applyTo(m)
+	m.Text, m.HTML = text, html
+	return m, false, nil
 }
 
 // messageRecord is a message as stored in bMessages. Records written before bodies were kept
-// apart, and those saveMessage writes, carry the text inline and no BodyApart.
+// apart, and those saveMessage writes, carry the text inline and no BodyApart. Those
+// saveMessageApart writes are a messageStub: HeadApart, and only what the transaction decided.
 type messageRecord struct {
 	Message
 	BodyApart bool `json:"body_apart,omitempty"`
+	HeadApart bool `json:"head_apart,omitempty"`
+}
+
+// messageStub is what bMessages holds of an inbound message whose headers went with its text
+// into bBody: the fields its transaction decides (placement, IMAP UID, the Message-ID verdict),
+// which cannot be known when that record is written ahead. Everything else, the 500 bytes and
+// more of addresses, subject, authentication results and digest, stays out of the B-tree,
+// whose pages bbolt maps and which would otherwise make up most of mailgate's resident memory.
+type messageStub struct {
+	Ticket    uint64 `json:"ticket"`
+	Seq       int    `json:"seq"`
+	Direction string `json:"direction"`
+	UID       uint32 `json:"uid,omitempty"`
+	IDTaken   bool   `json:"id_taken,omitempty"`
+	Problem   string `json:"problem,omitempty"`
+	HeadApart bool   `json:"head_apart"`
+}
+
+func stubOf(m *Message) messageStub {
+	return messageStub{Ticket: m.Ticket, Seq: m.Seq, Direction: m.Direction, UID: m.UID, IDTaken: m.IDTaken, Problem: m.Problem, HeadApart: true}
+}
+
+func (r *messageRecord) stub() messageStub {
+	return messageStub{Ticket: r.Ticket, Seq: r.Seq, Direction: r.Direction, UID: r.UID, IDTaken: r.IDTaken, Problem: r.Problem, HeadApart: true}
+}
+
+// applyTo sets the stub's fields on m, whatever m had for them.
+func (st messageStub) applyTo(m *Message) {
+	m.Ticket, m.Seq, m.Direction, m.UID, m.IDTaken, m.Problem = st.Ticket, st.Seq, st.Direction, st.UID, st.IDTaken, st.Problem
+}
+
+// headOf is m as encodeBody keeps it: no text, and the stub's fields zero.
+func headOf(m *Message) Message {
+	h := *m
+	h.Text, h.HTML = "", ""
+	messageStub{}.applyTo(&h)
+	return h
 }
 
 // saveMessage stores m whole, its text inline: for the paths that change a stored message
@@ -287,45 +350,83 @@ func saveMessage(tx *store.Tx, m *Message) error {
 	return tx.Delete(bBody, mkey(m.Ticket, m.Seq))
 }
 
-// saveMessageApart stores m's metadata in bMessages and its text, encoded and compressed by
-// the writer's goroutine before the transaction (encodeBody, DB.PrepareAll), in bBody: inside the write lock
-// only a short JSON record is marshalled and sealed, not the 8 KB of text and HTML.
-func saveMessageApart(tx *store.Tx, m *Message, body *store.Prepared) error {
-	r := messageRecord{Message: *m, BodyApart: true}
-	r.Text, r.HTML = "", ""
-	b, err := json.Marshal(&r)
+// apartBody is a message's text, and its headers as they were before the transaction, encoded
+// and prepared (written ahead to a segment) by the writer's goroutine: see encodeBody.
+type apartBody struct {
+	prep *store.Prepared
+	head Message // headOf the message encoded
+}
+
+// saveMessageApart stores m with body, prepared before the transaction: when m's headers are
+// still those body holds, bMessages gets only m's stub and the write lock every writer waits
+// on marshals and seals some 80 bytes. When the transaction changed them (a hook), the headers
+// are stored in bMessages as before and only the text is read from body.
+func saveMessageApart(tx *store.Tx, m *Message, body *apartBody) error {
+	var v any
+	if h := headOf(m); reflect.DeepEqual(&h, &body.head) {
+		v = stubOf(m)
+	} else {
+		r := messageRecord{Message: *m, BodyApart: true}
+		r.Text, r.HTML = "", ""
+		v = &r
+	}
+	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
 	if err := tx.PutScoped(m.Ticket, bMessages, mkey(m.Ticket, m.Seq), b); err != nil {
 		return err
 	}
-	return tx.PutScopedPrepared(m.Ticket, bBody, mkey(m.Ticket, m.Seq), body)
+	return tx.PutScopedPrepared(m.Ticket, bBody, mkey(m.Ticket, m.Seq), body.prep)
 }
 
-// bodyV1 starts a bBody record: uvarint(len(Text)) | Text | HTML. Binary, not JSON, so that
-// neither writing nor reading it escapes or scans 8 KB of text.
-const bodyV1 = 1
+// Records of bBody. Binary, not JSON, so that neither writing nor reading them escapes or scans
+// 8 KB of text:
+//
+//	bodyV1: 1 | uvarint(len(Text)) | Text | HTML
+//	bodyV2: 2 | uvarint(len(head)) | head | uvarint(len(Text)) | Text | HTML
+//
+// where head is the JSON of headOf(message).
+const (
+	bodyV1 = 1
+	bodyV2 = 2
+)
 
-// encodeBody encodes a message's text for saveMessageApart; the caller prepares it (DB.Prepare)
-// outside any transaction.
-func encodeBody(text, html string) []byte {
-	b := make([]byte, 0, 1+binary.MaxVarintLen64+len(text)+len(html))
-	b = append(b, bodyV1)
-	b = binary.AppendUvarint(b, uint64(len(text)))
-	return append(append(b, text...), html...)
+// encodeBody encodes m's headers and text for saveMessageApart; the caller prepares the result
+// (DB.Prepare) outside any transaction.
+func encodeBody(m *Message) (apartBody, []byte, error) {
+	h := headOf(m)
+	head, err := json.Marshal(&h)
+	if err != nil {
+		return apartBody{}, nil, err
+	}
+	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(head)+len(m.Text)+len(m.HTML))
+	b = append(b, bodyV2)
+	b = binary.AppendUvarint(b, uint64(len(head)))
+	b = append(b, head...)
+	b = binary.AppendUvarint(b, uint64(len(m.Text)))
+	return apartBody{head: h}, append(append(b, m.Text...), m.HTML...), nil
 }
 
-func decodeBody(v []byte) (text, html string, err error) {
-	if len(v) == 0 || v[0] != bodyV1 {
-		return "", "", errors.New("unknown message text record")
+// decodeBody reads a bBody record; head is nil for a bodyV1 one.
+func decodeBody(v []byte) (head []byte, text, html string, err error) {
+	if len(v) == 0 || (v[0] != bodyV1 && v[0] != bodyV2) {
+		return nil, "", "", errors.New("unknown message text record")
 	}
-	n, k := binary.Uvarint(v[1:])
-	if k <= 0 || n > uint64(len(v)-1-k) {
-		return "", "", errors.New("damaged message text record")
+	rest := v[1:]
+	if v[0] == bodyV2 {
+		n, k := binary.Uvarint(rest)
+		if k <= 0 || n > uint64(len(rest)-k) {
+			return nil, "", "", errors.New("damaged message text record")
+		}
+		head, rest = rest[k:k+int(n)], rest[k+int(n):]
 	}
-	rest := v[1+k:]
-	return string(rest[:n]), string(rest[n:]), nil
+	n, k := binary.Uvarint(rest)
+	if k <= 0 || n > uint64(len(rest)-k) {
+		return nil, "", "", errors.New("damaged message text record")
+	}
+	rest = rest[k:]
+	return head, string(rest[:n]), string(rest[n:]), nil
 }
 
 // addMessage appends m (and its raw bytes and attachments) to t inside tx and indexes it.
@@ -334,10 +435,10 @@ func (s *Service) addMessage(tx *store.Tx, t *Ticket, m *Message, raw []byte, at
 }
 
 // ahead is what Ingest computes for addMessage before its transaction, so that the write lock
-// every writer waits on has less to do: the message's text, encoded and compressed
-// (encodeBody, DB.PrepareAll), and the index keys of its Message-ID.
+// every writer waits on has less to do: the message's headers and text, encoded, compressed
+// and written ahead (encodeBody, DB.PrepareAll), and the index keys of its Message-ID.
 type ahead struct {
-	body *store.Prepared
+	body *apartBody
 	ids  *idKeys
 }
 
