@@ -104,13 +104,11 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	for _, a := range p.Attachments {
 		vals = append(vals, a.Data)
 	}
-	if in.Raw != nil {
-		vals = append(vals, in.Raw)
-	}
-	// The headers and text too: a body written inside the transaction would make the commit
-	// fsync the segment again, for every writer it carries, and headers kept in the B-tree
-	// would make it, and the memory bbolt maps, twice the size.
-	body, enc, err := encodeBody(m)
+	// Headers, text and raw mail in one record: a body written inside the transaction would
+	// make the commit fsync the segment again, for every writer it carries, and headers kept
+	// in the B-tree, or a second reference there, would make it, and the memory bbolt maps,
+	// larger by half.
+	body, enc, err := encodeBody(m, in.Raw)
 	if err != nil {
 		return Result{}, fmt.Errorf("ingest into %s: %w", in.Queue, err)
 	}
@@ -119,11 +117,6 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 	body.prep = atts[len(atts)-1]
 	ah := ahead{body: &body}
 	atts = atts[:len(atts)-1]
-	var raw *store.Prepared
-	if in.Raw != nil {
-		raw = atts[len(atts)-1]
-		atts = atts[:len(atts)-1]
-	}
 	var ids *idKeys
 	if m.MessageID != "" {
 		ids = messageIDKeys(s.db, q.Name, m.MessageID)
@@ -160,7 +153,7 @@ func (s *Service) Ingest(in Incoming) (Result, error) {
 			}
 			tx.OnCommit(func() { handed.put(pk, tk) })
 		}
-		if err := putContent(tx, t.ID, mm.Seq, raw, atts); err != nil {
+		if err := putAttachments(tx, t.ID, mm.Seq, atts); err != nil {
 			return err
 		}
 		res.Seq = mm.Seq

@@ -286,6 +286,16 @@ func TestMessageTextKeptApart(t *testing.T) {
 	if err != nil || len(msgs) != 1 || msgs[0].Text != p.Text || msgs[0].HTML != p.HTML || p.Text == "" || p.HTML == "" {
 		t.Fatalf("read back: %+v %v (parsed text %q html %q)", msgs, err, p.Text, p.HTML)
 	}
+	// The raw message is in the same record, not in a reference of its own.
+	e.db.View(func(tx *store.Tx) error {
+		if v, _ := tx.GetPlain(bRaw, mkey(id, 1)); v != nil {
+			t.Error("inbound mail has a raw record of its own")
+		}
+		return nil
+	})
+	if _, got, err := e.svc.Raw(agentA, id, 1, "message.raw"); err != nil || !bytes.Contains(got, raw) {
+		t.Fatalf("the raw message: %q %v", got, err)
+	}
 	// A path that changes a stored message (delivery state, bounce) saves it whole: the text
 	// moves inline and the record apart goes.
 	err = e.db.Update(func(tx *store.Tx) error {
@@ -307,6 +317,9 @@ func TestMessageTextKeptApart(t *testing.T) {
 	})
 	if _, msgs, err = e.svc.Get(agentA, id); err != nil || msgs[0].Text != p.Text || msgs[0].HTML != p.HTML || msgs[0].Delivery != "sent" {
 		t.Fatalf("after a whole save: %+v %v", msgs, err)
+	}
+	if _, got, err := e.svc.Raw(agentA, id, 1, "message.raw"); err != nil || !bytes.Contains(got, raw) {
+		t.Fatalf("the raw message after a whole save: %q %v", got, err)
 	}
 	// A purge removes the text record with the rest.
 	id2 := e.ingest(t, msgText("d@customer.example", "gone", "g1@customer.example"), true).Ticket
@@ -398,7 +411,7 @@ func TestChangedHeadStoredInline(t *testing.T) {
 	e := newEnv(t)
 	id := e.ingest(t, msgText("c@customer.example", "first", "h1@customer.example"), true).Ticket
 	m := &Message{Direction: In, From: "c@customer.example", Subject: "as written ahead", Text: "ahead text", MessageID: "h2@customer.example"}
-	body, enc, err := encodeBody(m)
+	body, enc, err := encodeBody(m, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,21 +451,24 @@ func TestChangedHeadStoredInline(t *testing.T) {
 
 // A damaged or truncated text record is an error, never a message with made-up fields.
 func TestDecodeBodyRejectsDamage(t *testing.T) {
-	_, enc, err := encodeBody(&Message{Subject: "s", Text: "some text", HTML: "<p>x</p>"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	head, text, html, err := decodeBody(enc)
-	if err != nil || !bytes.Contains(head, []byte(`"subject":"s"`)) || text != "some text" || html != "<p>x</p>" {
-		t.Fatalf("whole record: %q %q %q %v", head, text, html, err)
-	}
-	for n := range len(enc) - len("some text<p>x</p>") {
-		if _, _, _, err := decodeBody(enc[:n]); err == nil {
-			t.Errorf("a record cut to %d bytes decoded", n)
+	for _, raw := range [][]byte{nil, []byte("From: a@b.example\r\n\r\nraw body")} {
+		_, enc, err := encodeBody(&Message{Subject: "s", Text: "some text", HTML: "<p>x</p>"}, raw)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if _, _, _, err := decodeBody(append([]byte{9}, enc[1:]...)); err == nil {
-		t.Error("an unknown record kind decoded")
+		b, err := decodeBody(enc)
+		if err != nil || !bytes.Contains(b.head, []byte(`"subject":"s"`)) || b.text != "some text" || b.html != "<p>x</p>" || !bytes.Equal(b.raw, raw) || (raw == nil) != (b.raw == nil) {
+			t.Fatalf("whole record: %+v %v", b, err)
+		}
+		// Every cut up to the raw bytes (whose end has no mark) is seen.
+		for n := range len(enc) - len(raw) {
+			if _, err := decodeBody(enc[:n]); err == nil {
+				t.Errorf("a record cut to %d of %d bytes decoded", n, len(enc))
+			}
+		}
+		if _, err := decodeBody(append([]byte{9}, enc[1:]...)); err == nil {
+			t.Error("an unknown record kind decoded")
+		}
 	}
 }
 

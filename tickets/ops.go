@@ -398,7 +398,7 @@ func (s *Service) Raw(a access.Actor, id uint64, seq int, action string) (*Messa
 		if m, err = loadMessage(tx, id, seq); err != nil {
 			return "", err
 		}
-		raw, err = tx.GetScoped(id, bRaw, mkey(id, seq))
+		raw, err = loadRaw(tx, id, seq)
 		return fmt.Sprintf("message=%d", seq), err
 	})
 	if err != nil {

@@ -25,9 +25,9 @@ import (
 const (
 	bTickets  = "tickets"   // U64(id) → Ticket JSON (scoped)
 	bMessages = "messages"  // U64(id)|U32(seq) → Message JSON (scoped)
-	bRaw      = "raw"       // U64(id)|U32(seq) → raw RFC 5322 bytes (scoped)
+	bRaw      = "raw"       // U64(id)|U32(seq) → raw RFC 5322 bytes when not in bBody (scoped), see loadRaw
 	bAttach   = "attach"    // U64(id)|U32(seq)|U32(i) → attachment bytes (scoped)
-	bBody     = "body"      // U64(id)|U32(seq) → an inbound message's Text and HTML (scoped), see saveMessageApart
+	bBody     = "body"      // U64(id)|U32(seq) → an inbound message's headers, Text, HTML and raw bytes (scoped), see saveMessageApart
 	bMsgID    = "msgid"     // HMAC(Message-ID), HMAC(queue, Message-ID) → U64(id)|U32(seq) (plain)
 	bByQueue  = "byqueue"   // HMAC(queue)[:8]|U64(id) → nothing (plain), for listings
 	bMailbox  = "mailbox"   // HMAC(queue)[:8]|U32(uid) → U64(id)|U32(seq) (plain), IMAP view
@@ -243,9 +243,11 @@ func loadMessage(tx *store.Tx, id uint64, seq int) (*Message, error) {
 	if v == nil {
 		return nil, fmt.Errorf("ticket %d message %d: its text is missing", id, seq)
 	}
-	if _, m.Text, m.HTML, err = decodeBody(v); err != nil {
+	b, err := decodeBody(v)
+	if err != nil {
 		return nil, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
 	}
+	m.Text, m.HTML = b.text, b.html
 	return m, nil
 }
 
@@ -275,19 +277,19 @@ func loadMessageMeta(tx *store.Tx, id uint64, seq int) (m *Message, apart bool, 
 	if b == nil {
 		return nil, false, fmt.Errorf("ticket %d message %d: its headers and text are missing", id, seq)
 	}
-	head, text, html, err := decodeBody(b)
-	if err == nil && head == nil {
+	d, err := decodeBody(b)
+	if err == nil && d.head == nil {
 		err = errors.New("its text record has no headers")
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
 	}
 	m = new(Message)
-	if err := json.Unmarshal(head, m); err != nil {
+	if err := json.Unmarshal(d.head, m); err != nil {
 		return nil, false, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
 	}
 	r.stub().applyTo(m)
-	m.Text, m.HTML = text, html
+	m.Text, m.HTML = d.text, d.html
 	return m, false, nil
 }
 
@@ -346,12 +348,27 @@ func saveMessage(tx *store.Tx, m *Message) error {
 	if err := tx.PutScoped(m.Ticket, bMessages, mkey(m.Ticket, m.Seq), b); err != nil {
 		return err
 	}
-	// A text kept apart before is now inline: the old copy must not outlive it.
+	// A text kept apart before is now inline: the old copy must not outlive it, and the raw
+	// message it may hold moves to bRaw.
+	v, err := tx.GetScoped(m.Ticket, bBody, mkey(m.Ticket, m.Seq))
+	if v == nil || err != nil {
+		return err
+	}
+	d, err := decodeBody(v)
+	if err != nil {
+		return fmt.Errorf("ticket %d message %d: %w", m.Ticket, m.Seq, err)
+	}
+	if d.raw != nil {
+		if err := tx.PutScoped(m.Ticket, bRaw, mkey(m.Ticket, m.Seq), d.raw); err != nil {
+			return err
+		}
+	}
 	return tx.Delete(bBody, mkey(m.Ticket, m.Seq))
 }
 
-// apartBody is a message's text, and its headers as they were before the transaction, encoded
-// and prepared (written ahead to a segment) by the writer's goroutine: see encodeBody.
+// apartBody is a message's text and raw bytes, and its headers as they were before the
+// transaction, encoded and prepared (written ahead to a segment) by the writer's goroutine: see
+// encodeBody.
 type apartBody struct {
 	prep *store.Prepared
 	head Message // headOf the message encoded
@@ -384,49 +401,97 @@ func saveMessageApart(tx *store.Tx, m *Message, body *apartBody) error {
 // 8 KB of text:
 //
 //	bodyV1: 1 | uvarint(len(Text)) | Text | HTML
-//	bodyV2: 2 | uvarint(len(head)) | head | uvarint(len(Text)) | Text | HTML
+//	bodyV2: 2 | uvarint(len(head)) | head | uvarint(len(Text)) | Text | uvarint(len(HTML)) | HTML | raw?
 //
-// where head is the JSON of headOf(message).
+// where head is the JSON of headOf(message) and raw?, the message as received, is 0, or 1 and
+// the rest of the record. Raw mail and text in one record take one reference in the B-tree
+// instead of two, and compress together better than apart (the text is decoded from the raw).
 const (
 	bodyV1 = 1
 	bodyV2 = 2
 )
 
-// encodeBody encodes m's headers and text for saveMessageApart; the caller prepares the result
-// (DB.Prepare) outside any transaction.
-func encodeBody(m *Message) (apartBody, []byte, error) {
+// body is a decoded bBody record; head is nil for a bodyV1 one, raw when it holds none.
+type body struct {
+	head       []byte
+	text, html string
+	raw        []byte
+}
+
+// encodeBody encodes m's headers and text, and raw when not nil, for saveMessageApart; the
+// caller prepares the result (DB.Prepare) outside any transaction.
+func encodeBody(m *Message, raw []byte) (apartBody, []byte, error) {
 	h := headOf(m)
 	head, err := json.Marshal(&h)
 	if err != nil {
 		return apartBody{}, nil, err
 	}
-	b := make([]byte, 0, 1+2*binary.MaxVarintLen64+len(head)+len(m.Text)+len(m.HTML))
+	b := make([]byte, 0, 2+3*binary.MaxVarintLen64+len(head)+len(m.Text)+len(m.HTML)+len(raw))
 	b = append(b, bodyV2)
-	b = binary.AppendUvarint(b, uint64(len(head)))
-	b = append(b, head...)
-	b = binary.AppendUvarint(b, uint64(len(m.Text)))
-	return apartBody{head: h}, append(append(b, m.Text...), m.HTML...), nil
+	for _, part := range []string{string(head), m.Text, m.HTML} {
+		b = binary.AppendUvarint(b, uint64(len(part)))
+		b = append(b, part...)
+	}
+	if raw == nil {
+		return apartBody{head: h}, append(b, 0), nil
+	}
+	return apartBody{head: h}, append(append(b, 1), raw...), nil
 }
 
-// decodeBody reads a bBody record; head is nil for a bodyV1 one.
-func decodeBody(v []byte) (head []byte, text, html string, err error) {
+// decodeBody reads a bBody record.
+func decodeBody(v []byte) (body, error) {
+	damaged := errors.New("damaged message text record")
 	if len(v) == 0 || (v[0] != bodyV1 && v[0] != bodyV2) {
-		return nil, "", "", errors.New("unknown message text record")
+		return body{}, errors.New("unknown message text record")
 	}
 	rest := v[1:]
-	if v[0] == bodyV2 {
+	next := func() ([]byte, bool) {
 		n, k := binary.Uvarint(rest)
 		if k <= 0 || n > uint64(len(rest)-k) {
-			return nil, "", "", errors.New("damaged message text record")
+			return nil, false
 		}
-		head, rest = rest[k:k+int(n)], rest[k+int(n):]
+		part := rest[k : k+int(n)]
+		rest = rest[k+int(n):]
+		return part, true
 	}
-	n, k := binary.Uvarint(rest)
-	if k <= 0 || n > uint64(len(rest)-k) {
-		return nil, "", "", errors.New("damaged message text record")
+	var b body
+	if v[0] == bodyV1 {
+		text, ok := next()
+		if !ok {
+			return body{}, damaged
+		}
+		b.text, b.html = string(text), string(rest)
+		return b, nil
 	}
-	rest = rest[k:]
-	return head, string(rest[:n]), string(rest[n:]), nil
+	head, ok1 := next()
+	text, ok2 := next()
+	html, ok3 := next()
+	if !ok1 || !ok2 || !ok3 || len(rest) == 0 || rest[0] > 1 || (rest[0] == 0 && len(rest) > 1) {
+		return body{}, damaged
+	}
+	b.head, b.text, b.html = head, string(text), string(html)
+	if rest[0] == 1 {
+		b.raw = rest[1:]
+	}
+	return b, nil
+}
+
+// loadRaw reads message seq of ticket id exactly as received; nil for a message that has none
+// (notes). Inbound mail keeps it in its bBody record, with its headers and text.
+func loadRaw(tx *store.Tx, id uint64, seq int) ([]byte, error) {
+	raw, err := tx.GetScoped(id, bRaw, mkey(id, seq))
+	if raw != nil || err != nil {
+		return raw, err
+	}
+	v, err := tx.GetScoped(id, bBody, mkey(id, seq))
+	if v == nil || err != nil {
+		return nil, err
+	}
+	b, err := decodeBody(v)
+	if err != nil {
+		return nil, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
+	}
+	return b.raw, nil
 }
 
 // addMessage appends m (and its raw bytes and attachments) to t inside tx and indexes it.
@@ -485,17 +550,14 @@ func (s *Service) addMessageAhead(tx *store.Tx, t *Ticket, m *Message, raw []byt
 	return saveTicket(tx, t)
 }
 
-// putContent stores a message's raw bytes and attachments, compressed before the transaction.
-func putContent(tx *store.Tx, id uint64, seq int, raw *store.Prepared, atts []*store.Prepared) error {
+// putAttachments stores a message's attachments, prepared before the transaction.
+func putAttachments(tx *store.Tx, id uint64, seq int, atts []*store.Prepared) error {
 	for i, a := range atts {
 		if err := tx.PutScopedPrepared(id, bAttach, binary.BigEndian.AppendUint32(mkey(id, seq), uint32(i)), a); err != nil {
 			return err
 		}
 	}
-	if raw == nil {
-		return nil
-	}
-	return tx.PutScopedPrepared(id, bRaw, mkey(id, seq), raw)
+	return nil
 }
 
 // claimID points m's Message-ID at m, unless a message that still exists holds it already:
