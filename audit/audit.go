@@ -55,7 +55,8 @@ type Event struct {
 	Detail string    `json:"detail"`
 }
 
-// record is what is sealed: the event plus its place in the chain.
+// record is what is sealed (compact, record.go): the event plus its place in the chain. Its
+// JSON is the mirror's and export's line, and what older versions stored.
 type record struct {
 	Event
 	Prev string `json:"prev"`
@@ -272,9 +273,16 @@ func (l *Log) AppendTx(tx *store.Tx, ev Event) error {
 	}
 	h := chainHash(prev, ev)
 	rec := record{Event: ev, Prev: prev, Hash: hex.EncodeToString(h)}
-	b, err := json.Marshal(rec)
+	b, err := encodeRecord(rec)
 	if err != nil {
 		return err
+	}
+	// The mirror gets the JSON of the record, as export does; only the database stores it compact.
+	var line []byte
+	if l.mirror != nil {
+		if line, err = json.Marshal(rec); err != nil {
+			return err
+		}
 	}
 	if err := tx.Put(Bucket, store.U64(seq), b); err != nil {
 		return fmt.Errorf("audit append: %w", err)
@@ -282,7 +290,7 @@ func (l *Log) AppendTx(tx *store.Tx, ev Event) error {
 	if err := l.putState(tx, seq, h); err != nil {
 		return err
 	}
-	tx.OnCommit(func() { l.committed(ev, b) })
+	tx.OnCommit(func() { l.committed(ev, line) })
 	return nil
 }
 
@@ -476,7 +484,7 @@ func readRecord(tx *store.Tx, seq uint64) (record, error) {
 	if v == nil {
 		return rec, &ChainError{Seq: seq, Reason: "event missing (deleted)"}
 	}
-	if err := json.Unmarshal(v, &rec); err != nil {
+	if rec, err = decodeRecord(v); err != nil {
 		return rec, &ChainError{Seq: seq, Reason: "record unreadable"}
 	}
 	if rec.Seq != seq {
@@ -625,14 +633,18 @@ func (l *Log) Export(w io.Writer, f Filter) error {
 			if err != nil {
 				return fmt.Errorf("audit seq %d: %w", store.FromU64(k), err)
 			}
-			var rec record
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return err
+			rec, err := decodeRecord(v)
+			if err != nil {
+				return fmt.Errorf("audit seq %d: %w", store.FromU64(k), err)
 			}
 			if !f.match(rec.Event) {
 				continue
 			}
-			bw.Write(v)
+			line, err := json.Marshal(rec)
+			if err != nil {
+				return fmt.Errorf("audit seq %d: %w", store.FromU64(k), err)
+			}
+			bw.Write(line)
 			bw.WriteByte('\n')
 		}
 		return nil
@@ -657,9 +669,9 @@ func (l *Log) Query(f Filter, offset int) ([]Event, error) {
 			if err != nil {
 				return err
 			}
-			var rec record
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return err
+			rec, err := decodeRecord(v)
+			if err != nil {
+				return fmt.Errorf("audit seq %d: %w", store.FromU64(k), err)
 			}
 			if !f.match(rec.Event) {
 				continue

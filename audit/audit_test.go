@@ -35,20 +35,45 @@ func newLog(t *testing.T, n int) (*Log, *store.DB) {
 }
 
 func rawRecord(t *testing.T, db *store.DB, seq uint64) record {
+	t.Helper()
 	var rec record
-	db.View(func(tx *store.Tx) error {
+	err := db.View(func(tx *store.Tx) error {
 		v, err := tx.Get(Bucket, store.U64(seq))
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		return json.Unmarshal(v, &rec)
+		rec, err = decodeRecord(v)
+		return err
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return rec
 }
 
+// putRecord seals rec at seq in the compact form, as someone with the key could.
 func putRecord(t *testing.T, db *store.DB, seq uint64, rec record) {
-	b, _ := json.Marshal(rec)
-	if err := db.Update(func(tx *store.Tx) error { return tx.Put(Bucket, store.U64(seq), b) }); err != nil {
+	t.Helper()
+	b, err := encodeRecord(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putStored(t, db, seq, b)
+}
+
+// putJSONRecord seals rec at seq as JSON, the form of older versions, which is still read.
+func putJSONRecord(t *testing.T, db *store.DB, seq uint64, rec record) {
+	t.Helper()
+	b, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putStored(t, db, seq, b)
+}
+
+func putStored(t *testing.T, db *store.DB, seq uint64, v []byte) {
+	t.Helper()
+	if err := db.Update(func(tx *store.Tx) error { return tx.Put(Bucket, store.U64(seq), v) }); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -82,6 +107,11 @@ func TestVerifyFindsTampering(t *testing.T) {
 			rec.Actor = "mallory"
 			putRecord(t, db, 2, rec)
 		}, 2},
+		{"edited with the key, stored as JSON", func(t *testing.T, db *store.DB) {
+			rec := rawRecord(t, db, 2)
+			rec.Actor = "mallory"
+			putJSONRecord(t, db, 2, rec)
+		}, 2},
 		{"edited and rehashed", func(t *testing.T, db *store.DB) {
 			rec := rawRecord(t, db, 2)
 			rec.Result = Denied
@@ -101,6 +131,12 @@ func TestVerifyFindsTampering(t *testing.T) {
 			putRecord(t, db, 2, b)
 			putRecord(t, db, 3, a)
 		}, 2},
+		{"edited and rehashed, stored as JSON", func(t *testing.T, db *store.DB) {
+			rec := rawRecord(t, db, 2)
+			rec.Result = Denied
+			rec.Hash = hexHash(rec.Prev, rec.Event)
+			putJSONRecord(t, db, 2, rec)
+		}, 3},
 		{"garbage", func(t *testing.T, db *store.DB) {
 			db.Update(func(tx *store.Tx) error { return tx.PutPlain(Bucket, store.U64(4), []byte("junk")) })
 		}, 4},

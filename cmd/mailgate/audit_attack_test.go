@@ -323,21 +323,8 @@ func TestAuditLegacyDatabaseUpgraded(t *testing.T) {
 func TestAuditVerifyAtStartFindsEditedEvent(t *testing.T) {
 	in := newInstall(t, 4)
 	db := openDB(t, filepath.Join(in.dir, "data.key"), in.db)
-	err := db.Update(func(tx *store.Tx) error {
-		v, err := tx.Get(audit.Bucket, store.U64(2))
-		if err != nil || v == nil {
-			t.Fatalf("event 2: %v", err)
-		}
-		var rec map[string]any
-		json.Unmarshal(v, &rec)
-		rec["detail"] = "edited"
-		b, _ := json.Marshal(rec)
-		return tx.Put(audit.Bucket, store.U64(2), b)
-	})
+	editEvent(t, db, 2, "detail", "edited")
 	db.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	b, _ := os.ReadFile(in.cfg)
 	os.WriteFile(in.cfg, bytes.Replace(b, []byte("verify_at_start = false"), []byte("verify_at_start = true"), 1), 0o640)
 	in.serveRefuses(t, "audit chain broken at seq 2: hash does not match the event")

@@ -605,20 +605,41 @@ func tamper(t *testing.T, dataDir string, seq uint64) {
 	t.Helper()
 	db := openDB(t, filepath.Join(dataDir, "data.key"), filepath.Join(dataDir, "mailgate.db"))
 	defer db.Close()
-	err := db.Update(func(tx *store.Tx) error {
-		v, err := tx.Get(audit.Bucket, store.U64(seq))
-		if err != nil || v == nil {
-			return fmt.Errorf("event %d: %v", seq, err)
-		}
-		var rec map[string]any
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return err
-		}
-		rec["detail"] = "edited"
-		b, _ := json.Marshal(rec)
-		return tx.Put(audit.Bucket, store.U64(seq), b)
-	})
+	editEvent(t, db, seq, "detail", "edited")
+}
+
+// editEvent sets field of audit event seq to value and seals the record back with the key,
+// without rehashing the chain. The record is read through export (the stored form is the audit
+// package's own) and written back as JSON, the form older versions stored, which is still read.
+func editEvent(t *testing.T, db *store.DB, seq uint64, field, value string) {
+	t.Helper()
+	l, err := audit.New(db, "")
 	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := l.Export(&out, audit.Filter{}); err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var r map[string]any
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("export line %q: %v", line, err)
+		}
+		if r["seq"] == float64(seq) {
+			rec = r
+		}
+	}
+	if rec == nil {
+		t.Fatalf("no audit event %d in:\n%s", seq, out.String())
+	}
+	if rec[field] == value {
+		t.Fatalf("event %d already has %s %q", seq, field, value)
+	}
+	rec[field] = value
+	b, _ := json.Marshal(rec)
+	if err := db.Update(func(tx *store.Tx) error { return tx.Put(audit.Bucket, store.U64(seq), b) }); err != nil {
 		t.Fatal(err)
 	}
 }

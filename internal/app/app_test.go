@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -233,15 +234,19 @@ func TestAuditVerifyNamesTheBadSeq(t *testing.T) {
 	if r := dispatch(t, a, "audit.verify", nil); !r.OK || r.Exit != 0 {
 		t.Fatalf("intact chain: %+v", r)
 	}
-	// Edit event 2 with valid sealing: only the chain can tell.
-	err := a.DB.Update(func(tx *store.Tx) error {
-		v, err := tx.Get(audit.Bucket, store.U64(2))
-		if err != nil {
-			return err
-		}
-		return tx.Put(audit.Bucket, store.U64(2), []byte(strings.Replace(string(v), `"action":"x"`, `"action":"y"`, 1)))
-	})
-	if err != nil {
+	// Edit event 2 with valid sealing: only the chain can tell. The event is read through export
+	// (the stored form is the audit package's own) and sealed back as JSON, the form older
+	// versions stored, which is still read.
+	var out bytes.Buffer
+	if err := a.Audit.Export(&out, audit.Filter{}); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) < 2 || !strings.Contains(lines[1], `"seq":2,`) || !strings.Contains(lines[1], `"action":"x"`) {
+		t.Fatalf("export:\n%s", out.String())
+	}
+	edited := strings.Replace(lines[1], `"action":"x"`, `"action":"y"`, 1)
+	if err := a.DB.Update(func(tx *store.Tx) error { return tx.Put(audit.Bucket, store.U64(2), []byte(edited)) }); err != nil {
 		t.Fatal(err)
 	}
 	r := dispatch(t, a, "audit.verify", nil)
