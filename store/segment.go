@@ -37,8 +37,9 @@ import (
 // dangling reference. A blob that is prepared but never committed (a duplicate message, a failed
 // transaction, a crash) is an orphan below that end; compaction reclaims its space.
 const (
-	// compressMin: shorter values are sealed as they are (compression would not pay).
-	compressMin = 256
+	// compressMin: shorter values are sealed as they are. Above it, a value is stored
+	// compressed only when that makes it shorter (random keys and hashes do not shrink).
+	compressMin = 48
 	// blobMin: values at least this long go to a segment, however well they compress: raw
 	// mail, attachments, decoded text. Shorter ones stay inline, compressed when that pays.
 	blobMin = 2048
