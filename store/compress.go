@@ -25,7 +25,10 @@ func init() {
 	if err != nil {
 		panic(err)
 	}
-	zencDict, err = zstd.NewWriter(nil, append(opts, zstd.WithEncoderDictRaw(recordDictID, []byte(recordDict)))...)
+	// A small window: with a dictionary each encoder keeps a history buffer the size of its
+	// window (4 MiB each by default), and these values are shorter than 2 KiB.
+	zencDict, err = zstd.NewWriter(nil, append(opts, zstd.WithWindowSize(32<<10),
+		zstd.WithEncoderDictRaw(recordDictID, []byte(recordDict)))...)
 	if err != nil {
 		panic(err)
 	}
