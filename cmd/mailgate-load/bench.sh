@@ -116,11 +116,18 @@ echo "== 2. small store against big store, $ROUNDS alternating rounds of $M mess
 # Every message opens a ticket, so the counts are the tickets stored.
 in_small=1000
 in_big=$STORED
-for r in $(seq "$ROUNDS"); do
+# The order alternates (small then big, big then small, ...): a machine that slows down or
+# speeds up over the run would otherwise always favour the store measured first.
+small_round() {
 	echo "round $r: small store, $in_small tickets"
 	load "$SMALL" "$small" -n "$M" | tail -n +3
+}
+big_round() {
 	echo "round $r: big store, $in_big tickets"
 	load "$BIG" "$big" -n "$M" | tail -n +3
+}
+for r in $(seq "$ROUNDS"); do
+	if [ $((r % 2)) = 1 ]; then small_round; big_round; else big_round; small_round; fi
 	in_small=$((in_small + M))
 	in_big=$((in_big + M))
 done
