@@ -66,3 +66,35 @@ func TestShortRandomValueStoredAsIs(t *testing.T) {
 		return nil
 	})
 }
+
+func TestPutIncompressible(t *testing.T) {
+	db, _ := openTest(t)
+	short := bytes.Repeat([]byte("compressible "), 20)
+	long := bytes.Repeat([]byte("compressible "), 400)
+	err := db.Update(func(tx *Tx) error {
+		if err := tx.PutIncompressible("b", []byte("short"), short); err != nil {
+			return err
+		}
+		return tx.PutIncompressible("b", []byte("long"), long)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.View(func(tx *Tx) error {
+		raw, _ := tx.GetPlain("b", []byte("short"))
+		if raw[0] != sealFormat || len(raw) != len(short)+sealOverhead {
+			t.Errorf("short value stored as format %d, %d bytes: want sealed as is", raw[0], len(raw))
+		}
+		raw, _ = tx.GetPlain("b", []byte("long"))
+		if raw[0] != refFormat {
+			t.Errorf("long value stored as format %d: want a segment reference", raw[0])
+		}
+		for k, want := range map[string][]byte{"short": short, "long": long} {
+			got, err := tx.Get("b", []byte(k))
+			if err != nil || !bytes.Equal(got, want) {
+				t.Errorf("%s read back: %v", k, err)
+			}
+		}
+		return nil
+	})
+}

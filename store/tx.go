@@ -48,6 +48,19 @@ func (tx *Tx) Put(bucket string, key, val []byte) error {
 	return tx.putSealed(tx.db.data, 0, bucket, key, val)
 }
 
+// PutIncompressible is Put without the attempt to compress val: for short values made mostly
+// of hashes and ids (an audit event), where zstd would run inside the write lock to save a few
+// bytes. Get reads it like any other value.
+func (tx *Tx) PutIncompressible(bucket string, key, val []byte) error {
+	if !tx.btx.Writable() {
+		return berrors.ErrTxNotWritable
+	}
+	if len(val) >= blobMin {
+		return tx.Put(bucket, key, val)
+	}
+	return tx.PutPlain(bucket, key, tx.db.data.seal(val, ad(bucket, key, 0)))
+}
+
 // Get opens the value at bucket/key; nil, nil when there is none.
 func (tx *Tx) Get(bucket string, key []byte) ([]byte, error) {
 	v, err := tx.GetPlain(bucket, key)
