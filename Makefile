@@ -11,6 +11,7 @@ BENCHTIME    ?= 1s
 # with the race detector.
 test: deps check
 	$(GO) test -race -timeout $(TEST_TIMEOUT) $(PKGS)
+	cd third_party/go-smtp && $(GO) test -race ./...
 
 # Static checks only: vet, gofmt, and staticcheck when it is installed.
 check: vet fmt-check

@@ -160,6 +160,20 @@ func (c *Conn) Session() Session {
 	return c.session
 }
 
+// liveSession returns the session, or nil after answering 421 and closing when there is none
+// any more. mailgate: upstream calls Mail, Rcpt or Data on a nil Session, and panics, when a
+// command is handled after the session was ended (Close, from too many errors, a backend
+// panic or another goroutine, while pipelined commands were still buffered); go-smtp
+// recovers the panic, but a client could raise one at will.
+func (c *Conn) liveSession() Session {
+	s := c.Session()
+	if s == nil {
+		c.writeResponse(421, EnhancedCode{4, 4, 0}, "Connection closing, try again later")
+		c.Close()
+	}
+	return s
+}
+
 func (c *Conn) setSession(session Session) {
 	c.locker.Lock()
 	defer c.locker.Unlock()
@@ -439,7 +453,11 @@ func (c *Conn) handleMail(arg string) {
 		}
 	}
 
-	if err := c.Session().Mail(from, opts); err != nil {
+	session := c.liveSession()
+	if session == nil {
+		return
+	}
+	if err := session.Mail(from, opts); err != nil {
 		c.writeError(451, EnhancedCode{4, 0, 0}, err)
 		return
 	}
@@ -783,7 +801,11 @@ func (c *Conn) handleRcpt(arg string) {
 		}
 	}
 
-	if err := c.Session().Rcpt(recipient, opts); err != nil {
+	session := c.liveSession()
+	if session == nil {
+		return
+	}
+	if err := session.Rcpt(recipient, opts); err != nil {
 		c.writeError(451, EnhancedCode{4, 0, 0}, err)
 		return
 	}
@@ -970,6 +992,9 @@ func (c *Conn) handleData(arg string) {
 
 	if !c.fromReceived || len(c.recipients) == 0 {
 		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+		return
+	}
+	if c.liveSession() == nil {
 		return
 	}
 
