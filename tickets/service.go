@@ -236,19 +236,32 @@ func loadMessage(tx *store.Tx, id uint64, seq int) (*Message, error) {
 	if err != nil || !apart {
 		return m, err
 	}
-	v, err := tx.GetScoped(id, bBody, mkey(id, seq))
+	b, err := loadBody(tx, id, seq)
 	if err != nil {
-		return nil, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
+		return nil, err
 	}
-	if v == nil {
+	if b == nil {
 		return nil, fmt.Errorf("ticket %d message %d: its text is missing", id, seq)
+	}
+	m.Text, m.HTML = b.text, b.html
+	return m, nil
+}
+
+// loadBody reads and decodes the bBody record of message seq of ticket id; nil, nil when there
+// is none.
+func loadBody(tx *store.Tx, id uint64, seq int) (*body, error) {
+	v, err := tx.GetScoped(id, bBody, mkey(id, seq))
+	if v == nil || err != nil {
+		if err != nil {
+			err = fmt.Errorf("ticket %d message %d: %w", id, seq, err)
+		}
+		return nil, err
 	}
 	b, err := decodeBody(v)
 	if err != nil {
 		return nil, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
 	}
-	m.Text, m.HTML = b.text, b.html
-	return m, nil
+	return &b, nil
 }
 
 // loadMessageMeta reads message seq of ticket id without opening its text when that is kept
@@ -270,19 +283,12 @@ func loadMessageMeta(tx *store.Tx, id uint64, seq int) (m *Message, apart bool, 
 	if !r.HeadApart {
 		return &r.Message, r.BodyApart, nil
 	}
-	b, err := tx.GetScoped(id, bBody, mkey(id, seq))
+	d, err := loadBody(tx, id, seq)
 	if err != nil {
-		return nil, false, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
+		return nil, false, err
 	}
-	if b == nil {
-		return nil, false, fmt.Errorf("ticket %d message %d: its headers and text are missing", id, seq)
-	}
-	d, err := decodeBody(b)
-	if err == nil && d.head == nil {
-		err = errors.New("its text record has no headers")
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
+	if d == nil || d.head == nil {
+		return nil, false, fmt.Errorf("ticket %d message %d: its headers are missing", id, seq)
 	}
 	m = new(Message)
 	if err := json.Unmarshal(d.head, m); err != nil {
@@ -350,13 +356,9 @@ func saveMessage(tx *store.Tx, m *Message) error {
 	}
 	// A text kept apart before is now inline: the old copy must not outlive it, and the raw
 	// message it may hold moves to bRaw.
-	v, err := tx.GetScoped(m.Ticket, bBody, mkey(m.Ticket, m.Seq))
-	if v == nil || err != nil {
+	d, err := loadBody(tx, m.Ticket, m.Seq)
+	if d == nil || err != nil {
 		return err
-	}
-	d, err := decodeBody(v)
-	if err != nil {
-		return fmt.Errorf("ticket %d message %d: %w", m.Ticket, m.Seq, err)
 	}
 	if d.raw != nil {
 		if err := tx.PutScoped(m.Ticket, bRaw, mkey(m.Ticket, m.Seq), d.raw); err != nil {
@@ -411,7 +413,7 @@ const (
 	bodyV2 = 2
 )
 
-// body is a decoded bBody record; head is nil for a bodyV1 one, raw when it holds none.
+// body is a decoded bBody record: head is nil for a bodyV1 one, raw nil when it holds none.
 type body struct {
 	head       []byte
 	text, html string
@@ -438,9 +440,10 @@ func encodeBody(m *Message, raw []byte) (apartBody, []byte, error) {
 	return apartBody{head: h}, append(append(b, 1), raw...), nil
 }
 
+var errDamagedBody = errors.New("damaged message text record")
+
 // decodeBody reads a bBody record.
 func decodeBody(v []byte) (body, error) {
-	damaged := errors.New("damaged message text record")
 	if len(v) == 0 || (v[0] != bodyV1 && v[0] != bodyV2) {
 		return body{}, errors.New("unknown message text record")
 	}
@@ -458,7 +461,7 @@ func decodeBody(v []byte) (body, error) {
 	if v[0] == bodyV1 {
 		text, ok := next()
 		if !ok {
-			return body{}, damaged
+			return body{}, errDamagedBody
 		}
 		b.text, b.html = string(text), string(rest)
 		return b, nil
@@ -467,7 +470,7 @@ func decodeBody(v []byte) (body, error) {
 	text, ok2 := next()
 	html, ok3 := next()
 	if !ok1 || !ok2 || !ok3 || len(rest) == 0 || rest[0] > 1 || (rest[0] == 0 && len(rest) > 1) {
-		return body{}, damaged
+		return body{}, errDamagedBody
 	}
 	b.head, b.text, b.html = head, string(text), string(html)
 	if rest[0] == 1 {
@@ -483,13 +486,9 @@ func loadRaw(tx *store.Tx, id uint64, seq int) ([]byte, error) {
 	if raw != nil || err != nil {
 		return raw, err
 	}
-	v, err := tx.GetScoped(id, bBody, mkey(id, seq))
-	if v == nil || err != nil {
+	b, err := loadBody(tx, id, seq)
+	if b == nil || err != nil {
 		return nil, err
-	}
-	b, err := decodeBody(v)
-	if err != nil {
-		return nil, fmt.Errorf("ticket %d message %d: %w", id, seq, err)
 	}
 	return b.raw, nil
 }
