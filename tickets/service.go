@@ -616,10 +616,11 @@ func (s *Service) claim(tx *store.Tx, k []byte, t *Ticket, m *Message) (taken bo
 		if id == t.ID && seq == m.Seq {
 			return false, nil
 		}
-		// A purged or destroyed ticket no longer holds anything: its id is free again.
-		if _, _, err := loadMessageMeta(tx, id, seq); err == nil {
+		// A purged or destroyed ticket no longer holds anything: its id is free again. The
+		// message's own record says whether it exists; its headers and text need not be opened.
+		if v, err := tx.GetScoped(id, bMessages, mkey(id, seq)); err == nil && v != nil {
 			return true, nil
-		} else if !errors.Is(err, ErrNotFound) && !errors.Is(err, store.ErrScopeDestroyed) {
+		} else if err != nil && !errors.Is(err, store.ErrScopeDestroyed) {
 			return false, err
 		}
 	}

@@ -620,3 +620,32 @@ func BenchmarkDigest(b *testing.B) {
 		digest(p)
 	}
 }
+
+// An index entry left pointing at a ticket whose key was destroyed (or at a message record
+// that is gone) does not hold the Message-ID: the next message with it claims it, unmarked.
+func TestMessageIDOfDestroyedTicketIsFree(t *testing.T) {
+	for _, how := range []string{"scope destroyed", "record gone"} {
+		t.Run(how, func(t *testing.T) {
+			e := newEnv(t)
+			first := e.ingest(t, msgText("carol@customer.example", "Order", "reused@customer.example"), true)
+			err := e.db.Update(func(tx *store.Tx) error {
+				if how == "record gone" {
+					return tx.Delete(bMessages, mkey(first.Ticket, 1))
+				}
+				return tx.DestroyScope(first.Ticket)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Different content, so not a duplicate of the first.
+			r := e.ingest(t, msgText("dave@customer.example", "Another", "reused@customer.example"), true)
+			if r.Ticket == first.Ticket {
+				t.Fatalf("landed in the destroyed ticket: %+v", r)
+			}
+			_, msgs, err := e.svc.Get(access.Actor{Name: "t", Role: access.RoleAdmin}, r.Ticket)
+			if err != nil || msgs[0].IDTaken {
+				t.Fatalf("the Message-ID stayed taken: %v %+v", err, msgs)
+			}
+		})
+	}
+}
