@@ -52,13 +52,10 @@ func (tx *Tx) Put(bucket string, key, val []byte) error {
 // of hashes and ids (an audit event), where zstd would run inside the write lock to save a few
 // bytes. Get reads it like any other value.
 func (tx *Tx) PutIncompressible(bucket string, key, val []byte) error {
-	if !tx.btx.Writable() {
-		return berrors.ErrTxNotWritable
-	}
 	if len(val) >= blobMin {
 		return tx.Put(bucket, key, val)
 	}
-	return tx.PutPlain(bucket, key, tx.db.data.seal(val, ad(bucket, key, 0)))
+	return tx.putCompressed(tx.db.data, 0, bucket, key, val, nil)
 }
 
 // Get opens the value at bucket/key; nil, nil when there is none.
