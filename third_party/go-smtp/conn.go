@@ -161,7 +161,7 @@ func (c *Conn) Session() Session {
 }
 
 // liveSession returns the session, or nil after answering 421 and closing when there is none
-// any more. mailgate: upstream calls Mail, Rcpt or Data on a nil Session, and panics, when a
+// any more. mailgate: upstream calls Mail, Rcpt or Data (BDAT too) on a nil Session, and panics, when a
 // command is handled after the session was ended (Close, from too many errors, a backend
 // panic or another goroutine, while pipelined commands were still buffered); go-smtp
 // recovers the panic, but a client could raise one at will.
@@ -1046,6 +1046,9 @@ func (c *Conn) handleBdat(arg string) {
 		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
 		// The chunk follows the command even when the command is rejected.
 		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		return
+	}
+	if c.bdatPipe == nil && c.liveSession() == nil {
 		return
 	}
 

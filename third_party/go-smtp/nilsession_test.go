@@ -15,6 +15,7 @@ func TestCommandAfterSessionEnded(t *testing.T) {
 		{"MAIL", "MAIL", "FROM:<a@example.org>"},
 		{"RCPT", "RCPT", "TO:<b@example.org>"},
 		{"DATA", "DATA", ""},
+		{"BDAT", "BDAT", "0 LAST"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			server, client := net.Pipe()
